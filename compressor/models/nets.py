@@ -1,0 +1,91 @@
+"""LeNet-300-100 and Conv-2/4/6-style nets (Frankle & Carbin) scaled to digits and MNIST-1D."""
+
+import math
+
+import torch
+from torch import nn
+
+from compressor.errors import CompressorError
+
+
+def lenet_300_100(in_features: int = 40, num_classes: int = 10) -> nn.Sequential:
+    """The fully connected LeNet-300-100; its last Linear is the output layer."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 300), nn.ReLU(),
+        nn.Linear(300, 100), nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+class ConvNet1d(nn.Module):
+    """Conv-2/4/6 shape for 1-D signals (N, C, L): `depth` 3-wide convs in pairs, each pair followed
+    by a max-pool, then two hidden Linear layers and the output layer."""
+
+    def __init__(self, depth: int = 2, in_channels: int = 1, length: int = 40,
+                 num_classes: int = 10, width: int = 32):
+        super().__init__()
+        if depth not in (2, 4, 6):
+            raise CompressorError(f"ConvNet1d: depth must be 2, 4 or 6, got {depth}")
+        layers, channels = [], in_channels
+        for pair in range(depth // 2):
+            out = width * 2**pair
+            layers += [nn.Conv1d(channels, out, 3, padding=1), nn.ReLU(),
+                       nn.Conv1d(out, out, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2)]
+            channels, length = out, length // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * length, 256), nn.ReLU(),
+            nn.Linear(256, 256), nn.ReLU(),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DigitsCNN(nn.Module):
+    """A small Conv2d net for 8x8 digits (N, 1, 8, 8), with BatchNorm to exercise folding."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _needs_channel(feature_shape) -> tuple[int, int]:
+    if len(feature_shape) == 1:
+        return 1, feature_shape[0]
+    if len(feature_shape) == 2:
+        return feature_shape[0], feature_shape[1]
+    raise CompressorError(f"conv1d models need (C, L) or (L,) inputs, got {feature_shape}")
+
+
+def build_model(name: str, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A model by name for data of `feature_shape` (without the batch dim)."""
+    if name == "lenet":
+        return lenet_300_100(math.prod(feature_shape), num_classes)
+    if name.startswith("conv") and name[4:].isdigit():
+        channels, length = _needs_channel(feature_shape)
+        return nn.Sequential(nn.Unflatten(1, (channels, length)) if len(feature_shape) == 1
+                             else nn.Identity(),
+                             ConvNet1d(int(name[4:]), channels, length, num_classes))
+    if name == "digits_cnn":
+        if feature_shape not in ((1, 8, 8), (64,)):
+            raise CompressorError(f"digits_cnn needs 8x8 inputs, got {feature_shape}")
+        return nn.Sequential(nn.Unflatten(1, (1, 8, 8)) if feature_shape == (64,)
+                             else nn.Identity(), DigitsCNN(num_classes))
+    raise CompressorError(f"unknown model {name!r}: use one of {MODELS}")
+
+
+MODELS = ["lenet", "conv2", "conv4", "conv6", "digits_cnn"]
