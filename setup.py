@@ -50,7 +50,7 @@ def extensions():
 
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
     if not env_flag("COMPRESSOR_PORTABLE"):
         cxx.append("-march=native")
     nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]

@@ -1,1 +1,1 @@
-"""One script per kernel or pipeline; each writes JSON (and can plot it) under benchmarks/results/."""
+"""One script per kernel or pipeline; each writes JSON and can plot it (benchmarks/results/)."""
