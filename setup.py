@@ -50,10 +50,12 @@ def extensions():
 
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-std=c++20", "-fopenmp"]
+    # No -std here: torch's cpp_extension adds the standard its own headers were built with
+    # (c++17 for torch 2.11, c++20 for 2.13); forcing c++20 on 2.11 broke ArrayRef comparisons.
+    cxx = ["-O3", "-fopenmp"]
     if not env_flag("COMPRESSOR_PORTABLE"):
         cxx.append("-march=native")
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr"]
     with_cuda, cuda_status = cuda_build_status()
 
     sources = ["csrc/ops.cpp", "csrc/module.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]

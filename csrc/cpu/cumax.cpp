@@ -81,7 +81,7 @@ at::Tensor cumax_cpu(const at::Tensor& x) {
 at::Tensor cumax_backward_cpu(const at::Tensor& grad, const at::Tensor& x) {
   check_cumax_input(x, "x");
   check_cumax_input(grad, "grad");
-  CMP_CHECK(grad.sizes() == x.sizes(), "cumax_backward", "grad shape ", grad.sizes(),
+  CMP_CHECK(grad.sizes().equals(x.sizes()), "cumax_backward", "grad shape ", grad.sizes(),
             " must equal x shape ", x.sizes());
   CMP_CHECK_DTYPE(grad, x.scalar_type(), "cumax_backward", "grad");
   auto dx = at::empty_like(x);

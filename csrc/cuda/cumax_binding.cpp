@@ -41,7 +41,7 @@ at::Tensor cumax_cuda(const at::Tensor& x) {
 at::Tensor cumax_backward_cuda(const at::Tensor& grad, const at::Tensor& x) {
   check_input(x, "x");
   check_input(grad, "grad");
-  CMP_CHECK(grad.sizes() == x.sizes(), "cumax_backward", "grad shape ", grad.sizes(),
+  CMP_CHECK(grad.sizes().equals(x.sizes()), "cumax_backward", "grad shape ", grad.sizes(),
             " must equal x shape ", x.sizes());
   CMP_CHECK_DTYPE(grad, x.scalar_type(), "cumax_backward", "grad");
   CMP_CHECK_DEVICE(grad, x.device(), "cumax_backward", "grad");
