@@ -25,6 +25,42 @@ def cumax_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # ---- sparse conv2d / linear ----------------------------------------------------------------------
 
 
+def _csr_rows(row_ptr: torch.Tensor, nnz: int) -> torch.Tensor:
+    """The row of each stored entry of a CSR matrix (nnz,), from row_ptr (rows + 1,)."""
+    counts = (row_ptr[1:] - row_ptr[:-1]).long()
+    rows = torch.arange(counts.numel(), device=row_ptr.device)
+    return torch.repeat_interleave(rows, counts, output_size=nnz)
+
+
+def sparse_conv2d(input, values, col_offsets, row_ptr, bias, input_hw, kernel_size, stride,
+                  padding, dilation, groups):
+    """F.conv2d with a CSR weight whose columns are offsets into the padded input.
+
+    input (N, Cin, H, W) with (H, W) == input_hw; values (nnz,) float; col_offsets (nnz,) int,
+    = c_local*Hp*Wp + r*dilation_h*Wp + s*dilation_w with Hp, Wp the padded input size; row_ptr
+    (Cout + 1,); bias (Cout,) or None. Returns (N, Cout, Ho, Wo).
+    """
+    (kh, kw), (dh, dw) = kernel_size, dilation
+    hp, wp = input_hw[0] + 2 * padding[0], input_hw[1] + 2 * padding[1]
+    cout, cin_g = row_ptr.numel() - 1, input.shape[1] // groups
+    offs = col_offsets.long()
+    c, r, s = offs // (hp * wp), offs % (hp * wp) // wp // dh, offs % wp // dw
+    weight = torch.zeros(cout, cin_g, kh, kw, dtype=values.dtype, device=values.device)
+    weight.index_put_((_csr_rows(row_ptr, values.numel()), c, r, s), values, accumulate=True)
+    return torch.nn.functional.conv2d(input, weight, bias, tuple(stride), tuple(padding),
+                                      tuple(dilation), groups)
+
+
+def sparse_linear(input, values, col_idx, row_ptr, bias):
+    """F.linear with a CSR weight: input (M, K), values/col_idx (nnz,), row_ptr (N_out + 1,),
+    bias (N_out,) or None. Returns (M, N_out)."""
+    n_out = row_ptr.numel() - 1
+    weight = torch.zeros(n_out, input.shape[-1], dtype=values.dtype, device=values.device)
+    weight.index_put_((_csr_rows(row_ptr, values.numel()), col_idx.long()), values,
+                      accumulate=True)
+    return torch.nn.functional.linear(input, weight, bias)
+
+
 
 # ---- power-of-two quantized matmul ---------------------------------------------------------------
 

@@ -1,0 +1,146 @@
+"""Inference modules running pruned Conv2d / Linear layers on the direct sparse kernels.
+
+`SparseConv2d.from_dense(conv)` and `SparseLinear.from_dense(linear)` keep only the nonzero weights
+(CSR, in the state_dict); `to_dense()` gives back the equivalent nn.Conv2d / nn.Linear (for ONNX
+export or further training). There is no backward: train with masks on dense kernels, then convert.
+"""
+
+import torch
+from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.ops.sparse import sparse_conv2d, sparse_linear
+from compressor.sparse.packing import conv_offsets, csr_from_dense, dense_from_csr, sparsity
+
+_CSR = ("values", "col_idx", "row_ptr")
+
+
+class _CsrModule(nn.Module):
+    """Holds values / col_idx / row_ptr / bias buffers whose nnz may change on load."""
+
+    def _set_csr(self, values, col_idx, row_ptr, bias) -> None:
+        self.register_buffer("values", values)
+        self.register_buffer("col_idx", col_idx)
+        self.register_buffer("row_ptr", row_ptr)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint of the same layer pruned differently has another nnz: take its sizes.
+        for name in _CSR:
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        self._offsets_cache = {}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def sparsity(self) -> float:
+        return sparsity(self.values, self.dense_numel)
+
+
+class SparseConv2d(_CsrModule):
+    """nn.Conv2d (zeros padding) with a CSR weight, computed by direct sparse convolution."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), groups=1, *, values, col_idx, row_ptr, bias=None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        self.dense_numel = out_channels * in_channels // groups * self.kernel_size[0] * \
+            self.kernel_size[1]
+        self._set_csr(values, col_idx, row_ptr, bias)
+        self._offsets_cache = {}
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d) -> "SparseConv2d":
+        if not isinstance(conv, nn.Conv2d):
+            raise CompressorError(f"SparseConv2d.from_dense needs an nn.Conv2d, got "
+                                  f"{type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise CompressorError(f"SparseConv2d supports padding_mode='zeros' only, got "
+                                  f"{conv.padding_mode!r}; keep this layer dense")
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                   _explicit_padding(conv), conv.dilation, conv.groups, bias=conv.bias,
+                   **dict(zip(_CSR, csr_from_dense(conv.weight))))
+
+    def _offsets(self, hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+        key = (hw, str(device))
+        if key not in self._offsets_cache:
+            self._offsets_cache[key] = conv_offsets(self.col_idx, self.kernel_size, hw,
+                                                    self.padding, self.dilation).to(device)
+        return self._offsets_cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise CompressorError(f"SparseConv2d expects input (N, {self.in_channels}, H, W), got "
+                                  f"shape {tuple(x.shape)}")
+        hw = (x.shape[2], x.shape[3])
+        return sparse_conv2d(x, self.values, self._offsets(hw, x.device), self.row_ptr, self.bias,
+                             input_hw=hw, kernel_size=self.kernel_size, stride=self.stride,
+                             padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def to_dense(self) -> nn.Conv2d:
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, self.groups, bias=self.bias is not None,
+                         device=self.values.device)
+        with torch.no_grad():
+            conv.weight.copy_(dense_from_csr(self.values, self.col_idx, self.row_ptr,
+                                             conv.weight.shape))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, sparsity={self.sparsity:.3f}")
+
+
+def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(conv.padding, tuple):
+        return conv.padding
+    if conv.padding == "valid":
+        return (0, 0)
+    totals = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation)]
+    if any(t % 2 for t in totals):
+        raise CompressorError("SparseConv2d cannot express padding='same' with an even kernel "
+                              "extent (asymmetric padding); keep this layer dense")
+    return tuple(t // 2 for t in totals)
+
+
+class SparseLinear(_CsrModule):
+    """nn.Linear with a CSR weight (N_out, K)."""
+
+    def __init__(self, in_features, out_features, *, values, col_idx, row_ptr, bias=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.dense_numel = in_features * out_features
+        self._set_csr(values, col_idx, row_ptr, bias)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear) -> "SparseLinear":
+        if not isinstance(linear, nn.Linear):
+            raise CompressorError(f"SparseLinear.from_dense needs an nn.Linear, got "
+                                  f"{type(linear).__name__}")
+        return cls(linear.in_features, linear.out_features, bias=linear.bias,
+                   **dict(zip(_CSR, csr_from_dense(linear.weight))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise CompressorError(f"SparseLinear expects input (..., {self.in_features}), got "
+                                  f"shape {tuple(x.shape)}")
+        return sparse_linear(x, self.values, self.col_idx, self.row_ptr, self.bias)
+
+    def to_dense(self) -> nn.Linear:
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.values.device)
+        with torch.no_grad():
+            linear.weight.copy_(dense_from_csr(self.values, self.col_idx, self.row_ptr,
+                                               linear.weight.shape))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"sparsity={self.sparsity:.3f}")

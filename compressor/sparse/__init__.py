@@ -1,0 +1,1 @@
+"""Direct sparse convolution / linear: packing, performance model, model conversion."""

@@ -1,0 +1,105 @@
+// Direct sparse convolution on CPU (Park et al., ICLR 2017, "Faster CNNs with Direct Sparse
+// Convolutions and Guided Pruning").
+//
+// Each output channel's weights are one CSR row whose column entries are offsets into the padded
+// input. With stride 1 the output plane, laid out with the padded width Wp ("virtual" positions
+// y*Wp + x), is for every nonzero an AXPY of a contiguous slice of the padded input starting at the
+// nonzero's offset: no im2col. Stride s is reduced to stride 1 by splitting the padded input into
+// s_h*s_w phase planes (row % s_h, col % s_w), so one code path serves every geometry.
+//
+// Blocking: a task owns (image, run of virtual positions, block of output channels); the position
+// run is sized so its slice of the input stays in L2 while all channels of the block stream
+// through it; within a channel, 8 AVX2 vectors (64 positions) of accumulators stay in registers
+// while the channel's nonzeros are applied.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "compressor/checks.h"
+#include "compressor/sparse_cpu.h"
+
+namespace {
+
+using compressor::sparse_cpu::ConvGeom;
+using compressor::sparse_cpu::kTile;
+
+constexpr int64_t kChannelBlock = 16;
+constexpr int64_t kL2Floats = 48 * 1024;  // ~192 KiB of input per task: fits a 512 KiB L2
+
+// Scatter kTile-or-fewer virtual positions [p, p + count) from `acc` into an (Ho, Wo) plane,
+// skipping the Wq - Wo padding columns that the virtual layout computes and throws away.
+void store_virtual(const float* acc, int64_t p, int64_t count, const ConvGeom& g, float* plane) {
+  int64_t y = p / g.Wq, x = p % g.Wq, i = 0;
+  while (i < count) {
+    const int64_t run = std::min(g.Wq - x, count - i);
+    if (x < g.Wo) std::memcpy(plane + y * g.Wo + x, acc + i, std::min(run, g.Wo - x) * 4);
+    i += run;
+    x = 0;
+    ++y;
+  }
+}
+
+// One task: output channels [oc0, oc1) of image n, virtual positions [p0, p1).
+void conv_task(const compressor::sparse_cpu::ConvArgs& a, int64_t n, int64_t oc0, int64_t oc1,
+               int64_t p0, int64_t p1) {
+  const ConvGeom& g = a.geom;
+  alignas(32) float acc[kTile];
+  for (int64_t oc = oc0; oc < oc1; ++oc) {
+    const int64_t group = oc / g.cout_g;
+    const float* in = a.input + (n * g.Cin + group * g.cin_g) * g.chan;
+    const int32_t begin = a.row_ptr[oc], nnz = a.row_ptr[oc + 1] - begin;
+    const float init = a.bias ? a.bias[oc] : 0.f;
+    float* plane = a.output + (n * g.Cout + oc) * g.Ho * g.Wo;
+    for (int64_t p = p0; p < p1; p += kTile) {
+      const int64_t count = std::min<int64_t>(kTile, p1 - p);
+      compressor::sparse_cpu::axpy_tile(a.values + begin, a.offsets + begin, nnz, in + p, init,
+                                        count, acc);
+      store_virtual(acc, p, count, g, plane);
+    }
+  }
+}
+
+void run_conv(const compressor::sparse_cpu::ConvArgs& a) {
+  const ConvGeom& g = a.geom;
+  // Input slice one task touches per channel: its positions plus the kernel's reach below them.
+  const int64_t reach = ((g.kh - 1) * g.dh / g.sh + 1) * g.Wq;
+  int64_t run = kL2Floats / std::max<int64_t>(g.cin_g * g.sh * g.sw, 1) - reach;
+  run = std::max<int64_t>(kTile, run / kTile * kTile);
+  const int64_t runs = (g.span + run - 1) / run;
+  const int64_t blocks = (g.Cout + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, g.N * runs * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t % blocks, r = (t / blocks) % runs, n = t / (blocks * runs);
+      conv_task(a, n, b * kChannelBlock, std::min(g.Cout, (b + 1) * kChannelBlock), r * run,
+                std::min(g.span, (r + 1) * run));
+    }
+  });
+}
+
+}  // namespace
+
+namespace compressor::sparse_cpu {
+
+ConvGeom make_geom(const at::Tensor& input, int64_t cout, at::IntArrayRef k, at::IntArrayRef s,
+                   at::IntArrayRef p, at::IntArrayRef d, int64_t groups) {
+  ConvGeom g{};
+  g.N = input.size(0), g.Cin = input.size(1), g.H = input.size(2), g.W = input.size(3);
+  g.Cout = cout, g.groups = groups, g.cin_g = g.Cin / groups, g.cout_g = cout / groups;
+  g.kh = k[0], g.kw = k[1], g.sh = s[0], g.sw = s[1], g.ph = p[0], g.pw = p[1];
+  g.dh = d[0], g.dw = d[1];
+  g.Hp = g.H + 2 * g.ph, g.Wp = g.W + 2 * g.pw;
+  g.Ho = (g.Hp - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.Wo = (g.Wp - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  g.Hq = (g.Hp + g.sh - 1) / g.sh, g.Wq = (g.Wp + g.sw - 1) / g.sw;
+  g.plane = g.Hq * g.Wq;
+  g.chan = g.sh * g.sw * g.plane;
+  g.span = (g.Ho - 1) * g.Wq + g.Wo;
+  return g;
+}
+
+void conv_forward(const ConvArgs& args) { run_conv(args); }
+
+}  // namespace compressor::sparse_cpu

@@ -1,0 +1,162 @@
+// compressor::sparse_conv2d on CPU: argument checks, the padded (and, for stride > 1, phase-split)
+// copy of the input, offsets re-expressed in that copy, then the kernel in sparse_conv.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "compressor/checks.h"
+#include "compressor/sparse_cpu.h"
+
+namespace {
+
+using compressor::sparse_cpu::ConvGeom;
+constexpr const char* kOp = "sparse_conv2d";
+
+void check_pair(at::IntArrayRef v, const char* name, int64_t min) {
+  CMP_CHECK(v.size() == 2, kOp, name, " must have 2 entries, got ", v.size());
+  CMP_CHECK(v[0] >= min && v[1] >= min, kOp, name, " entries must be >= ", min, ", got ", v);
+}
+
+void check_tensors(const at::Tensor& input, const at::Tensor& values, const at::Tensor& offsets,
+                   const at::Tensor& row_ptr, const c10::optional<at::Tensor>& bias) {
+  const at::Device cpu(at::kCPU);
+  CMP_CHECK_DIM(input, 4, kOp, "input");
+  CMP_CHECK_DTYPE(input, at::kFloat, kOp, "input");
+  CMP_CHECK_CONTIGUOUS(input, kOp, "input");
+  for (auto [t, name] : {std::pair{&values, "values"}, {&offsets, "col_offsets"},
+                         {&row_ptr, "row_ptr"}}) {
+    CMP_CHECK_DEVICE(*t, cpu, kOp, name);
+    CMP_CHECK_DIM(*t, 1, kOp, name);
+    CMP_CHECK_CONTIGUOUS(*t, kOp, name);
+  }
+  CMP_CHECK_DTYPE(values, at::kFloat, kOp, "values");
+  CMP_CHECK_DTYPE(offsets, at::kInt, kOp, "col_offsets");
+  CMP_CHECK_DTYPE(row_ptr, at::kInt, kOp, "row_ptr");
+  CMP_CHECK(offsets.numel() == values.numel(), kOp, "col_offsets has ", offsets.numel(),
+            " entries but values has ", values.numel());
+  CMP_CHECK(row_ptr.numel() >= 1, kOp, "row_ptr must have Cout + 1 >= 1 entries");
+  if (bias) {
+    CMP_CHECK_DEVICE(*bias, cpu, kOp, "bias");
+    CMP_CHECK_DTYPE(*bias, at::kFloat, kOp, "bias");
+    CMP_CHECK_CONTIGUOUS(*bias, kOp, "bias");
+    CMP_CHECK(bias->dim() == 1 && bias->numel() == row_ptr.numel() - 1, kOp,
+              "bias must have shape (", row_ptr.numel() - 1, ",), got ", bias->sizes());
+  }
+}
+
+// row_ptr must start at 0, never decrease and end at nnz, or the kernel would read past values.
+void check_row_ptr(const at::Tensor& row_ptr, int64_t nnz) {
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  const int64_t rows = row_ptr.numel() - 1;
+  CMP_CHECK(rp[0] == 0, kOp, "row_ptr[0] must be 0, got ", rp[0]);
+  for (int64_t i = 0; i < rows; ++i)
+    CMP_CHECK(rp[i + 1] >= rp[i], kOp, "row_ptr must be non-decreasing (row ", i, ")");
+  CMP_CHECK(rp[rows] == nnz, kOp, "row_ptr[-1] must equal nnz = ", nnz, ", got ", rp[rows]);
+}
+
+void check_geometry(const ConvGeom& g, at::IntArrayRef input_hw) {
+  CMP_CHECK(g.H == input_hw[0] && g.W == input_hw[1], kOp, "input is ", g.H, "x", g.W,
+            " but col_offsets were packed for input_hw ", input_hw, "; re-pack the weight");
+  CMP_CHECK(g.Cin % g.groups == 0 && g.Cout % g.groups == 0, kOp, "groups=", g.groups,
+            " must divide input channels ", g.Cin, " and output channels ", g.Cout);
+  CMP_CHECK(g.Ho >= 1 && g.Wo >= 1, kOp, "padded input ", g.Hp, "x", g.Wp,
+            " is smaller than the dilated kernel");
+  CMP_CHECK(g.cin_g * g.chan + compressor::sparse_cpu::kTile <= std::numeric_limits<int32_t>::max(),
+            kOp, "input channel group too large for int32 offsets");
+}
+
+// Stride 1: offsets index the padded input directly; the largest valid one reads exactly up to
+// the end of the group's last channel, so a range check is all memory safety needs.
+void check_offsets_stride1(const at::Tensor& offsets, const ConvGeom& g) {
+  const int64_t max_off = (g.cin_g - 1) * g.Hp * g.Wp + (g.kh - 1) * g.dh * g.Wp + (g.kw - 1) * g.dw;
+  const int32_t* off = offsets.data_ptr<int32_t>();
+  int32_t lo = 0, hi = 0;
+  for (int64_t k = 0; k < offsets.numel(); ++k) {
+    lo = std::min(lo, off[k]);
+    hi = std::max(hi, off[k]);
+  }
+  CMP_CHECK(lo >= 0 && hi <= max_off, kOp, "col_offsets must lie in [0, ", max_off,
+            "] for this geometry, got [", lo, ", ", hi, "]; the weight does not match the input");
+}
+
+// Stride > 1: decode (channel, row, col) of each offset and re-express it in the phase-split copy.
+at::Tensor phase_offsets(const at::Tensor& offsets, const ConvGeom& g) {
+  auto out = at::empty_like(offsets);
+  const int32_t* src = offsets.data_ptr<int32_t>();
+  int32_t* dst = out.data_ptr<int32_t>();
+  const int64_t padded = g.Hp * g.Wp;
+  for (int64_t k = 0; k < offsets.numel(); ++k) {
+    const int64_t off = src[k], c = off / padded, r = off % padded / g.Wp, s = off % g.Wp;
+    CMP_CHECK(off >= 0 && c < g.cin_g && r <= (g.kh - 1) * g.dh && s <= (g.kw - 1) * g.dw, kOp,
+              "col_offsets[", k, "] = ", off, " is out of range for this geometry; the weight ",
+              "does not match the input");
+    dst[k] = c * g.chan + ((r % g.sh) * g.sw + s % g.sw) * g.plane + r / g.sh * g.Wq + s / g.sw;
+  }
+  return out;
+}
+
+// (N, Cin, H, W) -> zero-padded (N, Cin, sh, sw, Hq, Wq): padded pixel (y, x) lands in phase plane
+// (y % sh, x % sw) at (y / sh, x / sw).
+at::Tensor phased_input(const at::Tensor& input, const ConvGeom& g) {
+  auto buf = at::zeros({g.N * g.Cin * g.chan + compressor::sparse_cpu::kTile}, input.options());
+  const float* src = input.data_ptr<float>();
+  float* dst = buf.data_ptr<float>();
+  at::parallel_for(0, g.N * g.Cin, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      for (int64_t y = 0; y < g.H; ++y) {
+        const int64_t yp = y + g.ph;
+        const float* row = src + (nc * g.H + y) * g.W;
+        float* base = dst + nc * g.chan + (yp % g.sh) * g.sw * g.plane + yp / g.sh * g.Wq;
+        if (g.sw == 1) {
+          std::memcpy(base + g.pw, row, g.W * sizeof(float));
+          continue;
+        }
+        for (int64_t x = 0; x < g.W; ++x) {
+          const int64_t xp = x + g.pw;
+          base[(xp % g.sw) * g.plane + xp / g.sw] = row[x];
+        }
+      }
+    }
+  });
+  return buf;
+}
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& col_offsets, const at::Tensor& row_ptr,
+                             const c10::optional<at::Tensor>& bias, at::IntArrayRef input_hw,
+                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  check_tensors(input, values, col_offsets, row_ptr, bias);
+  check_pair(input_hw, "input_hw", 0);
+  check_pair(kernel_size, "kernel_size", 1);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
+  check_pair(dilation, "dilation", 1);
+  CMP_CHECK(groups >= 1, kOp, "groups must be >= 1, got ", groups);
+  const ConvGeom g = compressor::sparse_cpu::make_geom(input, row_ptr.numel() - 1, kernel_size,
+                                                       stride, padding, dilation, groups);
+  check_geometry(g, input_hw);
+  check_row_ptr(row_ptr, values.numel());
+  const bool strided = g.sh > 1 || g.sw > 1;
+  at::Tensor offsets = strided ? phase_offsets(col_offsets, g) : col_offsets;
+  if (!strided) check_offsets_stride1(col_offsets, g);
+  auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
+  if (output.numel() == 0) return output;
+  const bool direct = !strided && g.ph == 0 && g.pw == 0;
+  const at::Tensor buf = direct ? input : phased_input(input, g);
+  compressor::sparse_cpu::conv_forward({g, buf.data_ptr<float>(), values.data_ptr<float>(),
+                                        offsets.data_ptr<int32_t>(), row_ptr.data_ptr<int32_t>(),
+                                        bias ? bias->data_ptr<float>() : nullptr,
+                                        output.data_ptr<float>()});
+  return output;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(compressor, CPU, m) {
+  m.impl("sparse_conv2d", &sparse_conv2d_cpu);
+}

@@ -1,0 +1,146 @@
+// compressor::sparse_linear on CPU: y = x W^T + b with W (N_out, K) in CSR.
+// One input row (SpMV): each output is a sparse dot product; AVX2 gathers x[col] eight nonzeros at
+// a time into two accumulators. Several rows (SpMM): the input is transposed in panels of up to
+// kTile rows, so each nonzero becomes an AXPY over a contiguous panel row, the same register-blocked
+// micro-kernel as the direct sparse convolution.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "compressor/checks.h"
+#include "compressor/sparse_cpu.h"
+
+namespace {
+
+using compressor::sparse_cpu::kTile;
+constexpr const char* kOp = "sparse_linear";
+
+void check_inputs(const at::Tensor& input, const at::Tensor& values, const at::Tensor& col_idx,
+                  const at::Tensor& row_ptr, const c10::optional<at::Tensor>& bias) {
+  const at::Device cpu(at::kCPU);
+  CMP_CHECK_DIM(input, 2, kOp, "input");
+  CMP_CHECK_DTYPE(input, at::kFloat, kOp, "input");
+  CMP_CHECK_CONTIGUOUS(input, kOp, "input");
+  for (auto [t, name] : {std::pair{&values, "values"}, {&col_idx, "col_idx"},
+                         {&row_ptr, "row_ptr"}}) {
+    CMP_CHECK_DEVICE(*t, cpu, kOp, name);
+    CMP_CHECK_DIM(*t, 1, kOp, name);
+    CMP_CHECK_CONTIGUOUS(*t, kOp, name);
+  }
+  CMP_CHECK_DTYPE(values, at::kFloat, kOp, "values");
+  CMP_CHECK_DTYPE(col_idx, at::kInt, kOp, "col_idx");
+  CMP_CHECK_DTYPE(row_ptr, at::kInt, kOp, "row_ptr");
+  CMP_CHECK(col_idx.numel() == values.numel(), kOp, "col_idx has ", col_idx.numel(),
+            " entries but values has ", values.numel());
+  CMP_CHECK(row_ptr.numel() >= 1, kOp, "row_ptr must have N_out + 1 >= 1 entries");
+  if (bias) {
+    CMP_CHECK_DEVICE(*bias, cpu, kOp, "bias");
+    CMP_CHECK_DTYPE(*bias, at::kFloat, kOp, "bias");
+    CMP_CHECK(bias->dim() == 1 && bias->numel() == row_ptr.numel() - 1, kOp,
+              "bias must have shape (", row_ptr.numel() - 1, ",), got ", bias->sizes());
+  }
+}
+
+// Every index the kernels follow is checked first, so a bad weight is an error, not a stray read.
+void check_structure(const at::Tensor& col_idx, const at::Tensor& row_ptr, int64_t k_in) {
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  const int64_t rows = row_ptr.numel() - 1, nnz = col_idx.numel();
+  CMP_CHECK(rp[0] == 0, kOp, "row_ptr[0] must be 0, got ", rp[0]);
+  for (int64_t i = 0; i < rows; ++i)
+    CMP_CHECK(rp[i + 1] >= rp[i], kOp, "row_ptr must be non-decreasing (row ", i, ")");
+  CMP_CHECK(rp[rows] == nnz, kOp, "row_ptr[-1] must equal nnz = ", nnz, ", got ", rp[rows]);
+  const int32_t* col = col_idx.data_ptr<int32_t>();
+  int32_t lo = 0, hi = -1;
+  for (int64_t k = 0; k < nnz; ++k) {
+    lo = std::min(lo, col[k]);
+    hi = std::max(hi, col[k]);
+  }
+  CMP_CHECK(lo >= 0 && hi < k_in, kOp, "col_idx must lie in [0, ", k_in, ") = input features, got [",
+            lo, ", ", hi, "]; the weight does not match the input");
+}
+
+float sparse_dot(const float* vals, const int32_t* col, int64_t nnz, const float* x) {
+  int64_t k = 0;
+  float sum = 0.f;
+#ifdef COMPRESSOR_SPARSE_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (; k + 16 <= nnz; k += 16) {
+    const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + k));
+    const __m256i i1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + k + 8));
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + k), _mm256_i32gather_ps(x, i0, 4), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(vals + k + 8), _mm256_i32gather_ps(x, i1, 4), a1);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(a0, a1));
+  for (float l : lanes) sum += l;
+#endif
+  for (; k < nnz; ++k) sum += vals[k] * x[col[k]];
+  return sum;
+}
+
+void spmv(const at::Tensor& input, const float* vals, const int32_t* col, const int32_t* rp,
+          const float* bias, at::Tensor& out) {
+  const float* x = input.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  const int64_t rows = out.size(1);
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o)
+      y[o] = (bias ? bias[o] : 0.f) + sparse_dot(vals + rp[o], col + rp[o], rp[o + 1] - rp[o], x);
+  });
+}
+
+// One panel of up to kTile input rows, transposed to (K, kTile) so each nonzero's slice is
+// contiguous; `offs` are col_idx * kTile.
+void spmm_panel(const float* panel, int64_t m0, int64_t mc, const float* vals,
+                const int32_t* offs, const int32_t* rp, const float* bias, at::Tensor& out) {
+  float* y = out.data_ptr<float>();
+  const int64_t rows = out.size(1);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    alignas(32) float acc[kTile];
+    for (int64_t o = begin; o < end; ++o) {
+      compressor::sparse_cpu::axpy_tile(vals + rp[o], offs + rp[o], rp[o + 1] - rp[o], panel,
+                                        bias ? bias[o] : 0.f, mc, acc);
+      for (int64_t i = 0; i < mc; ++i) y[(m0 + i) * rows + o] = acc[i];
+    }
+  });
+}
+
+void spmm(const at::Tensor& input, const at::Tensor& values, const at::Tensor& col_idx,
+          const int32_t* rp, const float* bias, at::Tensor& out) {
+  const int64_t m = input.size(0), k_in = input.size(1);
+  CMP_CHECK(k_in * kTile < std::numeric_limits<int32_t>::max(), kOp, "input features ", k_in,
+            " too large for int32 panel offsets");
+  const at::Tensor offs = col_idx * static_cast<int32_t>(kTile);
+  auto panel = at::zeros({k_in, kTile}, input.options());
+  for (int64_t m0 = 0; m0 < m; m0 += kTile) {
+    const int64_t mc = std::min<int64_t>(kTile, m - m0);
+    panel.narrow(1, 0, mc).copy_(input.narrow(0, m0, mc).t());
+    spmm_panel(panel.data_ptr<float>(), m0, mc, values.data_ptr<float>(),
+               offs.data_ptr<int32_t>(), rp, bias, out);
+  }
+}
+
+at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                             const c10::optional<at::Tensor>& bias) {
+  check_inputs(input, values, col_idx, row_ptr, bias);
+  check_structure(col_idx, row_ptr, input.size(1));
+  auto out = at::empty({input.size(0), row_ptr.numel() - 1}, input.options());
+  if (out.numel() == 0) return out;
+  const float* b = bias ? bias->data_ptr<float>() : nullptr;
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  if (input.size(0) == 1)
+    spmv(input, values.data_ptr<float>(), col_idx.data_ptr<int32_t>(), rp, b, out);
+  else
+    spmm(input, values, col_idx, rp, b, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(compressor, CPU, m) {
+  m.impl("sparse_linear", &sparse_linear_cpu);
+}
