@@ -65,6 +65,19 @@ def sparse_linear(input, values, col_idx, row_ptr, bias):
 # ---- power-of-two quantized matmul ---------------------------------------------------------------
 
 
+def pow2_linear(input: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor,
+                bias: torch.Tensor | None, in_features: int, bits: int, n1: int) -> torch.Tensor:
+    """input (M, K) @ W^T + bias with W (N, K) decoded from the packed pow2 codes.
+
+    codes: uint8 (N, K_pad/2); nonzero: uint8 (N, K_pad/8) for bits=5, empty otherwise;
+    bias: (N,) or None; K = in_features. Returns (M, N) in input's dtype. Format: quantization.packing.
+    """
+    from compressor.quantization.packing import unpack_pow2
+
+    weight = unpack_pow2(codes, nonzero, in_features, bits, n1).to(input.dtype)
+    return torch.nn.functional.linear(input, weight, None if bias is None else bias.to(input.dtype))
+
+
 
 # ---- ON-LSTM fused cell --------------------------------------------------------------------------
 

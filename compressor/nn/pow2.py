@@ -1,0 +1,162 @@
+"""Pow2Linear and Pow2Conv2d: layers whose weights are stored as packed power-of-two codes (INQ).
+
+The state_dict holds the packed `codes` (and `nonzero` bitmap for 5 bits), `bias`, and the ints `n1`
+and `bits` as 0-dim int64 tensors, so a saved model is small and loads with weights_only=True.
+Inference only: the codes are not trainable. Forward runs compressor.ops.pow2_linear (the kernel
+decodes weights in registers); conv goes through unfold + the same op.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from compressor.errors import CompressorError
+from compressor.ops.pow2 import pow2_linear
+from compressor.quantization.packing import check_n1, pack_pow2, padded_in_features, unpack_pow2
+from compressor.quantization.pow2 import check_bits, pow2_exponents, quantize_to_levels
+
+
+class _Pow2Packed(nn.Module):
+    """Holds the codes of an (out, K) weight and the ints bits, n1; shared by Linear and Conv."""
+
+    def _init_packed(self, out_rows: int, k: int, bits: int, n1: int, bias: bool) -> None:
+        self.bits, self.n1 = check_bits(bits), check_n1(n1)
+        self._k = k
+        k_pad = padded_in_features(k)
+        self.register_buffer("codes", torch.zeros(out_rows, k_pad // 2, dtype=torch.uint8))
+        bitmap_shape = (out_rows, k_pad // 8) if bits == 5 else (0,)
+        self.register_buffer("nonzero", torch.zeros(bitmap_shape, dtype=torch.uint8))
+        self.bias = nn.Parameter(torch.zeros(out_rows), requires_grad=False) if bias else None
+
+    def _set_weight(self, weight2d: torch.Tensor, n1: int | None) -> None:
+        """Quantize (a no-op for weights already on the levels) and pack a 2-D float weight."""
+        if n1 is None:
+            n1, _ = pow2_exponents(weight2d, self.bits)
+        self.n1 = check_n1(n1)
+        q = quantize_to_levels(weight2d.detach().float().cpu(), self.n1, self.bits)
+        codes, nonzero = pack_pow2(q, self.n1, self.bits)
+        self.codes = codes.to(self.codes.device)
+        self.nonzero = nonzero.to(self.nonzero.device)
+
+    def _weight2d(self) -> torch.Tensor:
+        return unpack_pow2(self.codes, self.nonzero, self._k, self.bits, self.n1)
+
+    def _matmul(self, x2d: torch.Tensor, codes, nonzero, bias) -> torch.Tensor:
+        return pow2_linear(x2d, codes, nonzero, bias, self._k, self.bits, self.n1)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "n1"] = torch.tensor(self.n1, dtype=torch.int64)
+        destination[prefix + "bits"] = torch.tensor(self.bits, dtype=torch.int64)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name in ("n1", "bits"):
+            if prefix + name not in state_dict:
+                missing_keys.append(prefix + name)
+        bits = state_dict.get(prefix + "bits")
+        if bits is not None and int(bits) != self.bits:
+            error_msgs.append(f"{prefix}bits is {int(bits)} in the checkpoint but the module has "
+                              f"bits={self.bits}; build the module with the checkpoint's bits")
+        if prefix + "n1" in state_dict:
+            self.n1 = check_n1(int(state_dict[prefix + "n1"]))
+        rest = {k: v for k, v in state_dict.items() if k not in (prefix + "n1", prefix + "bits")}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class Pow2Linear(_Pow2Packed):
+    """A Linear with power-of-two weights in packed codes: y = x W^T + b."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, n1: int = 0,
+                 bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_packed(out_features, in_features, bits, n1, bias)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, bits: int, n1: int | None = None) -> "Pow2Linear":
+        """Quantize `linear.weight` with the INQ rule (n1 from its max unless given) and pack it."""
+        if not isinstance(linear, nn.Linear):
+            raise CompressorError(f"Pow2Linear.from_float needs an nn.Linear, got {type(linear).__name__}")
+        check_bits(bits)
+        mod = cls(linear.in_features, linear.out_features, bits, 0, linear.bias is not None)
+        mod._set_weight(linear.weight, n1)
+        if linear.bias is not None:
+            mod.bias.data.copy_(linear.bias.detach().float())
+        return mod.to(linear.weight.device)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight (out, in): exact powers of two and zeros."""
+        return self._weight2d()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._matmul(x, self.codes, self.nonzero, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bits={self.bits}, n1={self.n1}, bias={self.bias is not None}")
+
+
+class Pow2Conv2d(_Pow2Packed):
+    """A Conv2d (zero padding) with packed power-of-two weights; runs as unfold + pow2_linear."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, bits: int, n1: int = 0,
+                 stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise CompressorError(f"Pow2Conv2d: channels ({in_channels}, {out_channels}) must be "
+                                  f"divisible by groups={groups}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.padding_mode = "zeros"
+        k = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        self._init_packed(out_channels, k, bits, n1, bias)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bits: int, n1: int | None = None) -> "Pow2Conv2d":
+        if not isinstance(conv, nn.Conv2d):
+            raise CompressorError(f"Pow2Conv2d.from_float needs an nn.Conv2d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise CompressorError("Pow2Conv2d supports numeric zero padding only, got "
+                                  f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
+        check_bits(bits)
+        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, bits, 0, conv.stride,
+                  conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+        mod._set_weight(conv.weight.reshape(conv.out_channels, -1), n1)
+        if conv.bias is not None:
+            mod.bias.data.copy_(conv.bias.detach().float())
+        return mod.to(conv.weight.device)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight (out, in/groups, kh, kw): exact powers of two and zeros."""
+        return self._weight2d().reshape(self.out_channels, self.in_channels // self.groups,
+                                        *self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise CompressorError(f"Pow2Conv2d expects (N, {self.in_channels}, H, W) input, "
+                                  f"got shape {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        cols = cols.transpose(1, 2)  # (N, L, C*kh*kw), columns ordered like weight.view(O, -1)
+        per_in, per_out = self._k, self.out_channels // self.groups
+        outs = []
+        for g in range(self.groups):
+            rows = slice(g * per_out, (g + 1) * per_out)
+            bias = None if self.bias is None else self.bias[rows]
+            nonzero = self.nonzero[rows] if self.bits == 5 else self.nonzero
+            outs.append(self._matmul(cols[..., g * per_in:(g + 1) * per_in], self.codes[rows],
+                                     nonzero, bias))
+        out = outs[0] if self.groups == 1 else torch.cat(outs, dim=-1)
+        return out.transpose(1, 2).reshape(n, self.out_channels, ho, wo)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bits={self.bits}, n1={self.n1}, bias={self.bias is not None}")

@@ -1,0 +1,25 @@
+"""Swap a model's Linear / Conv2d layers for Pow2Linear / Pow2Conv2d (packed power-of-two codes)."""
+
+from torch import nn
+
+from compressor.nn.pow2 import Pow2Conv2d, Pow2Linear
+from compressor.quantization.pow2 import check_bits
+
+
+def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = None) -> nn.Module:
+    """Replace every nn.Linear and nn.Conv2d (in place, returned for chaining) by its packed twin.
+
+    `n1` maps a parameter name ("0.weight") to the exponent INQ fixed for it; without an entry the
+    layer's own max picks n1, which is the same for weights INQ already quantized. Other layers
+    (Conv1d, ON-LSTM) keep their float weights.
+    """
+    check_bits(bits)
+    n1 = n1 or {}
+    for name, child in list(model.named_children()):
+        cls = {nn.Linear: Pow2Linear, nn.Conv2d: Pow2Conv2d}.get(type(child))
+        if cls is None:
+            convert_to_pow2(child, bits, {k[len(name) + 1:]: v for k, v in n1.items()
+                                          if k.startswith(name + ".")})
+            continue
+        setattr(model, name, cls.from_float(child, bits, n1.get(f"{name}.weight")))
+    return model

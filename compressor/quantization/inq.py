@@ -1,0 +1,251 @@
+"""Incremental Network Quantization (Zhou et al., ICLR 2017): partition -> quantize -> retrain.
+
+Each stage quantizes (to the INQ power-of-two levels, n1 fixed from the pre-trained layer) the
+largest-magnitude weights not yet quantized, until the accumulated portion of the stage is reached,
+then retrains the rest with the quantized ones frozen. Freezing is exact: their gradient is masked
+and, after every optimizer step, their values are written back, so momentum and weight decay
+cannot move them (bit-identical across stages). Weights that are exactly zero at the start
+(pruned) stay zero when `keep_pruned_zeros` is on. A checkpoint is written atomically after each
+stage; rerunning with the same checkpoint resumes after the last finished stage.
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from compressor.data import Dataset
+from compressor.errors import CompressorError
+from compressor.quantization.pow2 import check_bits, pow2_exponents, quantize_to_levels
+from compressor.train import TrainConfig, evaluate, train
+
+# Modules whose "weight*" parameters INQ quantizes by default (matched by class name so ON-LSTM,
+# which lives in compressor.nn.onlstm, needs no import here).
+SUPPORTED_MODULES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ONLSTM")
+
+# The paper's accumulated portions: 5-bit default; 4-bit, 3-bit and ternary schedules of Sec. 4.
+PRESETS = {
+    "paper-5bit": (5, (0.5, 0.75, 0.875, 1.0)),
+    "paper-4bit": (4, (0.3, 0.6, 0.8, 1.0)),
+    "paper-3bit": (3, (0.2, 0.4, 0.6, 0.8, 1.0)),
+    "paper-ternary": (2, (0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)),
+}
+
+
+@dataclass
+class INQConfig:
+    """One INQ run. `portions` are accumulated fractions of each layer's weights, ending at 1."""
+
+    bits: int = 5
+    portions: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
+    steps_per_stage: int = 300
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 60
+    seed: int = 0
+    keep_pruned_zeros: bool = True
+    param_names: tuple[str, ...] | None = None
+    module_types: tuple[str, ...] = field(default=SUPPORTED_MODULES)
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        self.portions = tuple(float(p) for p in self.portions)
+        p = self.portions
+        if not p or any(not 0 < a <= 1 for a in p) or any(b <= a for a, b in zip(p, p[1:])):
+            raise CompressorError(f"portions must increase strictly within (0, 1], got {p}")
+        if p[-1] != 1.0:
+            raise CompressorError(f"portions must end at 1.0 so every weight is quantized, got {p}")
+        if self.steps_per_stage < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise CompressorError("steps_per_stage must be >= 0, batch_size >= 1 and lr > 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise CompressorError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.param_names is not None:
+            self.param_names = tuple(self.param_names)
+        self.module_types = tuple(self.module_types)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "INQConfig":
+        """The paper's schedule for a bit width: paper-5bit, paper-4bit, paper-3bit, paper-ternary."""
+        if name not in PRESETS:
+            raise CompressorError(f"unknown INQ preset {name!r}: use one of {sorted(PRESETS)}")
+        bits, portions = PRESETS[name]
+        return cls(**{"bits": bits, "portions": portions, **overrides})
+
+
+def quantizable_parameters(model: nn.Module, config: INQConfig) -> dict[str, nn.Parameter]:
+    """{name: parameter} INQ will quantize: config.param_names, or every weight* parameter of a
+    module whose class is in config.module_types."""
+    params = dict(model.named_parameters())
+    if config.param_names is not None:
+        unknown = [n for n in config.param_names if n not in params]
+        if unknown:
+            raise CompressorError(f"INQ: no parameter(s) {unknown} in the model; it has "
+                                  f"{sorted(params)[:8]}...")
+        return {n: params[n] for n in config.param_names}
+    chosen = {}
+    for mod_name, module in model.named_modules():
+        if type(module).__name__ not in config.module_types:
+            continue
+        for p_name, p in module.named_parameters(recurse=False):
+            if p_name.startswith("weight") and p.is_floating_point():
+                chosen[f"{mod_name}.{p_name}" if mod_name else p_name] = p
+    if not chosen:
+        raise CompressorError(f"INQ: the model has no weights of {config.module_types} to quantize")
+    return chosen
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds besides the model: per-parameter n1 and frozen masks."""
+
+    stage: int = 0
+    n1: dict[str, int] = field(default_factory=dict)
+    frozen: dict[str, torch.Tensor] = field(default_factory=dict)
+    pruned: dict[str, torch.Tensor] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+def _config_key(config: INQConfig) -> dict:
+    """The fields that must match for a checkpoint to be resumed (tuples as lists, like on disk)."""
+    key = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in key.items()}
+
+
+def _select_new(param: torch.Tensor, frozen: torch.Tensor, eligible: torch.Tensor,
+                portion: float) -> torch.Tensor:
+    """Mask of the largest-|w| unfrozen eligible weights that bring the frozen share to `portion`."""
+    total = int(eligible.sum())
+    target = total if portion >= 1.0 else int(round(portion * total))
+    need = target - int((frozen & eligible).sum())
+    new = torch.zeros_like(frozen)
+    if need <= 0:
+        return new
+    candidates = (eligible & ~frozen).flatten()
+    scores = param.detach().abs().flatten().masked_fill(~candidates, -1.0)
+    top = torch.topk(scores, min(need, int(candidates.sum())), sorted=False).indices
+    new.view(-1)[top] = True
+    return new
+
+
+class INQ:
+    """Runs INQ on `model` (in place) with `data`; `run()` returns the per-stage history."""
+
+    def __init__(self, model: nn.Module, data: Dataset, config: INQConfig,
+                 checkpoint: str | os.PathLike | None = None, progress: bool = True):
+        self.model, self.data, self.config = model, data, config
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.progress = progress
+        self.params = quantizable_parameters(model, config)
+        self.state = self._load() or self._fresh_state()
+
+    def _fresh_state(self) -> _State:
+        state = _State()
+        for name, p in self.params.items():
+            state.n1[name], _ = pow2_exponents(p, self.config.bits)
+            pruned = (p.detach() == 0) if self.config.keep_pruned_zeros else torch.zeros_like(
+                p, dtype=torch.bool)
+            state.pruned[name] = pruned
+            state.frozen[name] = pruned.clone()  # pruned zeros are already on a level: 0
+        return state
+
+    def run(self) -> list[dict]:
+        cfg = self.config
+        stages = range(self.state.stage, len(cfg.portions))
+        for stage in tqdm(stages, desc=f"INQ {cfg.bits}-bit", disable=not self.progress):
+            portion = cfg.portions[stage]
+            counts = self._quantize_stage(portion)
+            if portion < 1.0 and cfg.steps_per_stage > 0:
+                self._retrain(stage)
+            acc = evaluate(self.model, self.data.x_test, self.data.y_test)
+            self.state.history.append({"stage": stage + 1, "portion": portion,
+                                       "quantized": counts, "test_acc": acc})
+            if self.progress:
+                tqdm.write(f"INQ stage {stage + 1}/{len(cfg.portions)}: {portion:.1%} quantized, "
+                           f"test accuracy {acc:.4f}")
+            self.state.stage = stage + 1
+            self._save()
+        return self.state.history
+
+    @torch.no_grad()
+    def _quantize_stage(self, portion: float) -> int:
+        """Quantize and freeze the next largest weights of every layer; returns how many."""
+        count = 0
+        for name, p in self.params.items():
+            frozen = self.state.frozen[name]
+            new = _select_new(p, frozen, ~self.state.pruned[name], portion)
+            q = quantize_to_levels(p, self.state.n1[name], self.config.bits)
+            p.copy_(torch.where(new, q, p))
+            frozen |= new
+            count += int(new.sum())
+        return count
+
+    def _save(self) -> None:
+        if self.checkpoint is None:
+            return
+        s = self.state
+        payload = {"config": _config_key(self.config), "stage": s.stage, "n1": s.n1,
+                   "frozen": s.frozen, "pruned": s.pruned, "history": s.history,
+                   "model": self.model.state_dict()}
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.checkpoint)  # a killed run never leaves a half-written checkpoint
+
+    def _load(self) -> "_State | None":
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return None
+        try:
+            ckpt = torch.load(self.checkpoint, weights_only=True, map_location="cpu")
+        except Exception as exc:  # corrupt or foreign file
+            raise CompressorError(f"INQ checkpoint {self.checkpoint} is unreadable ({exc}); "
+                                  "delete it to start over") from None
+        if ckpt.get("config") != _config_key(self.config) or set(ckpt["n1"]) != set(self.params):
+            raise CompressorError(f"INQ checkpoint {self.checkpoint} was made by a different "
+                                  "config or model; use another checkpoint path")
+        self.model.load_state_dict(ckpt["model"])
+        return _State(ckpt["stage"], dict(ckpt["n1"]), dict(ckpt["frozen"]),
+                      dict(ckpt["pruned"]), list(ckpt["history"]))
+
+    def _retrain(self, stage: int) -> None:
+        cfg = self.config
+        frozen = {n: self.state.frozen[n] for n in self.params}
+        values = {n: p.detach().clone() for n, p in self.params.items()}
+        hooks = [p.register_hook(lambda g, m=frozen[n]: g.masked_fill(m, 0))
+                 for n, p in self.params.items()]
+
+        @torch.no_grad()
+        def restore(_step: int) -> None:
+            for n, p in self.params.items():
+                p.copy_(torch.where(frozen[n], values[n], p))
+
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        tc = TrainConfig(steps=cfg.steps_per_stage, batch_size=cfg.batch_size,
+                         seed=cfg.seed * 1000 + stage, eval_every=cfg.steps_per_stage + 1)
+        try:
+            train(self.model, self.data, tc, after_step=restore, optimizer=opt)
+        finally:
+            for h in hooks:
+                h.remove()
+
+
+def inq_(model: nn.Module, data: Dataset, config: INQConfig,
+         checkpoint: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
+    """Quantize `model` in place with INQ; returns [{stage, portion, quantized, test_acc}]."""
+    return INQ(model, data, config, checkpoint, progress).run()
+
+
+def inq_exponents(model: nn.Module, config: INQConfig) -> dict[str, int]:
+    """n1 of every quantized parameter as INQ would fix it now (before any stage)."""
+    return {n: pow2_exponents(p, config.bits)[0]
+            for n, p in quantizable_parameters(model, config).items()}
