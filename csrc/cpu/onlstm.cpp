@@ -1,6 +1,11 @@
 // ON-LSTM fused cell on CPU: everything after the W_hh matmul in one pass per batch row, rows
 // split across torch's intra-op threads. The sequence ops run the shared time loop
 // (compressor/onlstm_loop.h) over these row kernels.
+//
+// Before any include, so every function in this file agrees on it (GCC will not inline across a
+// mismatch): without trapping math GCC vectorises the clamps and rounding of the polynomial exp
+// in onlstm_rows.h. Values are unchanged; this is not fast-math.
+#pragma GCC optimize("no-trapping-math")
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -1,6 +1,7 @@
 // ON-LSTM cell on one batch row (CPU). The master gates are short scans done once per row; the
 // D-wide part is one flat loop the compiler vectorises, so exp is a polynomial (Cephes expf,
-// about 1 ulp) rather than a libm call that would keep the loop scalar.
+// about 1 ulp) rather than a libm call that would keep the loop scalar. The including file must
+// set -fno-trapping-math (see onlstm.cpp) or GCC will not vectorise the selects and rounding.
 #pragma once
 #include <algorithm>
 #include <bit>
@@ -11,8 +12,9 @@
 namespace compressor::onlstm_cpu {
 
 inline float vexp(float x) {
-  x = std::min(std::max(x, -87.3f), 88.3f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x < -87.3f ? -87.3f : x;  // builtins and selects only: std:: calls would not inline here
+  x = x > 88.3f ? 88.3f : x;
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
   x = x - n * 0.693359375f + n * 2.12194440e-4f;
   const float z = x * x;
   float y = 1.9875691500e-4f;
@@ -25,11 +27,11 @@ inline float vexp(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   return y * std::bit_cast<float>(bits);
 }
-inline double vexp(double x) { return std::exp(x); }
+inline double vexp(double x) { return __builtin_exp(x); }
 
 template <typename T> inline T sigm(T x) { return T(1) / (T(1) + vexp(-x)); }
 template <typename T> inline T vtanh(T x) { return T(1) - T(2) / (vexp(T(2) * x) + T(1)); }
-inline double vtanh(double x) { return std::tanh(x); }
+inline double vtanh(double x) { return __builtin_tanh(x); }
 
 // Shapes of one row: hidden D, chunk C, m = D / C masters, G = 2m + 4D gate columns.
 struct Dims {
@@ -93,8 +95,9 @@ void forward_row(const T* g, const T* cp, T* h, T* c, T* dist, T* act, const Dim
   T* ao = act + 2 * d.m;
   const T* fmD = s.fmD.data();
   const T* imD = s.imD.data();
+  const int64_t D = d.D;  // a local, so the loop bound is not reloaded after each store
 #pragma omp simd
-  for (int64_t j = 0; j < d.D; ++j) {
+  for (int64_t j = 0; j < D; ++j) {
     const T so = sigm(go[j]), tc = vtanh(gc[j]), si = sigm(gi[j]), sf = sigm(gf[j]);
     const T w = fmD[j] * imD[j];
     const T fh = sf * w + (fmD[j] - w), ih = si * w + (imD[j] - w);
@@ -103,9 +106,9 @@ void forward_row(const T* g, const T* cp, T* h, T* c, T* dist, T* act, const Dim
     h[j] = so * vtanh(cy);
     if constexpr (kAct) {
       ao[j] = so;
-      ao[d.D + j] = tc;
-      ao[2 * d.D + j] = si;
-      ao[3 * d.D + j] = sf;
+      ao[D + j] = tc;
+      ao[2 * D + j] = si;
+      ao[3 * D + j] = sf;
     }
   }
 }
