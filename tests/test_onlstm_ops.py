@@ -1,4 +1,4 @@
-"""The fused ON-LSTM ops against their PyTorch twins: values, every gradient, odd shapes, bad input."""
+"""Fused ON-LSTM ops against their PyTorch twins: values, every gradient, odd shapes, bad input."""
 
 import pytest
 import torch
@@ -33,8 +33,8 @@ def _compare(fn_got, fn_want, inputs, tol):
     seeds = [torch.randn_like(t) for t in want]
     grads_got = torch.autograd.grad(got, inputs, seeds)
     grads_want = torch.autograd.grad(want, inputs, seeds)
-    for name, a, b in zip(["out"] * len(got) + ["grad"] * len(inputs), [*got, *grads_got],
-                          [*want, *grads_want]):
+    names = ["out"] * len(got) + ["grad"] * len(inputs)
+    for name, a, b in zip(names, [*got, *grads_got], [*want, *grads_want], strict=True):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")  # noqa: B023
 
 
@@ -57,7 +57,7 @@ def test_cell_backward_op_matches_twin(device, hidden, chunk):
                                                                          device=device)
     got = torch.ops.compressor.onlstm_cell_backward(gh, gc, gd, xg + hg, cp, c, chunk)
     want = reference.onlstm_cell_backward(gh, gc, gd, xg + hg, cp, c, chunk)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)
 
 

@@ -21,14 +21,15 @@ from compressor.ops.onlstm import check_chunk, gate_width, onlstm_sequence
 class ONLSTM(nn.Module):
     """Stacked ON-LSTM. Input (T, B, input_size), or (B, T, input_size) with batch_first.
 
-    forward(input, hx=None) returns (output, [(h, c) per layer], (d_f, d_i)) where output is the last
-    layer's hidden states (same layout as the input), h and c are (B, hidden_size), and d_f, d_i are
-    the master-gate distances of shape (num_layers, T, B) ((num_layers, B, T) with batch_first).
+    forward(input, hx=None) returns (output, [(h, c) per layer], (d_f, d_i)): output holds the
+    last layer's hidden states (same layout as the input), h and c are (B, hidden_size), and
+    d_f, d_i are the master-gate distances, (num_layers, T, B) or (num_layers, B, T) with
+    batch_first.
 
-    Gate rows of weight_ih_l{k} (G, in) and weight_hh_l{k} (G, hidden), G = 4*hidden + 2*hidden/chunk:
-    [master input | master forget | o | c | i | f]. dropconnect: one Bernoulli mask on weight_hh per
-    forward in training, weight_hh * (1 - p) in eval, as in the official code. dropout: locked
-    (one mask per sequence) dropout between layers.
+    Gate rows of weight_ih_l{k} (G, in) and weight_hh_l{k} (G, hidden), G = 4*hidden +
+    2*hidden/chunk: [master input | master forget | o | c | i | f]. dropconnect: one Bernoulli
+    mask on weight_hh per forward in training, weight_hh * (1 - p) in eval, as in the official
+    code. dropout: locked (one mask per sequence) dropout between layers.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,

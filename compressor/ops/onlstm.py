@@ -1,7 +1,7 @@
 """Fused ON-LSTM ops: one cell step, and a whole layer over time (the time loop runs in C++).
 
-Gate layout (D hidden, m = D / chunk_size, G = 4D + 2m): [master in | master forget | o | c | i | f],
-as the official ON-LSTM code lays out its Linear layers. Shapes and equations: compressor.ops.reference.
+Gate layout (D hidden, m = D / chunk_size, G = 4D + 2m): [master in | master forget | o | c | i | f]
+as the official ON-LSTM code lays out its Linear layers; shapes and equations in ops/reference.py.
 Each wrapper validates its arguments (errors name the argument), makes inputs contiguous, and falls
 back to the PyTorch twin where no kernel exists for the device or dtype.
 """

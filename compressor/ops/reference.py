@@ -35,7 +35,7 @@ def cumax_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _onlstm_split(gates: torch.Tensor, chunk_size: int):
-    """Views of gates (B, 4D + 2m): master-in and master-forget logits (B, m), o, c, i, f (B, m, C)."""
+    """Views of gates (B, 4D + 2m): master-in, master-forget logits (B, m); o, c, i, f (B, m, C)."""
     hidden = (gates.shape[-1] * chunk_size) // (4 * chunk_size + 2)
     m = hidden // chunk_size
     master_in, master_forget = gates[:, :m], gates[:, m : 2 * m]
