@@ -81,3 +81,60 @@ def pow2_linear(input: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor,
 
 # ---- ON-LSTM fused cell --------------------------------------------------------------------------
 
+
+
+def _onlstm_split(gates: torch.Tensor, chunk_size: int):
+    """Views of gates (B, 4D + 2m): master-in, master-forget logits (B, m); o, c, i, f (B, m, C)."""
+    hidden = (gates.shape[-1] * chunk_size) // (4 * chunk_size + 2)
+    m = hidden // chunk_size
+    master_in, master_forget = gates[:, :m], gates[:, m : 2 * m]
+    o, c, i, f = gates[:, 2 * m :].reshape(-1, 4 * m, chunk_size).chunk(4, 1)
+    return master_in, master_forget, o, c, i, f
+
+
+def onlstm_cell(xg: torch.Tensor, hg: torch.Tensor, c_prev: torch.Tensor, chunk_size: int):
+    """One ON-LSTM step after the matmuls (Shen et al. 2019, official cell).
+
+    xg, hg: (B, 4D + 2m) input and hidden projections (biases included), m = D / chunk_size,
+    columns [master in (m) | master forget (m) | o | c | i | f]; c_prev: (B, D).
+    Returns h (B, D), c (B, D), dist (B, 2) = [d_f, d_i] per row.
+    """
+    gates = xg + hg
+    master_in, master_forget, o, cell, i, f = _onlstm_split(gates, chunk_size)
+    cin = 1.0 - cumax(master_in)
+    cforget = cumax(master_forget)
+    m = cin.shape[-1]
+    dist = torch.stack([1.0 - cforget.sum(-1) / m, cin.sum(-1) / m], dim=-1)
+    cin, cforget = cin[:, :, None], cforget[:, :, None]
+    overlap = cforget * cin
+    forget = torch.sigmoid(f) * overlap + (cforget - overlap)
+    ingate = torch.sigmoid(i) * overlap + (cin - overlap)
+    c = forget * c_prev.reshape(forget.shape) + ingate * torch.tanh(cell)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h.reshape(c_prev.shape), c.reshape(c_prev.shape), dist
+
+
+def onlstm_cell_backward(grad_h, grad_c, grad_dist, gates, c_prev, c, chunk_size: int):
+    """Gradients of onlstm_cell w.r.t. the summed gates (B, 4D + 2m) and c_prev (B, D), given
+    grad_h, grad_c (B, D) and grad_dist (B, 2). `c` is unused (the kernel's saved output)."""
+    del c
+    with torch.enable_grad():
+        g = gates.detach().requires_grad_()
+        cp = c_prev.detach().requires_grad_()
+        outs = onlstm_cell(g, torch.zeros_like(g), cp, chunk_size)
+        return torch.autograd.grad(outs, (g, cp), (grad_h, grad_c, grad_dist))
+
+
+def onlstm_sequence(xg, w_hh, b_hh, h0, c0, chunk_size: int):
+    """A layer over time. xg (T, B, G) input projection with its bias, w_hh (G, D), b_hh (G,),
+    h0, c0 (B, D). Returns out (T, B, D) hidden states, cells (T, B, D), dist (T, B, 2)."""
+    h, c, outs, cells, dists = h0, c0, [], [], []
+    for t in range(xg.shape[0]):
+        h, c, d = onlstm_cell(xg[t], torch.nn.functional.linear(h, w_hh, b_hh), c, chunk_size)
+        outs.append(h)
+        cells.append(c)
+        dists.append(d)
+    if not outs:
+        empty = xg.new_empty(0, *h0.shape)
+        return empty, empty.clone(), xg.new_empty(0, h0.shape[0], 2)
+    return torch.stack(outs), torch.stack(cells), torch.stack(dists)

@@ -1,0 +1,137 @@
+"""ON-LSTM (Shen et al., "Ordered Neurons", ICLR 2019) as a drop-in recurrent module.
+
+Parameters are plain nn.Parameters named like nn.LSTM's and read by attribute name on every
+forward, so pruning (a `<name>_mask` buffer or a reparametrisation hook) and INQ (in-place weight
+rewrites) apply to them unchanged. Each layer's input projection over the whole sequence is one
+matmul; the recurrence runs in the fused sequence op, or, with `use_fused_kernels = False`, in a
+plain Python loop of standard torch ops that torch.onnx.export can trace.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.ops import reference
+from compressor.ops._dispatch import has_kernel
+from compressor.ops.onlstm import check_chunk, gate_width, onlstm_sequence
+
+
+class ONLSTM(nn.Module):
+    """Stacked ON-LSTM. Input (T, B, input_size), or (B, T, input_size) with batch_first.
+
+    forward(input, hx=None) returns (output, [(h, c) per layer], (d_f, d_i)): output holds the
+    last layer's hidden states (same layout as the input), h and c are (B, hidden_size), and
+    d_f, d_i are the master-gate distances, (num_layers, T, B) or (num_layers, B, T) with
+    batch_first.
+
+    Gate rows of weight_ih_l{k} (G, in) and weight_hh_l{k} (G, hidden), G = 4*hidden +
+    2*hidden/chunk: [master input | master forget | o | c | i | f]. dropconnect: one Bernoulli
+    mask on weight_hh per forward in training, weight_hh * (1 - p) in eval, as in the official
+    code. dropout: locked (one mask per sequence) dropout between layers.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 chunk_size: int = 1, dropconnect: float = 0.0, dropout: float = 0.0,
+                 batch_first: bool = False):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if not isinstance(value, int) or value <= 0:
+                raise CompressorError(f"ONLSTM: {name} must be a positive int, got {value!r}")
+        check_chunk(hidden_size, chunk_size, "ONLSTM")
+        for name, p in (("dropconnect", dropconnect), ("dropout", dropout)):
+            if not 0.0 <= p < 1.0:
+                raise CompressorError(f"ONLSTM: {name} must be in [0, 1), got {p!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.chunk_size, self.dropconnect, self.dropout = chunk_size, dropconnect, dropout
+        self.batch_first = batch_first
+        self.use_fused_kernels = has_kernel("onlstm_sequence", "cpu")
+        width = gate_width(hidden_size, chunk_size)
+        for k in range(num_layers):
+            fan_in = input_size if k == 0 else hidden_size
+            self.register_parameter(f"weight_ih_l{k}", nn.Parameter(torch.empty(width, fan_in)))
+            self.register_parameter(f"weight_hh_l{k}",
+                                    nn.Parameter(torch.empty(width, hidden_size)))
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(width)))
+            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(width)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """U(-1/sqrt(hidden), 1/sqrt(hidden)) for every parameter, as nn.LSTM does."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"chunk_size={self.chunk_size}, dropconnect={self.dropconnect}, "
+                f"dropout={self.dropout}, batch_first={self.batch_first}")
+
+    def layer_weights(self, k: int):
+        """(weight_ih, weight_hh, bias_ih, bias_hh) of layer k, looked up by name each time."""
+        return tuple(getattr(self, f"{kind}_l{k}")
+                     for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def _dropconnect(self, w_hh: torch.Tensor) -> torch.Tensor:
+        if self.dropconnect == 0.0:
+            return w_hh
+        if not self.training:
+            return w_hh * (1.0 - self.dropconnect)
+        keep = torch.empty_like(w_hh).bernoulli_(1.0 - self.dropconnect)
+        return w_hh * keep
+
+    def _locked_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dropout == 0.0:
+            return x
+        keep = x.new_empty(1, *x.shape[1:]).bernoulli_(1.0 - self.dropout)
+        return x * keep / (1.0 - self.dropout)
+
+    def _check_input(self, x: torch.Tensor, hx):
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            raise CompressorError("ONLSTM: input must be a 3-dim tensor (time, batch, features) "
+                                  f"or (batch, time, features) with batch_first, got "
+                                  f"{getattr(x, 'shape', type(x).__name__)}")
+        if x.shape[-1] != self.input_size:
+            raise CompressorError(f"ONLSTM: input must have {self.input_size} features "
+                                  f"(input_size), got shape {tuple(x.shape)}")
+        batch = x.shape[0] if self.batch_first else x.shape[1]
+        if hx is None:
+            zeros = x.new_zeros(batch, self.hidden_size)
+            return [(zeros, zeros)] * self.num_layers
+        if len(hx) != self.num_layers:
+            raise CompressorError(f"ONLSTM: hx must hold {self.num_layers} (h, c) pairs, one per "
+                                  f"layer, got {len(hx)}")
+        want = (batch, self.hidden_size)
+        for k, (h, c) in enumerate(hx):
+            for name, t in (("h", h), ("c", c)):
+                if tuple(t.shape) != want:
+                    raise CompressorError(f"ONLSTM: hx[{k}] {name} must have shape {want} "
+                                          f"(batch, hidden_size), got {tuple(t.shape)}")
+        return list(hx)
+
+    def _layer(self, k: int, x, h0, c0):
+        w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
+        w_hh = self._dropconnect(w_hh)
+        xg = nn.functional.linear(x, w_ih, b_ih)  # the whole sequence in one matmul
+        if self.use_fused_kernels:
+            return onlstm_sequence(xg, w_hh, b_hh, h0, c0, self.chunk_size)
+        return reference.onlstm_sequence(xg, w_hh, b_hh, h0, c0, self.chunk_size)
+
+    def forward(self, input: torch.Tensor, hx=None):
+        states = self._check_input(input, hx)
+        x = input.transpose(0, 1) if self.batch_first else input
+        final, d_f, d_i = [], [], []
+        for k in range(self.num_layers):
+            out, cells, dist = self._layer(k, x, *states[k])
+            h_last = out[-1] if out.shape[0] else states[k][0]
+            c_last = cells[-1] if cells.shape[0] else states[k][1]
+            final.append((h_last, c_last))
+            d_f.append(dist[..., 0])
+            d_i.append(dist[..., 1])
+            x = self._locked_dropout(out) if k < self.num_layers - 1 else out
+        d_f, d_i = torch.stack(d_f), torch.stack(d_i)
+        if self.batch_first:
+            x, d_f, d_i = x.transpose(0, 1), d_f.transpose(1, 2), d_i.transpose(1, 2)
+        return x, final, (d_f, d_i)
