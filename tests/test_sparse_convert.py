@@ -10,7 +10,8 @@ from compressor.sparse import PerfModel, convert, report
 def pruned_model(sparsity: float) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 12 * 12, 64))
+                          nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(32 * 12 * 12, 64))
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
