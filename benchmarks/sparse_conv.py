@@ -6,6 +6,7 @@ Layers: the 3x3 and 1x1 convs of ResNet-50, VGG-16 and AlexNet conv2-5; sparsity
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -61,6 +62,7 @@ def plot(rows) -> None:
     ax.axhline(1.0, color="k", linewidth=0.8)
     ax.set(xlabel="sparsity", ylabel="speedup vs dense", yscale="log")
     ax.legend(fontsize=5, ncol=2)
+    Path("docs/img").mkdir(parents=True, exist_ok=True)
     fig.savefig("docs/img/sparse_conv.png", dpi=150, bbox_inches="tight")
 
 

@@ -4,6 +4,7 @@ python -m benchmarks.sparse_linear [--quick] [--plot]
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -65,6 +66,7 @@ def main() -> None:
                     label=" ".join(map(str, key)))
         ax.set(xlabel="sparsity", ylabel="speedup vs dense")
         ax.legend(fontsize=6)
+        Path("docs/img").mkdir(parents=True, exist_ok=True)
         fig.savefig("docs/img/sparse_linear.png", dpi=150, bbox_inches="tight")
 
 
