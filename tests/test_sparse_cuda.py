@@ -101,26 +101,56 @@ def test_conv_matches_dense(case, with_bias):
     print(f"max err {(got - want).abs().max().item():.2e}")
 
 
-def test_conv_unsorted_rows_and_bad_offsets_stay_in_bounds():
-    """Shuffled nonzeros, out-of-range offsets and a non-monotone row_ptr: defined results, no
-    out-of-bounds read (offsets outside [0, Cin*Hp*Wp) count as zero)."""
-    require_kernel("sparse_conv2d", "cuda")
+def conv_fixture():
     weight = sparse_weight((24, 40, 3, 3), 0.8)
     x = torch.randn(1, 40, 20, 20, dtype=torch.float64)
-    values, offsets, row_ptr = pack_conv(weight, (20, 20), (1, 1), (1, 1))
+    args = ((20, 20), (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    return weight, x, pack_conv(weight, (20, 20), (1, 1), (1, 1)), args
+
+
+def test_conv_unsorted_rows():
+    """Nonzeros shuffled within each row: the misplaced ones take the global path, same result."""
+    require_kernel("sparse_conv2d", "cuda")
+    weight, x, (values, offsets, row_ptr), args = conv_fixture()
     perm = torch.randperm(values.numel(), device="cuda")
     starts = row_ptr[:-1].long().repeat_interleave((row_ptr[1:] - row_ptr[:-1]).long())
     order = torch.sort(starts * values.numel() + perm)[1]  # shuffle within each row only
-    args = ((20, 20), (3, 3), (1, 1), (1, 1), (1, 1), 1)
     got = ops.sparse_conv2d(x.float().cuda(), values[order], offsets[order], row_ptr, None, *args)
     torch.testing.assert_close(got.cpu().double(), F.conv2d(x, weight, None, 1, 1),
                                atol=1e-4, rtol=1e-4)
-    bad = offsets.clone()
-    bad[::7] = 2**31 - 1
-    bad[1::7] = -5
+
+
+def test_conv_rejects_bad_csr_content():
+    """Checked on the first call with a tensor, and again after any in-place change to it."""
+    require_kernel("sparse_conv2d", "cuda")
+    _, x, (values, offsets, row_ptr), args = conv_fixture()
+    x = x.float().cuda()
+    ops.sparse_conv2d(x, values, offsets, row_ptr, None, *args)  # valid: checked and cached
+    offsets[5] = 40 * 22 * 22  # one channel past the input's: a weight packed for more channels
+    with pytest.raises(RuntimeError, match=r"sparse_conv2d: col_offsets entries must be in "
+                                           r"\[0, 19360\), got \[\d+, 19360\]"):
+        ops.sparse_conv2d(x, values, offsets, row_ptr, None, *args)
+    with pytest.raises(RuntimeError, match="sparse_conv2d: col_offsets entries must be in"):
+        ops.sparse_conv2d(x, values, offsets.clone().fill_(-1), row_ptr, None, *args)
     bad_rows = row_ptr.clone()
-    bad_rows[3], bad_rows[-1] = 10**9, 2  # past nnz, and a last entry below the others
-    out = ops.sparse_conv2d(x.float().cuda(), values, bad, bad_rows, None, *args)
+    bad_rows[3] = bad_rows[4] + 1
+    with pytest.raises(RuntimeError, match="sparse_conv2d: row_ptr must be non-decreasing"):
+        ops.sparse_conv2d(x, values, offsets, bad_rows, None, *args)
+    with pytest.raises(RuntimeError, match="sparse_conv2d: row_ptr must run from 0 to nnz="):
+        ops.sparse_conv2d(x, values[1:], offsets[1:], row_ptr, None, *args)
+
+
+def test_conv_kernel_stays_in_bounds_on_unchecked_content():
+    """Content changed behind the version counter skips the check; the kernel must still read
+    nothing out of bounds: bad offsets count as zero and row_ptr is clamped to [0, nnz]."""
+    require_kernel("sparse_conv2d", "cuda")
+    weight, x, (values, offsets, row_ptr), args = conv_fixture()
+    x = x.float().cuda()
+    ops.sparse_conv2d(x, values, offsets, row_ptr, None, *args)  # checked and cached
+    offsets.data[::7] = 2**31 - 1
+    offsets.data[1::7] = -5
+    row_ptr.data[3], row_ptr.data[-1] = 10**9, 2  # past nnz, and a last entry below the others
+    out = ops.sparse_conv2d(x, values, offsets, row_ptr, None, *args)
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
 
@@ -193,18 +223,30 @@ def test_linear_matches_dense(m, k, n, sparsity, with_bias):
                                rtol=1e-4)
 
 
-def test_linear_many_row_tiles_and_bad_columns():
+def test_linear_many_row_tiles():
     require_kernel("sparse_linear", "cuda")
     weight = sparse_weight((3, 2), 0.0)
     x = torch.randn(600_000, 2, dtype=torch.float64)  # > 65535 tiles of 8 rows
     values, cols, row_ptr = pack_linear(weight)
     got = ops.sparse_linear(x.float().cuda(), values, cols, row_ptr, None)
     torch.testing.assert_close(got.cpu().double(), F.linear(x, weight), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_bad_columns():
+    require_kernel("sparse_linear", "cuda")
+    weight = sparse_weight((3, 4), 0.0)
+    x = torch.randn(9, 4, dtype=torch.float64)
+    values, cols, row_ptr = pack_linear(weight)
+    xc = x.float().cuda()
     bad = cols.clone()
-    bad[0], bad[1] = 2, -1  # out of range: count as zero
+    bad[1] = 4
+    with pytest.raises(RuntimeError, match=r"sparse_linear: col_idx entries must be in \[0, 4\)"):
+        ops.sparse_linear(xc, values, bad, row_ptr, None)
+    ops.sparse_linear(xc, values, cols, row_ptr, None)  # checked and cached
+    cols.data[0], cols.data[1] = 4, -1  # unchecked (no version bump): these count as zero
     weight[0, 0] = weight[0, 1] = 0
-    got = ops.sparse_linear(x[:9].float().cuda(), values, bad, row_ptr, None)
-    torch.testing.assert_close(got.cpu().double(), F.linear(x[:9], weight), atol=1e-5, rtol=1e-5)
+    got = ops.sparse_linear(xc, values, cols, row_ptr, None)
+    torch.testing.assert_close(got.cpu().double(), F.linear(x, weight), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

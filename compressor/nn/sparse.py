@@ -61,7 +61,7 @@ class SparseConv2d(_CsrModule):
                                   f"{conv.padding_mode!r}; keep this layer dense")
         return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                    _explicit_padding(conv), conv.dilation, conv.groups, bias=conv.bias,
-                   **dict(zip(_CSR, csr_from_dense(conv.weight))))
+                   **dict(zip(_CSR, csr_from_dense(conv.weight), strict=True)))
 
     def _offsets(self, hw: tuple[int, int], device: torch.device) -> torch.Tensor:
         key = (hw, str(device))
@@ -101,7 +101,7 @@ def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
         return conv.padding
     if conv.padding == "valid":
         return (0, 0)
-    totals = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation)]
+    totals = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
     if any(t % 2 for t in totals):
         raise CompressorError("SparseConv2d cannot express padding='same' with an even kernel "
                               "extent (asymmetric padding); keep this layer dense")
@@ -123,7 +123,7 @@ class SparseLinear(_CsrModule):
             raise CompressorError(f"SparseLinear.from_dense needs an nn.Linear, got "
                                   f"{type(linear).__name__}")
         return cls(linear.in_features, linear.out_features, bias=linear.bias,
-                   **dict(zip(_CSR, csr_from_dense(linear.weight))))
+                   **dict(zip(_CSR, csr_from_dense(linear.weight), strict=True)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:

@@ -2,7 +2,8 @@
 
 A conv weight (Cout, Cin/groups, kh, kw) is stored once as CSR over its flattened columns
 c*kh*kw + r*kw + s (`csr_from_dense`); `conv_offsets` turns those columns into offsets into the
-padded input of one input size (Park et al.'s "virtual dense" columns), which modules cache per size.
+padded input of one input size
+(Park et al.'s "virtual dense" columns), which modules cache per size.
 """
 
 import torch

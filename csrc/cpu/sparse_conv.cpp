@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 
 #include "compressor/checks.h"
 #include "compressor/sparse_cpu.h"
@@ -26,8 +27,8 @@ namespace {
 using compressor::sparse_cpu::ConvGeom;
 using compressor::sparse_cpu::kTile;
 
-constexpr int64_t kChannelBlock = 16;
-constexpr int64_t kL2Floats = 48 * 1024;  // ~192 KiB of input per task: fits a 512 KiB L2
+constexpr int64_t kChannelBlock = 32;
+using compressor::sparse_cpu::kRunTiles;
 
 // Scatter kTile-or-fewer virtual positions [p, p + count) from `acc` into an (Ho, Wo) plane,
 // skipping the Wq - Wo padding columns that the virtual layout computes and throws away.
@@ -42,39 +43,41 @@ void store_virtual(const float* acc, int64_t p, int64_t count, const ConvGeom& g
   }
 }
 
-// One task: output channels [oc0, oc1) of image n, virtual positions [p0, p1).
+// One task: output channels [oc0, oc1) of image n, virtual positions [p0, p1). Input-channel blocks
+// outermost so the block's input slice stays in cache while the weights stream; tiles, then
+// output channels inside, partial sums parked in `buf` between channel blocks.
 void conv_task(const compressor::sparse_cpu::ConvArgs& a, int64_t n, int64_t oc0, int64_t oc1,
-               int64_t p0, int64_t p1) {
+               int64_t p0, int64_t p1, float* buf) {
   const ConvGeom& g = a.geom;
-  alignas(32) float acc[kTile];
-  for (int64_t oc = oc0; oc < oc1; ++oc) {
-    const int64_t group = oc / g.cout_g;
-    const float* in = a.input + (n * g.Cin + group * g.cin_g) * g.chan;
-    const int32_t begin = a.row_ptr[oc], nnz = a.row_ptr[oc + 1] - begin;
-    const float init = a.bias ? a.bias[oc] : 0.f;
-    float* plane = a.output + (n * g.Cout + oc) * g.Ho * g.Wo;
+  const int64_t run = p1 - p0;
+  for (int64_t cb = 0; cb < a.ncb; ++cb) {
     for (int64_t p = p0; p < p1; p += kTile) {
       const int64_t count = std::min<int64_t>(kTile, p1 - p);
-      compressor::sparse_cpu::axpy_tile(a.values + begin, a.offsets + begin, nnz, in + p, init,
-                                        count, acc);
-      store_virtual(acc, p, count, g, plane);
+      for (int64_t oc = oc0; oc < oc1; ++oc) {
+        const float* in = a.input + (n * g.Cin + oc / g.cout_g * g.cin_g) * g.chan + p;
+        const int32_t* seg = a.segs + oc * (a.ncb + 1) + cb;
+        float* acc = buf + (oc - oc0) * run + (p - p0);
+        compressor::sparse_cpu::axpy_tile(a.values + seg[0], a.offsets + seg[0], seg[1] - seg[0],
+                                          in, a.bias ? a.bias[oc] : 0.f, count, acc, cb > 0);
+        if (cb == a.ncb - 1)
+          store_virtual(acc, p, count, g, a.output + (n * g.Cout + oc) * g.Ho * g.Wo);
+      }
     }
   }
 }
 
 void run_conv(const compressor::sparse_cpu::ConvArgs& a) {
   const ConvGeom& g = a.geom;
-  // Input slice one task touches per channel: its positions plus the kernel's reach below them.
-  const int64_t reach = ((g.kh - 1) * g.dh / g.sh + 1) * g.Wq;
-  int64_t run = kL2Floats / std::max<int64_t>(g.cin_g * g.sh * g.sw, 1) - reach;
-  run = std::max<int64_t>(kTile, run / kTile * kTile);
+  const int64_t run = kRunTiles * kTile;
   const int64_t runs = (g.span + run - 1) / run;
   const int64_t blocks = (g.Cout + kChannelBlock - 1) / kChannelBlock;
   at::parallel_for(0, g.N * runs * blocks, 1, [&](int64_t begin, int64_t end) {
+    // + kTile: the last tile of the last channel stores whole vectors past its count.
+    std::unique_ptr<float[]> buf(new float[kChannelBlock * run + kTile]);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t % blocks, r = (t / blocks) % runs, n = t / (blocks * runs);
       conv_task(a, n, b * kChannelBlock, std::min(g.Cout, (b + 1) * kChannelBlock), r * run,
-                std::min(g.span, (r + 1) * run));
+                std::min(g.span, (r + 1) * run), buf.get());
     }
   });
 }

@@ -99,6 +99,36 @@ at::Tensor phase_offsets(const at::Tensor& offsets, const ConvGeom& g) {
   return out;
 }
 
+// Input channels per block: the block's slice under one task's run of positions fits kL2Floats.
+int64_t channel_block_count(const ConvGeom& g) {
+  using namespace compressor::sparse_cpu;
+  const int64_t reach = ((g.kh - 1) * g.dh / g.sh + 1) * g.Wq;
+  const int64_t per_channel = std::min(g.chan, g.sh * g.sw * (kRunTiles * kTile + reach));
+  const int64_t block = std::max<int64_t>(1, kL2Floats / per_channel);
+  return (g.cin_g + block - 1) / block;
+}
+
+// (Cout, ncb + 1) starts of each row's input-channel blocks. Rows packed by csr_from_dense are
+// sorted by offset, hence by channel; an unsorted row makes the whole weight one block.
+at::Tensor channel_segments(const at::Tensor& offsets, const at::Tensor& row_ptr, int64_t ncb,
+                            int64_t block_stride) {
+  const int64_t rows = row_ptr.numel() - 1;
+  auto segs = at::empty({rows, ncb + 1}, row_ptr.options());
+  const int32_t *rp = row_ptr.data_ptr<int32_t>(), *off = offsets.data_ptr<int32_t>();
+  int32_t* out = segs.data_ptr<int32_t>();
+  for (int64_t oc = 0; oc < rows; ++oc) {
+    int32_t* s = out + oc * (ncb + 1);
+    int64_t cb = 0;
+    s[0] = rp[oc];
+    for (int32_t k = rp[oc]; k < rp[oc + 1]; ++k) {
+      if (ncb > 1 && k > rp[oc] && off[k] < off[k - 1]) return channel_segments(offsets, row_ptr, 1, 0);
+      while (cb + 1 < ncb && off[k] >= (cb + 1) * block_stride) s[++cb] = k;
+    }
+    while (cb < ncb) s[++cb] = rp[oc + 1];
+  }
+  return segs;
+}
+
 // (N, Cin, H, W) -> zero-padded (N, Cin, sh, sw, Hq, Wq): padded pixel (y, x) lands in phase plane
 // (y % sh, x % sw) at (y / sh, x / sw).
 at::Tensor phased_input(const at::Tensor& input, const ConvGeom& g) {
@@ -148,8 +178,12 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   if (output.numel() == 0) return output;
   const bool direct = !strided && g.ph == 0 && g.pw == 0;
   const at::Tensor buf = direct ? input : phased_input(input, g);
+  const int64_t ncb = channel_block_count(g);
+  const int64_t per_block = (g.cin_g + ncb - 1) / ncb;
+  const at::Tensor segs = channel_segments(offsets, row_ptr, ncb, per_block * g.chan);
   compressor::sparse_cpu::conv_forward({g, buf.data_ptr<float>(), values.data_ptr<float>(),
                                         offsets.data_ptr<int32_t>(), row_ptr.data_ptr<int32_t>(),
+                                        segs.data_ptr<int32_t>(), segs.size(1) - 1,
                                         bias ? bias->data_ptr<float>() : nullptr,
                                         output.data_ptr<float>()});
   return output;

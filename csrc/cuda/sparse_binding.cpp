@@ -1,17 +1,21 @@
 // Registers the CUDA sparse conv2d / linear launchers with torch: checks, device guard, stream.
 //
-// Everything checkable without reading device memory is checked here (shapes, dtypes, devices,
-// contiguity, int32 ranges). The CSR content (row_ptr monotone, offsets in range) is not: reading
-// it back would synchronise every call. The kernels stay in bounds for any content instead, and
-// the Python wrapper validates the content once, when a weight is packed.
+// Shapes, dtypes, devices, contiguity and int32 ranges are checked on every call. The CSR content
+// (row_ptr from 0 to nnz and non-decreasing, column entries in range) is checked once per packed
+// tensor and version (see ContentCache): reading it back synchronises with the GPU. The kernels
+// also stay in bounds for any content, so content changed behind the version counter (.data,
+// raw pointers) or passed during CUDA graph capture gives defined results, never a bad read.
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <optional>
+#include <unordered_map>
 
 #include "compressor/checks.h"
 #include "compressor/cuda_binding.h"
@@ -61,6 +65,62 @@ int64_t check_csr(const at::Tensor& input, const at::Tensor& values, const at::T
     CMP_CHECK_CONTIGUOUS(*bias, op, "bias");
   }
   return rows;
+}
+
+// Which (column tensor, row_ptr tensor, versions, bound) have had their content checked. Weak
+// references keep a freed tensor's address from ever matching a new tensor.
+class ContentCache {
+ public:
+  bool contains(const at::Tensor& cols, const at::Tensor& row_ptr, int64_t bound) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = entries_.find(cols.unsafeGetTensorImpl());
+    if (it == entries_.end()) return false;
+    const Entry& e = it->second;
+    return e.cols.lock().get() == cols.unsafeGetTensorImpl() &&
+           e.row_ptr.lock().get() == row_ptr.unsafeGetTensorImpl() &&
+           e.cols_version == cols._version() && e.row_ptr_version == row_ptr._version() &&
+           e.bound == bound;
+  }
+
+  void add(const at::Tensor& cols, const at::Tensor& row_ptr, int64_t bound) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (entries_.size() >= 4096) entries_.clear();  // stale entries of freed tensors
+    entries_.insert_or_assign(cols.unsafeGetTensorImpl(),
+                              Entry{Weak(cols.getIntrusivePtr()), Weak(row_ptr.getIntrusivePtr()),
+                                    cols._version(), row_ptr._version(), bound});
+  }
+
+ private:
+  using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  struct Entry {
+    Weak cols, row_ptr;
+    int64_t cols_version, row_ptr_version, bound;
+  };
+  std::mutex mutex_;
+  std::unordered_map<const c10::TensorImpl*, Entry> entries_;
+};
+
+// row_ptr runs from 0 to nnz without decreasing and every column entry is in [0, bound).
+void check_content_once(const at::Tensor& cols, const at::Tensor& row_ptr, int64_t bound,
+                        const char* op, const char* cols_name, const char* hint) {
+  static ContentCache cache;
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None ||
+      cache.contains(cols, row_ptr, bound))
+    return;  // a graph capture cannot synchronise; the kernels stay in bounds regardless
+  const int64_t nnz = cols.numel();
+  const auto rp = row_ptr.to(at::kLong);
+  const auto zero = at::zeros({}, rp.options());
+  const auto steps = rp.numel() > 1 ? (rp.slice(0, 1) - rp.slice(0, 0, -1)).min() : zero;
+  const auto lo = nnz > 0 ? cols.min().to(at::kLong) : zero;
+  const auto hi = nnz > 0 ? cols.max().to(at::kLong) : zero;
+  const auto host = at::stack({rp[0], rp[-1], steps, lo, hi}).cpu();
+  const int64_t* h = host.data_ptr<int64_t>();
+  CMP_CHECK(h[0] == 0 && h[1] == nnz, op, "row_ptr must run from 0 to nnz=", nnz, ", got ",
+            h[0], " to ", h[1]);
+  CMP_CHECK(h[2] >= 0, op, "row_ptr must be non-decreasing");
+  CMP_CHECK(nnz == 0 || (h[3] >= 0 && h[4] < bound), op, cols_name, " entries must be in [0, ", bound,
+            "), got [", h[3], ", ", h[4], "]", hint);
+  cache.add(cols, row_ptr, bound);
 }
 
 void check_pair(at::IntArrayRef v, const char* name, int64_t min, const char* op) {
@@ -151,6 +211,10 @@ at::Tensor sparse_conv2d_cuda(const at::Tensor& input, const at::Tensor& values,
   const int64_t out_w = out_size(input.size(3), kernel_size[1], stride[1], padding[1],
                                  dilation[1], "width");
   const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t hpwp = (input.size(2) + 2 * padding[0]) * (input.size(3) + 2 * padding[1]);
+  check_content_once(col_offsets, row_ptr, input.size(1) / groups * hpwp, op, "col_offsets",
+                     " (channels/groups*Hp*Wp): was the weight packed for this input's channels"
+                     " and size?");
   auto out = at::empty({input.size(0), out_channels, out_h, out_w}, input.options());
   compressor::SparseConv2dParams p = conv_params(input, values, col_offsets, row_ptr, bias);
   set_geometry(p, kernel_size, stride, padding, dilation, groups);
@@ -169,6 +233,7 @@ at::Tensor sparse_linear_cuda(const at::Tensor& input, const at::Tensor& values,
   check_input(input, 2, op);
   const int64_t out_features = check_csr(input, values, col_idx, "col_idx", row_ptr, bias, op);
   const c10::cuda::CUDAGuard guard(input.device());
+  check_content_once(col_idx, row_ptr, input.size(1), op, "col_idx", " (in_features)");
   auto out = at::empty({input.size(0), out_features}, input.options());
   compressor::SparseLinearParams p{};
   p.input = input.data_ptr();

@@ -1,0 +1,157 @@
+"""Direct sparse conv2d against F.conv2d: every option, odd sizes, bad input, opcheck, fuzzing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compressor.errors import CompressorError
+from compressor.nn import SparseConv2d
+from compressor.ops import reference, sparse_conv2d
+from compressor.sparse.packing import conv_offsets, csr_from_dense
+from tests.conftest import require_kernel
+
+# (cin, cout, kernel, stride, padding, dilation, groups, hw, batch)
+CASES = [
+    (3, 5, 3, 1, 1, 1, 1, (7, 9), 1),
+    (8, 16, 1, 1, 0, 1, 1, (13, 11), 2),
+    (6, 9, 5, 1, 2, 1, 3, (10, 12), 3),
+    (4, 8, 7, 2, 3, 1, 1, (17, 15), 2),
+    (4, 8, 3, 1, 2, 2, 2, (9, 9), 1),
+    (5, 7, 3, (2, 3), (1, 0), (2, 1), 1, (20, 19), 2),
+    (1, 1, 1, 1, 0, 1, 1, (1, 1), 1),
+    (16, 24, 3, 1, 1, 1, 1, (5, 67), 1),
+]
+
+
+def pruned_conv(cin, cout, k, s, p, d, g, sparsity, device):
+    conv = torch.nn.Conv2d(cin, cout, k, s, p, d, g).to(device)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) >= sparsity)
+    return conv
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.7, 1.0])
+def test_matches_conv2d(device, case, sparsity):
+    require_kernel("sparse_conv2d", device)
+    *geom, hw, batch = case
+    conv = pruned_conv(*geom, sparsity, device)
+    x = torch.randn(batch, geom[0], *hw, device=device)
+    with torch.no_grad():
+        got, want = SparseConv2d.from_dense(conv).to(device)(x), conv(x)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    print(case, sparsity, f"max err {(got - want).abs().max().item():.2e}")
+
+
+def test_zero_output_channels_and_noncontiguous(device):
+    require_kernel("sparse_conv2d", device)
+    conv = pruned_conv(6, 10, 3, 1, 1, 1, 1, 0.5, device)
+    with torch.no_grad():
+        conv.weight[[0, 3, 9]] = 0
+    x = torch.randn(11, 6, 2, 6, device=device).permute(2, 3, 1, 0)  # (2, 6, 6, 11)
+    assert not x.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(SparseConv2d.from_dense(conv)(x), conv(x), atol=1e-4,
+                                   rtol=1e-4)
+
+
+def test_new_input_size_repacks(device):
+    require_kernel("sparse_conv2d", device)
+    conv = pruned_conv(4, 6, 3, 1, 1, 1, 1, 0.5, device)
+    sc = SparseConv2d.from_dense(conv)
+    with torch.no_grad():
+        for hw in [(8, 8), (5, 13), (8, 8)]:
+            x = torch.randn(1, 4, *hw, device=device)
+            torch.testing.assert_close(sc(x), conv(x), atol=1e-4, rtol=1e-4)
+
+
+def test_twin_and_to_dense_and_state_dict():
+    conv = pruned_conv(4, 6, 3, 2, 1, 1, 2, 0.6, "cpu")
+    sc = SparseConv2d.from_dense(conv)
+    x = torch.randn(2, 4, 9, 9)
+    offs = conv_offsets(sc.col_idx, (3, 3), (9, 9), (1, 1), (1, 1))
+    with torch.no_grad():
+        want = conv(x)
+        torch.testing.assert_close(reference.sparse_conv2d(x, sc.values, offs, sc.row_ptr, sc.bias,
+                                                           (9, 9), (3, 3), (2, 2), (1, 1), (1, 1),
+                                                           2), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sc.to_dense()(x), want)
+    other = SparseConv2d.from_dense(pruned_conv(4, 6, 3, 2, 1, 1, 2, 0.1, "cpu"))
+    other.load_state_dict(sc.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), want, atol=1e-5, rtol=1e-5)
+    dense = sc.to_dense()
+    assert (dense.stride, dense.padding, dense.groups) == (sc.stride, sc.padding, sc.groups)
+
+
+def op_args(cin=4, cout=6, hw=(6, 7), device="cpu"):
+    conv = pruned_conv(cin, cout, 3, 1, 1, 1, 1, 0.5, device)
+    values, col, row_ptr = csr_from_dense(conv.weight)
+    offs = conv_offsets(col, (3, 3), hw, (1, 1), (1, 1))
+    x = torch.randn(2, cin, *hw, device=device)
+    return x, values, offs, row_ptr, conv.bias.detach(), hw
+
+
+def test_opcheck(device):
+    require_kernel("sparse_conv2d", device)
+    x, values, offs, row_ptr, bias, hw = op_args(device=device)
+    for b in (bias, None):
+        torch.library.opcheck(torch.ops.compressor.sparse_conv2d.default,
+                              (x, values, offs, row_ptr, b, hw, (3, 3), (1, 1), (1, 1), (1, 1), 1))
+
+
+def call(x, values, offs, row_ptr, bias, hw, **kw):
+    args = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    args.update(kw)
+    return torch.ops.compressor.sparse_conv2d(x, values, offs, row_ptr, bias, hw, *args.values())
+
+
+def test_kernel_rejects_bad_input():
+    require_kernel("sparse_conv2d", "cpu")
+    x, values, offs, row_ptr, bias, hw = op_args()
+    with pytest.raises(RuntimeError, match="sparse_conv2d: col_offsets must lie in"):
+        call(x, values, offs + 10_000, row_ptr, bias, hw)
+    with pytest.raises(RuntimeError, match="sparse_conv2d: col_offsets must lie in"):
+        call(x[:, :2].contiguous(), values, offs, row_ptr, bias, hw)  # fewer input channels
+    with pytest.raises(RuntimeError, match="out of range"):
+        call(torch.randn(2, 4, 6, 7), values, offs + 10_000, row_ptr, bias, hw, stride=(2, 2))
+    with pytest.raises(RuntimeError, match="input must be Float"):
+        call(x.double(), values, offs, row_ptr, bias, hw)
+    with pytest.raises(RuntimeError, match="col_offsets must be Int"):
+        call(x, values, offs.long(), row_ptr, bias, hw)
+    with pytest.raises(RuntimeError, match="re-pack the weight"):
+        call(x, values, offs, row_ptr, bias, (6, 8))
+    with pytest.raises(RuntimeError, match="row_ptr\\[-1\\] must equal nnz"):
+        call(x, values[:-1].contiguous(), offs[:-1].contiguous(), row_ptr, bias, hw)
+    with pytest.raises(RuntimeError, match="bias must have shape"):
+        call(x, values, offs, row_ptr, bias[:-1], hw)
+
+
+def test_wrapper_and_module_errors():
+    x, values, offs, row_ptr, bias, hw = op_args()
+    with pytest.raises(ValueError, match="re-pack them"):
+        sparse_conv2d(x, values, offs, row_ptr, bias, input_hw=(3, 3), kernel_size=3, padding=1)
+    with pytest.raises(TypeError, match="must be int32"):
+        sparse_conv2d(x, values, offs.long(), row_ptr, bias, input_hw=hw, kernel_size=3)
+    sc = SparseConv2d.from_dense(torch.nn.Conv2d(4, 6, 3))
+    with pytest.raises(CompressorError, match="expects input \\(N, 4, H, W\\)"):
+        sc(torch.randn(1, 3, 8, 8))
+    with pytest.raises(CompressorError, match="padding_mode"):
+        SparseConv2d.from_dense(torch.nn.Conv2d(4, 6, 3, padding_mode="reflect"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(cin=st.integers(1, 6), cout=st.integers(1, 6), k=st.integers(1, 4), s=st.integers(1, 3),
+       p=st.integers(0, 2), d=st.integers(1, 2), h=st.integers(1, 12), w=st.integers(1, 12),
+       n=st.integers(1, 3), sparsity=st.floats(0, 1))
+def test_fuzz_against_conv2d(cin, cout, k, s, p, d, h, w, n, sparsity):
+    require_kernel("sparse_conv2d", "cpu")
+    if h + 2 * p < d * (k - 1) + 1 or w + 2 * p < d * (k - 1) + 1:
+        return
+    conv = pruned_conv(cin, cout, k, s, p, d, 1, sparsity, "cpu")
+    x = torch.randn(n, cin, h, w)
+    with torch.no_grad():
+        torch.testing.assert_close(SparseConv2d.from_dense(conv)(x), F.conv2d(
+            x, conv.weight, conv.bias, s, p, d), atol=1e-4, rtol=1e-4)
