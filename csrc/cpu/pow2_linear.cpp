@@ -263,7 +263,7 @@ void check_args(const at::Tensor& input, const at::Tensor& codes, const at::Tens
   const char* op = "pow2_linear";
   CMP_CHECK(bits >= 2 && bits <= 5, op, "bits must be in 2..5, got ", bits);
   CMP_CHECK(n1 >= -119 && n1 <= 127, op, "n1 must be in -119..127, got ", n1);
-  CMP_CHECK(in_features >= 1, op, "in_features must be >= 1, got ", in_features);
+  CMP_CHECK(in_features >= 0, op, "in_features must be >= 0, got ", in_features);
   CMP_CHECK_DIM(input, 2, op, "input");
   CMP_CHECK_DTYPE(input, at::kFloat, op, "input");
   CMP_CHECK_CONTIGUOUS(input, op, "input");
