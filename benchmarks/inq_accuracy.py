@@ -29,13 +29,14 @@ MODELS = {  # name -> (dataset, model, dense training steps)
 SCHEDULES = {5: "paper-5bit", 4: "paper-4bit", 3: "paper-3bit", 2: "paper-ternary"}
 
 
-def inq_config(bits: int, steps: int, seed: int) -> INQConfig:
-    # Adam at a lower rate than dense training retrains these small Adam-trained nets best.
-    return INQConfig.preset(SCHEDULES[bits], steps_per_stage=steps, optimizer="adam", lr=5e-4,
+def inq_config(bits: int, steps: int, seed: int, lr: float) -> INQConfig:
+    # Adam, like the dense training of these small nets; no weight decay.
+    return INQConfig.preset(SCHEDULES[bits], steps_per_stage=steps, optimizer="adam", lr=lr,
                             weight_decay=0.0, seed=seed)
 
 
-def run_seed(label: str, seed: int, stage_steps: int, dense_scale: float) -> list[dict]:
+def run_seed(label: str, seed: int, stage_steps: int, dense_scale: float,
+             lr: float) -> list[dict]:
     dataset, model_name, dense_steps = MODELS[label]
     data = load_dataset(dataset)
     torch.manual_seed(seed)
@@ -45,7 +46,7 @@ def run_seed(label: str, seed: int, stage_steps: int, dense_scale: float) -> lis
     rows = [{"model": label, "seed": seed, "bits": "fp32", "test_acc": fp32}]
     for bits in SCHEDULES:
         model = copy.deepcopy(dense)
-        inq_(model, data, inq_config(bits, stage_steps, seed), progress=False)
+        inq_(model, data, inq_config(bits, stage_steps, seed, lr), progress=False)
         packed = convert_to_pow2(model, bits)
         rows.append({"model": label, "seed": seed, "bits": bits,
                      "test_acc": evaluate(packed, data.x_test, data.y_test)})
@@ -75,7 +76,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, shorter training")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps-per-stage", type=int, default=60)
+    parser.add_argument("--steps-per-stage", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=2e-3, help="INQ retraining rate (Adam)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=sorted(MODELS), help="run one of the two models")
     args = parser.parse_args(argv)
@@ -85,14 +87,14 @@ def main(argv=None) -> None:
     stage_steps = 50 if args.quick else args.steps_per_stage
     start = time.perf_counter()
     rows = [r for label in labels for seed in range(seeds)
-            for r in run_seed(label, seed, stage_steps, 0.5 if args.quick else 1.0)]
+            for r in run_seed(label, seed, stage_steps, 0.5 if args.quick else 1.0, args.lr)]
     table = summarise(rows)
     print(markdown_table(table, ["model", "weights", "acc_mean_%", "acc_spread_pt",
                                  "drop_vs_fp32_pt", "seeds"]))
     elapsed = time.perf_counter() - start
     print(f"{elapsed:.0f} s")
     name = "inq_accuracy" + ("" if not args.only else "_" + args.only.split()[-1].lower())
-    write_json(name, {"seeds": seeds, "steps_per_stage": stage_steps,
+    write_json(name, {"seeds": seeds, "steps_per_stage": stage_steps, "lr": args.lr,
                                 "threads": args.threads, "runs": rows, "summary": table,
                                 "seconds": elapsed})
 

@@ -188,3 +188,33 @@ def test_presets_and_config_validation():
         INQConfig(portions=(0.5, 0.5, 1.0))
     with pytest.raises(CompressorError, match="bits must be"):
         INQConfig(bits=8)
+
+
+def test_convert_after_inq_keeps_the_function(digits):
+    from compressor.nn import Pow2Linear
+    from compressor.quantization import convert_to_pow2
+
+    model = small_model()
+    run = INQ(model, digits, quick(bits=5, portions=(0.6, 1.0)), progress=False)
+    run.run()
+    x = digits.x_test[:17]
+    want = model(x)
+    packed = convert_to_pow2(model, 5, run.state.n1)
+    assert isinstance(packed[0], Pow2Linear) and isinstance(packed[2], Pow2Linear)
+    assert packed[0].n1 == run.state.n1["0.weight"]
+    torch.testing.assert_close(packed(x), want, atol=1e-4, rtol=1e-5)
+
+
+def test_cli_quantize_inq(tmp_path, capsys):
+    from compressor.cli import main
+
+    out = tmp_path / "q.pt"
+    rc = main(["quantize", "--method", "inq", "--bits", "4", "--steps", "30", "--portions",
+               "0.5,1", "--steps-per-stage", "3", "--out", str(out)])
+    assert rc == 0
+    saved = torch.load(out, weights_only=True)
+    assert saved["bits"] == 4 and saved["method"] == "inq"
+    assert any(k.endswith("codes") for k in saved["state_dict"])
+    assert "smaller" in capsys.readouterr().out
+    assert main(["quantize", "--method", "nope", "--out", str(out)]) == 2
+    assert main(["quantize", "--bits", "7", "--steps", "1", "--out", str(out)]) == 2
