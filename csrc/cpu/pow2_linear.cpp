@@ -210,25 +210,30 @@ constexpr int64_t kChunkBlocks = 8;  // K-chunk of the batched path: 512 columns
 // Batched path: tiles of 4 input rows share each decoded block; K is chunked so the slice of
 // x_perm being reused stays in cache while a group of output rows walks over it.
 #ifdef POW2_AVX2
+template <int MT, typename Source>
+void gemm_tile(const Decoder& dec, Source source, const float* xm, int64_t n0, int64_t n1_,
+               int64_t k64, int64_t b0, int64_t b1, int64_t n_out, float* ym) {
+  for (int64_t n = n0; n < n1_; ++n) row_dot<MT>(dec, source(n), xm, k64, b0, b1, ym + n, n_out);
+}
+
+// Loop order keeps one 4-row x tile of a K-chunk (8 KiB) in L1 while every output row of this
+// thread's range streams its codes past it.
 template <typename Source>
 void gemm_rows(const Decoder& dec, Source source, const float* xp, int64_t rows, int64_t n0,
                int64_t n1_, int64_t k64, int64_t n_out, float* y) {
   const int64_t nblk = k64 / kBlock;
   for (int64_t b0 = 0; b0 < nblk; b0 += kChunkBlocks) {
     const int64_t b1 = std::min(nblk, b0 + kChunkBlocks);
-    for (int64_t n = n0; n < n1_; ++n) {
-      const BlockSource s = source(n);
-      int64_t m = 0;
-      for (; m + 4 <= rows; m += 4)
-        row_dot<4>(dec, s, xp + m * k64, k64, b0, b1, y + m * n_out + n, n_out);
-      float* out = y + m * n_out + n;
-      const float* xm = xp + m * k64;
-      switch (rows - m) {
-        case 3: row_dot<3>(dec, s, xm, k64, b0, b1, out, n_out); break;
-        case 2: row_dot<2>(dec, s, xm, k64, b0, b1, out, n_out); break;
-        case 1: row_dot<1>(dec, s, xm, k64, b0, b1, out, n_out); break;
-        default: break;
-      }
+    int64_t m = 0;
+    for (; m + 4 <= rows; m += 4)
+      gemm_tile<4>(dec, source, xp + m * k64, n0, n1_, k64, b0, b1, n_out, y + m * n_out);
+    const float* xm = xp + m * k64;
+    float* ym = y + m * n_out;
+    switch (rows - m) {
+      case 3: gemm_tile<3>(dec, source, xm, n0, n1_, k64, b0, b1, n_out, ym); break;
+      case 2: gemm_tile<2>(dec, source, xm, n0, n1_, k64, b0, b1, n_out, ym); break;
+      case 1: gemm_tile<1>(dec, source, xm, n0, n1_, k64, b0, b1, n_out, ym); break;
+      default: break;
     }
   }
 }
