@@ -27,6 +27,8 @@ TORCH_LIBRARY(compressor, m) {
   //   bits == 5: m in 0..7 -> |w| = 2^(n1 - m); nonzero uint8 (N, K_pad/8), bit j%8 of byte j/8
   //   set when weight j is nonzero (zero weights: nibble 0, bit 0). Padding columns are zero.
   //   input (M, K) float, output (M, N) = input @ W^T + bias. Inference only.
+  //   n1 must be in -119..127 (every decoded exponent is a normal float32 one); see
+  //   /work/wt/pow2-contract-changes.md.
   m.def("pow2_linear(Tensor input, Tensor codes, Tensor nonzero, Tensor? bias, int in_features, int bits, int n1) -> Tensor");
 
   // ---- ON-LSTM fused cell ----

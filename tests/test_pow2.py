@@ -1,4 +1,4 @@
-"""pow2_linear (packed INQ codes) against decode-then-matmul, packing round trips, modules, errors."""
+"""pow2_linear (packed INQ codes) against decode-then-matmul; packing, modules, errors."""
 
 import io
 
@@ -160,7 +160,8 @@ def test_pow2_linear_module(device, bits):
     assert set(mod.state_dict()) == {"codes", "nonzero", "bias", "n1", "bits"}
 
 
-@pytest.mark.parametrize("groups,stride,padding,dilation", [(1, 1, 0, 1), (2, 2, 1, 1), (1, 1, 2, 2)])
+@pytest.mark.parametrize("groups,stride,padding,dilation",
+                         [(1, 1, 0, 1), (2, 2, 1, 1), (1, 1, 2, 2)])
 def test_pow2_conv2d_module(device, groups, stride, padding, dilation):
     conv = torch.nn.Conv2d(6, 8, 3, stride, padding, dilation, groups).to(device)
     mod = Pow2Conv2d.from_float(conv, 5)

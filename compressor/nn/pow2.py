@@ -79,7 +79,8 @@ class Pow2Linear(_Pow2Packed):
     def from_float(cls, linear: nn.Linear, bits: int, n1: int | None = None) -> "Pow2Linear":
         """Quantize `linear.weight` with the INQ rule (n1 from its max unless given) and pack it."""
         if not isinstance(linear, nn.Linear):
-            raise CompressorError(f"Pow2Linear.from_float needs an nn.Linear, got {type(linear).__name__}")
+            raise CompressorError("Pow2Linear.from_float needs an nn.Linear, got "
+                                  f"{type(linear).__name__}")
         check_bits(bits)
         mod = cls(linear.in_features, linear.out_features, bits, 0, linear.bias is not None)
         mod._set_weight(linear.weight, n1)
@@ -118,7 +119,8 @@ class Pow2Conv2d(_Pow2Packed):
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bits: int, n1: int | None = None) -> "Pow2Conv2d":
         if not isinstance(conv, nn.Conv2d):
-            raise CompressorError(f"Pow2Conv2d.from_float needs an nn.Conv2d, got {type(conv).__name__}")
+            raise CompressorError("Pow2Conv2d.from_float needs an nn.Conv2d, got "
+                                  f"{type(conv).__name__}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise CompressorError("Pow2Conv2d supports numeric zero padding only, got "
                                   f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
@@ -159,4 +161,5 @@ class Pow2Conv2d(_Pow2Packed):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-                f"groups={self.groups}, bits={self.bits}, n1={self.n1}, bias={self.bias is not None}")
+                f"groups={self.groups}, bits={self.bits}, n1={self.n1}, "
+                f"bias={self.bias is not None}")

@@ -31,12 +31,14 @@ def _check_packed(codes, nonzero, in_features: int, bits: int, n1: int, device):
     _check_tensor(nonzero, "nonzero")
     k_pad = padded_in_features(in_features)
     if codes.dtype != torch.uint8 or codes.dim() != 2 or codes.shape[1] != k_pad // 2:
-        raise CompressorError(f"pow2_linear: codes must be uint8 of shape (out_features, {k_pad // 2}) "
-                              f"for in_features={in_features}, got {codes.dtype} {tuple(codes.shape)}")
+        raise CompressorError(f"pow2_linear: codes must be uint8 of shape (out_features, "
+                              f"{k_pad // 2}) for in_features={in_features}, got "
+                              f"{codes.dtype} {tuple(codes.shape)}")
     want = (codes.shape[0], k_pad // 8) if bits == 5 else (0,)
     if nonzero.dtype != torch.uint8 or (tuple(nonzero.shape) != want if bits == 5
                                         else nonzero.numel() != 0):
-        raise CompressorError(f"pow2_linear: nonzero must be uint8 of shape {want} for bits={bits}, "
+        raise CompressorError(f"pow2_linear: nonzero must be uint8 of shape {want} for "
+                              f"bits={bits}, "
                               f"got {nonzero.dtype} {tuple(nonzero.shape)}")
     for name, t in (("codes", codes), ("nonzero", nonzero)):
         if t.device != device and not (name == "nonzero" and t.numel() == 0):

@@ -70,7 +70,8 @@ def pow2_linear(input: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor,
     """input (M, K) @ W^T + bias with W (N, K) decoded from the packed pow2 codes.
 
     codes: uint8 (N, K_pad/2); nonzero: uint8 (N, K_pad/8) for bits=5, empty otherwise;
-    bias: (N,) or None; K = in_features. Returns (M, N) in input's dtype. Format: quantization.packing.
+    bias: (N,) or None; K = in_features. Returns (M, N) in input's dtype.
+    Format: compressor/quantization/packing.py.
     """
     from compressor.quantization.packing import unpack_pow2
 

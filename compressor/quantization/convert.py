@@ -2,7 +2,6 @@
 
 from torch import nn
 
-from compressor.nn.pow2 import Pow2Conv2d, Pow2Linear
 from compressor.quantization.pow2 import check_bits
 
 
@@ -13,6 +12,8 @@ def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = Non
     layer's own max picks n1, which is the same for weights INQ already quantized. Other layers
     (Conv1d, ON-LSTM) keep their float weights.
     """
+    from compressor.nn.pow2 import Pow2Conv2d, Pow2Linear  # nn imports quantization: not at top
+
     check_bits(bits)
     n1 = n1 or {}
     for name, child in list(model.named_children()):

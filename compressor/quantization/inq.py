@@ -57,7 +57,8 @@ class INQConfig:
         check_bits(self.bits)
         self.portions = tuple(float(p) for p in self.portions)
         p = self.portions
-        if not p or any(not 0 < a <= 1 for a in p) or any(b <= a for a, b in zip(p, p[1:])):
+        increasing = all(a < b for a, b in zip(p, p[1:], strict=False))
+        if not p or any(not 0 < a <= 1 for a in p) or not increasing:
             raise CompressorError(f"portions must increase strictly within (0, 1], got {p}")
         if p[-1] != 1.0:
             raise CompressorError(f"portions must end at 1.0 so every weight is quantized, got {p}")
@@ -71,7 +72,7 @@ class INQConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "INQConfig":
-        """The paper's schedule for a bit width: paper-5bit, paper-4bit, paper-3bit, paper-ternary."""
+        """The paper's schedule for a bit width: paper-5bit, -4bit, -3bit or -ternary."""
         if name not in PRESETS:
             raise CompressorError(f"unknown INQ preset {name!r}: use one of {sorted(PRESETS)}")
         bits, portions = PRESETS[name]
@@ -119,7 +120,8 @@ def _config_key(config: INQConfig) -> dict:
 
 def _select_new(param: torch.Tensor, frozen: torch.Tensor, eligible: torch.Tensor,
                 portion: float) -> torch.Tensor:
-    """Mask of the largest-|w| unfrozen eligible weights that bring the frozen share to `portion`."""
+    """Mask of the largest-|w| unfrozen eligible weights that bring the frozen share up to
+    `portion` of the eligible ones."""
     total = int(eligible.sum())
     target = total if portion >= 1.0 else int(round(portion * total))
     need = target - int((frozen & eligible).sum())
@@ -154,9 +156,12 @@ class INQ:
             state.frozen[name] = pruned.clone()  # pruned zeros are already on a level: 0
         return state
 
-    def run(self) -> list[dict]:
+    def run(self, stop_after: int | None = None) -> list[dict]:
+        """Runs the remaining stages (or up to stage `stop_after`, 1-based); a finished run is a
+        no-op."""
         cfg = self.config
-        stages = range(self.state.stage, len(cfg.portions))
+        last = len(cfg.portions) if stop_after is None else min(stop_after, len(cfg.portions))
+        stages = range(self.state.stage, last)
         for stage in tqdm(stages, desc=f"INQ {cfg.bits}-bit", disable=not self.progress):
             portion = cfg.portions[stage]
             counts = self._quantize_stage(portion)

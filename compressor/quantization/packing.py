@@ -1,4 +1,4 @@
-"""Power-of-two weights <-> the packed codes that pow2_linear computes on (contract in csrc/ops.cpp).
+"""Power-of-two weights <-> the packed codes pow2_linear computes on (contract: csrc/ops.cpp).
 
 K = in_features, K_pad = round_up(K, 8). `codes` is uint8 (N, K_pad/2): column j lives in byte j/2,
 low nibble for even j, high nibble for odd j. Nibble bit 3 = sign (1 = negative), bits 0-2 = m.
@@ -28,7 +28,8 @@ def check_n1(n1: int) -> int:
     return int(n1)
 
 
-def _magnitude_index(weight: torch.Tensor, n1: int, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _magnitude_index(weight: torch.Tensor, n1: int,
+                     bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, nonzero) per weight; raises when a weight is not one of the levels of (n1, bits)."""
     w = weight.detach().to(torch.float64)
     nonzero = w != 0
@@ -41,7 +42,8 @@ def _magnitude_index(weight: torch.Tensor, n1: int, bits: int) -> tuple[torch.Te
     bad = nonzero & ((mantissa != 0.5) | (m < low) | (m > high))
     if bad.any():
         value = w[bad][0].item()
-        raise CompressorError(f"weight {value!r} is not a {bits}-bit power-of-two level for n1={n1}; "
+        raise CompressorError(f"weight {value!r} is not a {bits}-bit power-of-two level for "
+                              f"n1={n1}; "
                               "quantize it with pow2_quantize first")
     return torch.where(nonzero, m, 0), nonzero
 
@@ -51,7 +53,8 @@ def pack_pow2(weight: torch.Tensor, n1: int, bits: int) -> tuple[torch.Tensor, t
     check_bits(bits)
     check_n1(n1)
     if weight.dim() != 2:
-        raise CompressorError(f"pack_pow2: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        raise CompressorError("pack_pow2: weight must be 2-D (out, in), got shape "
+                              f"{tuple(weight.shape)}")
     n_out, k = weight.shape
     k_pad = padded_in_features(k)
     m, nonzero = _magnitude_index(weight.cpu(), n1, bits)
@@ -83,7 +86,8 @@ def unpack_pow2(codes: torch.Tensor, nonzero: torch.Tensor, in_features: int, bi
         shifts = torch.arange(bytes_.shape[-1], device=codes.device) % 8
         is_nonzero = ((bytes_ >> shifts) & 1)[:, :in_features] == 1
         exponent = n1 - m
-    magnitude = torch.ldexp(torch.ones_like(exponent, dtype=torch.float32), exponent.to(torch.int32))
+    ones = torch.ones_like(exponent, dtype=torch.float32)
+    magnitude = torch.ldexp(ones, exponent.to(torch.int32))
     value = torch.where(negative == 1, -magnitude, magnitude)
     return torch.where(is_nonzero, value, torch.zeros_like(value))
 

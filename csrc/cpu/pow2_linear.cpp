@@ -125,11 +125,12 @@ struct Decoder {
   }
 
   // Table indices of the even (low nibble) and odd (high nibble) columns of a block.
+  template <bool kBitmap>
   inline void indices(const BlockSource& s, int64_t byte0, __m256i& even, __m256i& odd) const {
     const __m256i c = load_codes(s, byte0);
     even = _mm256_and_si256(c, low_nibble);
     odd = _mm256_and_si256(_mm256_srli_epi16(c, 4), low_nibble);
-    if (has_bitmap) {
+    if constexpr (kBitmap) {
       const __m256i rep =
           _mm256_shuffle_epi8(_mm256_set1_epi64x(static_cast<int64_t>(load_bitmap(s, byte0))),
                               rep_ctrl);
@@ -148,14 +149,14 @@ inline float hsum(__m256 v) {
 }
 
 // One output row against MT input rows (MT <= 4): decode each block once, use it MT times.
-template <int MT>
+template <int MT, bool kBitmap>
 void row_dot(const Decoder& dec, const BlockSource& s, const float* xp, int64_t k64,
              int64_t blk0, int64_t blk1, float* out, int64_t out_stride) {
   __m256 acc[MT][2];
   for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     __m256i even, odd;
-    dec.indices(s, blk * 32, even, odd);
+    dec.template indices<kBitmap>(s, blk * 32, even, odd);
     __m256 f[4];
     const float* xb = xp + blk * kBlock;
     dec.decode_half(even, f);
@@ -172,12 +173,14 @@ void row_dot(const Decoder& dec, const BlockSource& s, const float* xp, int64_t 
 }
 
 // Batch 1: one row at a time with eight accumulators so the FMA chains never wait.
-float gemv_row(const Decoder& dec, const BlockSource& s, const float* xp, int64_t nblk) {
+template <bool kBitmap>
+float gemv_row(const Decoder& shared, const BlockSource& s, const float* xp, int64_t nblk) {
+  const Decoder dec = shared;  // a local copy: the tables and masks stay in registers
   __m256 acc[8];
   for (auto& a : acc) a = _mm256_setzero_ps();
   for (int64_t blk = 0; blk < nblk; ++blk) {
     __m256i even, odd;
-    dec.indices(s, blk * 32, even, odd);
+    dec.template indices<kBitmap>(s, blk * 32, even, odd);
     __m256 f[4];
     const float* xb = xp + blk * kBlock;
     dec.decode_half(even, f);
@@ -210,25 +213,30 @@ constexpr int64_t kChunkBlocks = 8;  // K-chunk of the batched path: 512 columns
 // Batched path: tiles of 4 input rows share each decoded block; K is chunked so the slice of
 // x_perm being reused stays in cache while a group of output rows walks over it.
 #ifdef POW2_AVX2
-template <typename Source>
+template <int MT, bool kBitmap, typename Source>
+void gemm_tile(const Decoder& dec, Source source, const float* xm, int64_t n0, int64_t n1_,
+               int64_t k64, int64_t b0, int64_t b1, int64_t n_out, float* ym) {
+  for (int64_t n = n0; n < n1_; ++n) row_dot<MT, kBitmap>(dec, source(n), xm, k64, b0, b1, ym + n, n_out);
+}
+
+// Loop order keeps one 4-row x tile of a K-chunk (8 KiB) in L1 while every output row of this
+// thread's range streams its codes past it.
+template <bool kBitmap, typename Source>
 void gemm_rows(const Decoder& dec, Source source, const float* xp, int64_t rows, int64_t n0,
                int64_t n1_, int64_t k64, int64_t n_out, float* y) {
   const int64_t nblk = k64 / kBlock;
   for (int64_t b0 = 0; b0 < nblk; b0 += kChunkBlocks) {
     const int64_t b1 = std::min(nblk, b0 + kChunkBlocks);
-    for (int64_t n = n0; n < n1_; ++n) {
-      const BlockSource s = source(n);
-      int64_t m = 0;
-      for (; m + 4 <= rows; m += 4)
-        row_dot<4>(dec, s, xp + m * k64, k64, b0, b1, y + m * n_out + n, n_out);
-      float* out = y + m * n_out + n;
-      const float* xm = xp + m * k64;
-      switch (rows - m) {
-        case 3: row_dot<3>(dec, s, xm, k64, b0, b1, out, n_out); break;
-        case 2: row_dot<2>(dec, s, xm, k64, b0, b1, out, n_out); break;
-        case 1: row_dot<1>(dec, s, xm, k64, b0, b1, out, n_out); break;
-        default: break;
-      }
+    int64_t m = 0;
+    for (; m + 4 <= rows; m += 4)
+      gemm_tile<4, kBitmap>(dec, source, xp + m * k64, n0, n1_, k64, b0, b1, n_out, y + m * n_out);
+    const float* xm = xp + m * k64;
+    float* ym = y + m * n_out;
+    switch (rows - m) {
+      case 3: gemm_tile<3, kBitmap>(dec, source, xm, n0, n1_, k64, b0, b1, n_out, ym); break;
+      case 2: gemm_tile<2, kBitmap>(dec, source, xm, n0, n1_, k64, b0, b1, n_out, ym); break;
+      case 1: gemm_tile<1, kBitmap>(dec, source, xm, n0, n1_, k64, b0, b1, n_out, ym); break;
+      default: break;
     }
   }
 }
@@ -241,12 +249,17 @@ void compute_rows(const Pow2Table& t, bool bitmap, Source source, const float* x
   const Decoder dec(t, bitmap);
   if (rows == 1) {
     at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) y[n] = gemv_row(dec, source(n), xp, k64 / kBlock);
+      for (int64_t n = begin; n < end; ++n)
+        y[n] = bitmap ? gemv_row<true>(dec, source(n), xp, k64 / kBlock)
+                      : gemv_row<false>(dec, source(n), xp, k64 / kBlock);
     });
     return;
   }
   at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
-    gemm_rows(dec, source, xp, rows, begin, end, k64, n_out, y);
+    if (bitmap)
+      gemm_rows<true>(dec, source, xp, rows, begin, end, k64, n_out, y);
+    else
+      gemm_rows<false>(dec, source, xp, rows, begin, end, k64, n_out, y);
   });
 #else
   (void)bitmap;
@@ -263,7 +276,7 @@ void check_args(const at::Tensor& input, const at::Tensor& codes, const at::Tens
   const char* op = "pow2_linear";
   CMP_CHECK(bits >= 2 && bits <= 5, op, "bits must be in 2..5, got ", bits);
   CMP_CHECK(n1 >= -119 && n1 <= 127, op, "n1 must be in -119..127, got ", n1);
-  CMP_CHECK(in_features >= 1, op, "in_features must be >= 1, got ", in_features);
+  CMP_CHECK(in_features >= 0, op, "in_features must be >= 0, got ", in_features);
   CMP_CHECK_DIM(input, 2, op, "input");
   CMP_CHECK_DTYPE(input, at::kFloat, op, "input");
   CMP_CHECK_CONTIGUOUS(input, op, "input");
