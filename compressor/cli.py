@@ -13,6 +13,7 @@ from compressor.errors import CompressorError
 COMMANDS = {
     "info": ("compressor.commands.info", "versions, built kernels and why others were not built"),
     "demo": ("compressor.commands.demo", "run the main pipeline on built-in data"),
+    "onlstm-lm": ("compressor.commands.onlstm_lm", "train a small ON-LSTM LM, fused vs reference"),
 }
 
 
