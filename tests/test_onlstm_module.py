@@ -171,3 +171,22 @@ def test_fuzz_fused_equals_reference(chunk, masters, layers, steps, batch, input
     model = ONLSTM(input_size, chunk * masters, layers, chunk_size=chunk).double()
     x = torch.randn(steps, batch, input_size, dtype=torch.float64, requires_grad=True)
     _assert_fused_equals_reference(model, x, tol=1e-10)
+
+
+def test_reference_path_exports_to_onnx():
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import io
+    import warnings
+
+    torch.manual_seed(8)
+    model = ONLSTM(4, 8, 2, chunk_size=4).eval()
+    model.use_fused_kernels = False  # the public contract for export: standard torch ops only
+    x = torch.randn(5, 2, 4)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, dynamo=False)
+    session = ort.InferenceSession(buf.getvalue())
+    (out, *_rest) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), model(x)[0].detach())
