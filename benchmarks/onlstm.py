@@ -9,6 +9,7 @@ LSTM) when a GPU is present. Ratios are against baselines timed in the same run.
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -83,6 +84,7 @@ def plot(rows, path="docs/img/onlstm.png"):
     ax.legend()
     ax.set_title("ON-LSTM training step: fused vs reference vs nn.LSTM")
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
 
