@@ -14,6 +14,7 @@ COMMANDS = {
     "info": ("compressor.commands.info", "versions, built kernels and why others were not built"),
     "demo": ("compressor.commands.demo", "run the main pipeline on built-in data"),
     "quantize": ("compressor.commands.quantize", "quantize a model (INQ, ...) and save it"),
+    "onlstm-lm": ("compressor.commands.onlstm_lm", "train a small ON-LSTM LM, fused vs reference"),
 }
 
 
