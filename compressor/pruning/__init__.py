@@ -13,6 +13,7 @@ from compressor.pruning.criteria import (
     random_masks_like,
 )
 from compressor.pruning.masks import (
+    MaskKeeper,
     apply_masks,
     fold_masks,
     get_masks,
@@ -27,7 +28,7 @@ from compressor.pruning.schedules import Gradual, GradualPruner, Iterative, OneS
 from compressor.pruning.selection import layer_rates, prunable_parameters
 
 __all__ = [
-    "Gradual", "GradualPruner", "Iterative", "OneShot", "PruneConfig", "apply_masks",
+    "Gradual", "GradualPruner", "Iterative", "MaskKeeper", "OneShot", "PruneConfig", "apply_masks",
     "fold_masks", "get_masks", "has_masks", "is_nm_sparse", "layer_rates", "load_state_dict",
     "mask_optimizer", "nm_mask", "prunable_parameters", "prune", "prune_global",
     "prune_layerwise", "prune_nm", "prune_to_sparsity", "random_masks_like", "set_mask",

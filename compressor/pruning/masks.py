@@ -119,6 +119,30 @@ def load_state_dict(model: nn.Module, state_dict: dict, strict: bool = True):
     return result
 
 
+class MaskKeeper:
+    """The fast path for a training loop whose masks do not change: (param, mask) pairs found
+    once; `grads()` before the optimizer step, `weights()` after it. With gradients masked and
+    optimizer state starting at zero, pruned weights get exactly zero updates under SGD
+    (momentum, weight decay) and Adam; `weights()` also undoes anything else that touched them."""
+
+    def __init__(self, model: nn.Module):
+        self.entries = [(module, name, module._parameters[name],
+                         module._buffers[name + MASK_SUFFIX]) for _, module, name in
+                        iter_masked(model)]
+
+    @torch.no_grad()
+    def grads(self) -> None:
+        for _, _, param, mask in self.entries:
+            if param.grad is not None:
+                param.grad.mul_(mask)
+
+    @torch.no_grad()
+    def weights(self) -> None:
+        for module, name, param, mask in self.entries:
+            param.mul_(mask)
+            module.__dict__.setdefault(_VERSIONS, {})[name] = param._version
+
+
 def _param_masks(model: nn.Module) -> dict[int, torch.Tensor]:
     return {id(module._parameters[name]): module._buffers[name + MASK_SUFFIX]
             for _, module, name in iter_masked(model)}
