@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds of 300 steps (a smoke run)")
     parser.add_argument("--plot", action="store_true", help="write docs/img/lottery_mnist1d_*.png")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=3000, help="training steps per round")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--root", default=str(ROOT / "runs" / "lottery_mnist1d"))
     args = parser.parse_args(argv)

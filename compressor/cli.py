@@ -13,6 +13,8 @@ from compressor.errors import CompressorError
 COMMANDS = {
     "info": ("compressor.commands.info", "versions, built kernels and why others were not built"),
     "demo": ("compressor.commands.demo", "run the main pipeline on built-in data"),
+    "lottery": ("compressor.commands.lottery", "find lottery tickets (iterative pruning, rewind)"),
+    "prune": ("compressor.commands.prune", "train, prune (one-shot, gradual or N:M), fine-tune"),
 }
 
 
