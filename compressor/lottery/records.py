@@ -1,6 +1,5 @@
 """Per-job records: sparsity per layer and total, final/best accuracy, early-stop iteration."""
 
-import torch
 from torch import nn
 
 from compressor.pruning import get_masks
@@ -39,8 +38,3 @@ def job_record(round_index: int, variant: str, model: nn.Module, curve: list[dic
         "curve": [dict(point) for point in curve],
     }
 
-
-def summarize(records: list[dict]) -> torch.Tensor:
-    """(round, weights remaining) of ticket records, for quick checks."""
-    return torch.tensor([[r["round"], r["weights_remaining"]] for r in records
-                         if r["variant"] == "ticket"])

@@ -23,7 +23,13 @@ from compressor.lottery.config import LotteryConfig, describe_difference
 from compressor.lottery.records import job_record
 from compressor.lottery.trainer import JobState, load_model_state, run_job
 from compressor.models import build_model
-from compressor.pruning import layer_rates, prunable_parameters, random_masks_like, set_mask
+from compressor.pruning import (
+    get_masks,
+    layer_rates,
+    prunable_parameters,
+    random_masks_like,
+    set_mask,
+)
 from compressor.pruning.criteria import prune_global, prune_layerwise
 
 
@@ -174,7 +180,7 @@ class LotteryRun:
                 self.state["rewind"] = state.extras["rewind"]
             self._prune(model)
             self.state["masks"][str(job.round + 1)] = {
-                k: v.detach().cpu().bool() for k, v in self._current_masks(model).items()}
+                k: v.detach().cpu().bool() for k, v in get_masks(model).items()}
         self.state["done"] += 1
 
     def _prune(self, model: nn.Module) -> None:
@@ -183,11 +189,6 @@ class LotteryRun:
             prune_global(model, self.cfg.rate, list(rates))
         else:
             prune_layerwise(model, rates)
-
-    @staticmethod
-    def _current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-        from compressor.pruning import get_masks
-        return get_masks(model)
 
     # ----- the run
     def run(self) -> list[dict]:
