@@ -15,6 +15,8 @@ COMMANDS = {
     "demo": ("compressor.commands.demo", "run the main pipeline on built-in data"),
     "quantize": ("compressor.commands.quantize", "quantize a model (INQ, ...) and save it"),
     "onlstm-lm": ("compressor.commands.onlstm_lm", "train a small ON-LSTM LM, fused vs reference"),
+    "lottery": ("compressor.commands.lottery", "find lottery tickets (iterative pruning, rewind)"),
+    "prune": ("compressor.commands.prune", "train, prune (one-shot, gradual or N:M), fine-tune"),
 }
 
 

@@ -1,0 +1,88 @@
+"""The one config of a lottery-ticket run; its fields (except `rounds`) name the run directory."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+from compressor.errors import CompressorError
+from compressor.pruning.selection import check_rate
+
+STRATEGIES = ("layerwise", "global")
+CONTROLS = ("reinit", "random_mask")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class LotteryConfig:
+    """Iterative magnitude pruning: train `steps`, prune `rate` of the surviving weights
+    (`output_rate` for the output layer; `strategy` 'layerwise' or 'global'), rewind survivors to
+    their value at step `rewind_step` (0 = the original init θ0), retrain; `rounds` times.
+    `controls` train, at every round's sparsity, the same mask from a fresh init ('reinit') and
+    a random mask with the same per-layer sparsity from the rewound weights ('random_mask')."""
+
+    dataset: str = "mnist1d"
+    model: str = "lenet"
+    rounds: int = 8
+    rate: float = 0.2
+    output_rate: float | None = 0.1
+    strategy: str = "layerwise"
+    rewind_step: int = 0
+    steps: int = 2000
+    batch_size: int = 60
+    optimizer: str = "adam"
+    lr: float = 1.2e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int = 100
+    controls: tuple[str, ...] = CONTROLS
+    exclude: tuple[str, ...] = ()
+    num_samples: int = 10_000
+
+    def __post_init__(self):
+        check_rate(self.rate, "rate")
+        if self.output_rate is not None:
+            check_rate(self.output_rate, "output_rate")
+        self.controls, self.exclude = tuple(self.controls), tuple(self.exclude)
+        checks = [
+            (self.rounds >= 0, f"rounds must be >= 0, got {self.rounds}"),
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (0 <= self.rewind_step < self.steps,
+             f"rewind_step must be in [0, steps={self.steps}), got {self.rewind_step}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (set(self.controls) <= set(CONTROLS),
+             f"controls must be among {CONTROLS}, got {list(self.controls)}"),
+            (self.strategy == "layerwise" or self.output_rate is None,
+             "output_rate needs strategy 'layerwise' (global uses one threshold; "
+             "pass output_rate=None)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CompressorError(message)
+
+    def identity(self) -> dict:
+        """Everything that changes results. `rounds` is left out: a finished run continues when
+        rerun with more rounds, and earlier rounds do not depend on how many follow."""
+        out = asdict(self)
+        out.pop("rounds")
+        out["controls"], out["exclude"] = list(self.controls), list(self.exclude)
+        return out
+
+    def run_name(self) -> str:
+        digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
+        return (f"{self.model}-{self.dataset.replace('/', '_')}-{self.strategy}-p{self.rate:g}"
+                f"-k{self.rewind_step}-s{self.seed}-{digest[:10]}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LotteryConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def describe_difference(old: dict, new: dict) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} in the run, {new.get(k)!r} now" for k in keys)
