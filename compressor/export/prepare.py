@@ -1,0 +1,189 @@
+"""Turn a compressed model into plain PyTorch modules the ONNX exporter understands.
+
+Works on a deep copy. In order: pruning masks are folded into the weights (compressor's
+`<param>_mask` buffers, torch.nn.utils.prune reparametrisations); modules with `to_dense()`
+(SparseConv2d, SparseLinear) become their dense equivalents; power-of-two modules
+(`dequantized_weight()`) become nn.Linear / nn.Conv2d holding the exact dequantized weights;
+ON-LSTM-style modules get `use_fused_kernels = False`, so forward uses only standard torch ops.
+Then one forward pass under a dispatch spy finds any op outside aten (a compressor kernel, say) and
+names the module that calls it, before the exporter fails with a less helpful message.
+"""
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from compressor.errors import CompressorError
+from compressor.export.qdq import QuantSpec
+
+STANDARD_NAMESPACES = {"aten", "prims", "prim"}
+
+
+def fold_prune_masks(model: nn.Module) -> list[str]:
+    """Multiply every `<param>_mask` buffer into its parameter and drop it; undo torch prune
+    reparametrisations. Returns the folded names. Uses compressor.pruning.fold_masks if present."""
+    folded = []
+    try:
+        from compressor.pruning import fold_masks
+    except ImportError:
+        fold_masks = None
+    if fold_masks is not None:
+        fold_masks(model)
+    for module_name, module in model.named_modules():
+        folded += _remove_torch_prune(module, module_name)
+        folded += _fold_mask_buffers(module, module_name)
+    return folded
+
+
+def _remove_torch_prune(module: nn.Module, module_name: str) -> list[str]:
+    from torch.nn.utils import prune
+
+    names = [hook._tensor_name for hook in list(module._forward_pre_hooks.values())
+             if isinstance(hook, prune.BasePruningMethod)]
+    for name in names:
+        prune.remove(module, name)
+    return [f"{module_name}.{name}" for name in names]
+
+
+def _fold_mask_buffers(module: nn.Module, module_name: str) -> list[str]:
+    folded = []
+    for buffer_name, mask in list(module.named_buffers(recurse=False)):
+        param = getattr(module, buffer_name[:-len("_mask")], None)
+        if not buffer_name.endswith("_mask") or not isinstance(param, nn.Parameter):
+            continue
+        with torch.no_grad():
+            param.mul_(mask.to(param.dtype))
+        # a forward that still multiplies by the mask now multiplies by ones, which the exporter
+        # folds away; keeping the attribute keeps such a forward working
+        delattr(module, buffer_name)
+        setattr(module, buffer_name, torch.ones((), dtype=param.dtype))
+        folded.append(f"{module_name}.{buffer_name}")
+    return folded
+
+
+def _pow2_to_float(module: nn.Module) -> nn.Module:
+    """nn.Linear / nn.Conv2d holding `module.dequantized_weight()` exactly."""
+    weight = module.dequantized_weight().detach().float()
+    bias = getattr(module, "bias", None)
+    if weight.dim() == 2:
+        plain = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    elif weight.dim() == 4:
+        plain = nn.Conv2d(weight.shape[1] * module.groups, weight.shape[0], weight.shape[2:],
+                          stride=module.stride, padding=module.padding, dilation=module.dilation,
+                          groups=module.groups, bias=bias is not None,
+                          padding_mode=getattr(module, "padding_mode", "zeros"))
+    else:
+        raise CompressorError(f"{type(module).__name__}: dequantized_weight() has "
+                              f"{weight.dim()} dims; only Linear (2) and Conv2d (4) export")
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if bias is not None:
+            plain.bias.copy_(bias.detach().float())
+    return plain
+
+
+def _convert(module: nn.Module) -> nn.Module | None:
+    """The plain replacement of a compressed module, or None when it needs none."""
+    if callable(getattr(module, "to_dense", None)) and not isinstance(module, torch.Tensor):
+        dense = module.to_dense()
+        if isinstance(dense, nn.Module):
+            return dense
+    if callable(getattr(module, "dequantized_weight", None)):
+        return _pow2_to_float(module)
+    return None
+
+
+def convert_modules(model: nn.Module) -> list[str]:
+    """Replace compressed modules in place (children first is not needed: a converted module's
+    own children go with it). Returns 'path: Old -> New' lines."""
+    changes = []
+    for name, module in list(model.named_modules()):
+        if hasattr(module, "use_fused_kernels"):
+            module.use_fused_kernels = False
+            changes.append(f"{name or type(module).__name__}: use_fused_kernels=False")
+        for child_name, child in list(module.named_children()):
+            plain = _convert(child)
+            if plain is not None:
+                setattr(module, child_name, plain)
+                path = f"{name}.{child_name}" if name else child_name
+                changes.append(f"{path}: {type(child).__name__} -> {type(plain).__name__}")
+    return changes
+
+
+class _ModuleStack:
+    """Forward hooks that keep the path of the module currently running."""
+
+    def __init__(self, model: nn.Module):
+        self.stack, self.handles = [], []
+        for name, module in model.named_modules():
+            label = f"{name or '<model>'} ({type(module).__name__})"
+            self.handles.append(module.register_forward_pre_hook(
+                lambda m, a, label=label: self.stack.append(label)))
+            self.handles.append(module.register_forward_hook(self._pop))
+
+    def _pop(self, module, args, output):
+        self.stack.pop()  # returning the label would replace the module's output
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+class _NonStandardOpSpy(TorchDispatchMode):
+    """Records the first op outside aten/prims and the module that called it."""
+
+    def __init__(self, stack: list):
+        super().__init__()
+        self.stack, self.found = stack, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        namespace = getattr(func, "namespace", "aten")
+        if self.found is None and namespace not in STANDARD_NAMESPACES:
+            self.found = (self.stack[-1] if self.stack else "<model>", str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def find_non_standard_op(model: nn.Module, inputs: tuple) -> tuple[str, str] | None:
+    """(module, op) of the first non-standard op the forward pass calls, or None."""
+    modules = _ModuleStack(model)
+    try:
+        with torch.no_grad(), _NonStandardOpSpy(modules.stack) as spy:
+            model(*inputs)
+    finally:
+        modules.remove()
+    return spy.found
+
+def take_int8_layers(model: nn.Module) -> list[QuantSpec]:
+    """Replace Int8FakeQuant layers by their float layer (holding the dequantized weights) and
+    return their QDQ parameters."""
+    try:
+        from compressor.quantization.int8 import Int8FakeQuant
+    except ImportError:
+        return []
+    specs = []
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Int8FakeQuant):
+                specs.append(QuantSpec(f"{parent_name}.{name}".lstrip("."),
+                                       child.weight_int8.numpy(), child.weight_scale.numpy(),
+                                       child.act_scale, child.act_zero_point))
+                setattr(parent, name, child.layer)
+    return specs
+
+
+
+def prepare_for_export(model: nn.Module, inputs: tuple) -> tuple[nn.Module, dict, list]:
+    """A plain, eval-mode copy of `model`, what was changed to get it, and the QDQ parameters of
+    its int8 layers (which the copy holds as float layers with the dequantized weights)."""
+    plain = copy.deepcopy(model).eval()
+    specs = take_int8_layers(plain)
+    notes = {"folded_masks": fold_prune_masks(plain), "converted": convert_modules(plain)}
+    found = find_non_standard_op(plain, inputs)
+    if found is not None:
+        module, op = found
+        raise CompressorError(
+            f"module {module} calls {op}, which has no standard ONNX operator: convert it to a "
+            "standard module first (to_dense(), dequantized weights, use_fused_kernels=False)")
+    return plain, notes, specs

@@ -1,0 +1,125 @@
+"""Checks run on every export: onnx.checker, exact weight decoding, onnxruntime against PyTorch,
+and onnxruntime latency of the compact file against the dense fp32 file in the same run."""
+
+import statistics
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import helper, numpy_helper
+
+from compressor.errors import CompressorError
+
+
+def densified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with sparse initializers written as dense ones (what onnxruntime does on load), so
+    strict shape inference can type-check the graph: the ONNX checker types a sparse initializer
+    as sparse_tensor, which no operator accepts."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for sparse in out.graph.sparse_initializer:
+        values, index = numpy_helper.to_array(sparse.values), numpy_helper.to_array(sparse.indices)
+        dense = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+        dense[index] = values
+        out.graph.initializer.append(
+            numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
+    del out.graph.sparse_initializer[:]
+    return out
+
+
+def check(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model)
+    onnx.checker.check_model(densified(model), full_check=True)
+
+
+def session(model: onnx.ModelProto | str, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def feeds(sess: ort.InferenceSession, inputs: tuple) -> dict:
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) != len(inputs):
+        raise CompressorError(f"the ONNX graph takes {len(names)} inputs but {len(inputs)} "
+                              "example inputs were given (inputs that do not change the "
+                              "output are dropped by the exporter)")
+    return {name: t.detach().cpu().numpy() for name, t in zip(names, inputs, strict=True)}
+
+
+def flatten_outputs(out) -> list[torch.Tensor]:
+    """PyTorch outputs in the order the exporter flattens them (nested tuples/lists/dicts)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in flatten_outputs(item)]
+    return []
+
+
+def max_error(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
+    """(max |ort - torch|, max |torch|) over all outputs."""
+    if len(reference) != len(got):
+        raise CompressorError(f"onnxruntime returned {len(got)} outputs, PyTorch {len(reference)}")
+    err = scale = 0.0
+    for ref, out in zip(reference, got, strict=True):
+        ref = ref.detach().float().cpu().numpy()
+        if ref.shape != out.shape:
+            raise CompressorError(f"output shape {out.shape} from onnxruntime != PyTorch's "
+                                  f"{ref.shape}")
+        if ref.size:
+            err = max(err, float(np.max(np.abs(out.astype(np.float64) - ref))))
+            scale = max(scale, float(np.max(np.abs(ref))))
+    return err, scale
+
+
+def random_like(example: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random input of the example's shape and dtype, in the example's value range."""
+    if example.is_floating_point():
+        spread = float(example.float().std()) if example.numel() > 1 else 1.0
+        noise = torch.randn(example.shape, generator=gen) * max(spread, 1e-3)
+        return (noise + float(example.float().mean())).to(example.dtype)
+    if example.dtype == torch.bool:
+        return torch.randint(0, 2, example.shape, generator=gen).bool()
+    low, high = int(example.min()), int(example.max())
+    return torch.randint(low, high + 1, example.shape, generator=gen).to(example.dtype)
+
+
+def decoded_weights(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+    """Run only the decode nodes of a compact model in onnxruntime: name -> dense array."""
+    if not names:
+        return {}
+    graph = helper.make_graph(
+        [n for n in model.graph.node if n.output[0].startswith(tuple(f"{x}__enc" for x in names))
+         or n.output[0] in names],
+        "decode", [], [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                       for n in names],
+        initializer=list(model.graph.initializer),
+        sparse_initializer=list(model.graph.sparse_initializer))
+    decoder = helper.make_model(graph, opset_imports=list(model.opset_import),
+                                ir_version=model.ir_version)
+    values = session(decoder).run(names, {})
+    return dict(zip(names, values, strict=True))
+
+
+def median_latency(sess: ort.InferenceSession, feed: dict, repeat: int = 9,
+                   min_seconds: float = 0.02) -> float:
+    """Median seconds per run after warm-up; each sample repeats the run for >= min_seconds."""
+    for _ in range(3):
+        sess.run(None, feed)
+    start = time.perf_counter()
+    sess.run(None, feed)
+    inner = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-7)))
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(inner):
+            sess.run(None, feed)
+        samples.append((time.perf_counter() - start) / inner)
+    return statistics.median(samples)
