@@ -174,22 +174,23 @@ def to_onnx(model: nn.Module, example_inputs, path, config: ExportConfig | None 
         dense = _load_dense(dense_file)
         onnx.save(dense, str(dense_file))
         compact = insert_qdq(dense, specs) if specs else dense
+        before = {t.name: onnx.numpy_helper.to_array(t) for t in compact.graph.initializer}
         compact, chosen = compact_initializers(compact, ("dense", *config.encodings))
         onnx.save(compact, str(path))
         return _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
-                       notes, len(specs))
+                       notes, len(specs), before)
 
 
 def _verify(model, inputs, reference, compact, chosen, path, dense_file, config, notes,
-            quantized) -> ExportReport:
+            quantized, before: dict) -> ExportReport:
+    """`before`: the initializers before compact encoding, which decoding must reproduce."""
     try:
         verify.check(compact)
     except Exception as exc:
         raise CompressorError(f"the exported graph fails onnx.checker: {exc}") from exc
-    encoded = [c.name for c in chosen if c.kind in ("bitmap", "codebook")]
-    dense_weights = {t.name: t for t in onnx.load(str(dense_file)).graph.initializer}
+    encoded = {c.name: c.details["dtype"] for c in chosen if c.kind in ("bitmap", "codebook")}
     for name, value in verify.decoded_weights(compact, encoded).items():
-        original = onnx.numpy_helper.to_array(dense_weights[name])
+        original = before[name]
         if not (value.shape == original.shape and (value == original).all()):
             raise CompressorError(f"internal error: weight {name} does not decode exactly")
     session = verify.session(str(path), config.threads)

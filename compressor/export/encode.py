@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 MIN_ELEMENTS = 64  # smaller tensors (biases, shapes) stay dense: a decoder would cost more bytes
 CODE_BITS = (1, 2, 4, 8)
+ENCODABLE = (TensorProto.FLOAT, TensorProto.INT8)  # fp32 weights; int8 codes of QDQ weights
 
 
 @dataclass
@@ -92,7 +93,7 @@ class _Builder:
         shape_name = self.const(np.array(shape, np.int64), "shape")
         if mask.all():
             return self.node("Reshape", [values, shape_name], output)
-        bitmap = self.unpack(pack_bits(mask.astype(np.uint8), 1), 1, mask.size, "mask")
+        bitmap = self.unpack(pack_bits(mask.astype(np.uint8), 1), 1, mask.size, "bits")
         counts = self.node("CumSum", [self.node("Cast", [bitmap], to=TensorProto.INT64),
                                       self.const(np.array(0, np.int64), "axis")])
         # zeros before the first nonzero get index -1 (Gather wraps it); Where drops them anyway
@@ -102,6 +103,15 @@ class _Builder:
         dense = self.node("Where", [keep, gathered, self.const(np.array(0, np.float32), "zero")])
         return self.node("Reshape", [dense, shape_name], output)
 
+    def finish(self, values: str, mask: np.ndarray, shape: tuple, name: str, dtype) -> None:
+        """Scatter the float `values` into the dense tensor `name`, cast to int8 if it was int8
+        (its codes feed a DequantizeLinear; the cast of small integers is exact)."""
+        if dtype == np.float32:
+            self.scatter(values, mask, shape, name)
+        else:
+            self.node("Cast", [self.scatter(values, mask, shape, f"{self.prefix}_float")], name,
+                      to=TensorProto.INT8)
+
     def encoding(self, name: str, kind: str, **details) -> Encoding:
         return Encoding(name, kind, self.initializers, [], self.nodes, details)
 
@@ -110,7 +120,7 @@ def encode_bitmap(name: str, array: np.ndarray) -> Encoding:
     mask = array.ravel() != 0
     b = _Builder(name)
     values = b.const(array.ravel()[mask].astype(np.float32), "values")
-    b.scatter(values, mask, array.shape, name)
+    b.finish(values, mask, array.shape, name, array.dtype)
     return b.encoding(name, "bitmap", nonzeros=int(mask.sum()))
 
 
@@ -135,7 +145,7 @@ def encode_codebook(name: str, array: np.ndarray) -> Encoding | None:
     index = b.node("Cast", [b.unpack(pack_bits(codes, bits), bits, codes.size, "codes")],
                    to=TensorProto.INT64)
     values = b.node("Gather", [b.const(table.astype(np.float32), "table"), index])
-    b.scatter(values, mask, array.shape, name)
+    b.finish(values, mask, array.shape, name, array.dtype)
     return b.encoding(name, "codebook", nonzeros=int(mask.sum()), code_bits=bits,
                       distinct=int(table.size), pow2_bits=pow2_bits(table))
 
@@ -143,7 +153,7 @@ def encode_codebook(name: str, array: np.ndarray) -> Encoding | None:
 def encode_sparse(name: str, array: np.ndarray) -> Encoding:
     flat = array.ravel()
     index = np.flatnonzero(flat).astype(np.int64)
-    values = numpy_helper.from_array(flat[index].astype(np.float32), name)
+    values = numpy_helper.from_array(flat[index], name)
     sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(index, f"{name}__idx"),
                                        list(array.shape))
     return Encoding(name, "sparse", [], [sparse], [], {"nonzeros": int(index.size)})
@@ -153,13 +163,16 @@ def candidates(tensor: TensorProto) -> list[Encoding]:
     """Every encoding that fits this initializer, the dense original first."""
     found = [Encoding(tensor.name, "dense", [tensor])]
     array = numpy_helper.to_array(tensor)
-    if tensor.data_type != TensorProto.FLOAT or array.size < MIN_ELEMENTS:
+    if tensor.data_type not in ENCODABLE or array.size < MIN_ELEMENTS:
         return found
     if not np.isfinite(array).all() or not array.any():
         return found
     found += [encode_sparse(tensor.name, array), encode_bitmap(tensor.name, array)]
     codebook = encode_codebook(tensor.name, array)
-    return found + ([codebook] if codebook else [])
+    found += [codebook] if codebook else []
+    for encoding in found:
+        encoding.details["dtype"] = tensor.data_type
+    return found
 
 
 def compact_initializers(model: onnx.ModelProto,

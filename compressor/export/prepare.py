@@ -95,21 +95,41 @@ def _convert(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def convert_modules(model: nn.Module) -> list[str]:
-    """Replace compressed modules in place (children first is not needed: a converted module's
-    own children go with it). Returns 'path: Old -> New' lines."""
-    changes = []
-    for name, module in list(model.named_modules()):
+def disable_fused_kernels(model: nn.Module) -> list[str]:
+    changed = []
+    for name, module in model.named_modules():
         if hasattr(module, "use_fused_kernels"):
             module.use_fused_kernels = False
-            changes.append(f"{name or type(module).__name__}: use_fused_kernels=False")
-        for child_name, child in list(module.named_children()):
-            plain = _convert(child)
-            if plain is not None:
-                setattr(module, child_name, plain)
-                path = f"{name}.{child_name}" if name else child_name
-                changes.append(f"{path}: {type(child).__name__} -> {type(plain).__name__}")
-    return changes
+            changed.append(f"{name or type(module).__name__}: use_fused_kernels=False")
+    return changed
+
+
+def converted_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """Deep copy of `model` in which compressed modules are their plain equivalents. The plain
+    modules go in through deepcopy's memo, so the compressed ones are never copied (a sparse CSR
+    tensor, for one, cannot be deep-copied). Returns the copy and 'path: Old -> New' lines."""
+    int8 = _int8_class()
+    memo, changes = {}, []
+    for name, module in model.named_modules():
+        if int8 is not None and isinstance(module, int8):
+            continue
+        if any(name.startswith(done + ".") for done in changes):
+            continue  # inside a module already replaced
+        plain = _convert(module)
+        if plain is not None:
+            memo[id(module)] = plain
+            changes.append(name)
+    described = [f"{n or '<model>'}: {type(model.get_submodule(n)).__name__} -> "
+                 f"{type(memo[id(model.get_submodule(n))]).__name__}" for n in changes]
+    return copy.deepcopy(model, memo), described
+
+
+def _int8_class():
+    try:
+        from compressor.quantization.int8 import Int8FakeQuant
+    except ImportError:
+        return None
+    return Int8FakeQuant
 
 
 class _ModuleStack:
@@ -158,9 +178,8 @@ def find_non_standard_op(model: nn.Module, inputs: tuple) -> tuple[str, str] | N
 def take_int8_layers(model: nn.Module) -> list[QuantSpec]:
     """Replace Int8FakeQuant layers by their float layer (holding the dequantized weights) and
     return their QDQ parameters."""
-    try:
-        from compressor.quantization.int8 import Int8FakeQuant
-    except ImportError:
+    Int8FakeQuant = _int8_class()
+    if Int8FakeQuant is None:
         return []
     specs = []
     for parent_name, parent in list(model.named_modules()):
@@ -177,9 +196,11 @@ def take_int8_layers(model: nn.Module) -> list[QuantSpec]:
 def prepare_for_export(model: nn.Module, inputs: tuple) -> tuple[nn.Module, dict, list]:
     """A plain, eval-mode copy of `model`, what was changed to get it, and the QDQ parameters of
     its int8 layers (which the copy holds as float layers with the dequantized weights)."""
-    plain = copy.deepcopy(model).eval()
+    plain, converted = converted_copy(model)
+    plain.eval()
     specs = take_int8_layers(plain)
-    notes = {"folded_masks": fold_prune_masks(plain), "converted": convert_modules(plain)}
+    notes = {"folded_masks": fold_prune_masks(plain),
+             "converted": converted + disable_fused_kernels(plain)}
     found = find_non_standard_op(plain, inputs)
     if found is not None:
         module, op = found

@@ -91,20 +91,21 @@ def random_like(example: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(low, high + 1, example.shape, generator=gen).to(example.dtype)
 
 
-def decoded_weights(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
-    """Run only the decode nodes of a compact model in onnxruntime: name -> dense array."""
+def decoded_weights(model: onnx.ModelProto, names: dict[str, int]) -> dict[str, np.ndarray]:
+    """Run only the decode nodes of a compact model in onnxruntime: {name: onnx dtype} ->
+    {name: dense array}."""
     if not names:
         return {}
     graph = helper.make_graph(
         [n for n in model.graph.node if n.output[0].startswith(tuple(f"{x}__enc" for x in names))
          or n.output[0] in names],
-        "decode", [], [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                       for n in names],
+        "decode", [], [helper.make_tensor_value_info(n, dtype, None)
+                       for n, dtype in names.items()],
         initializer=list(model.graph.initializer),
         sparse_initializer=list(model.graph.sparse_initializer))
     decoder = helper.make_model(graph, opset_imports=list(model.opset_import),
                                 ir_version=model.ir_version)
-    values = session(decoder).run(names, {})
+    values = session(decoder).run(list(names), {})
     return dict(zip(names, values, strict=True))
 
 
