@@ -205,8 +205,11 @@ def _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
         error, scale = max(error, e), max(scale, s)
     tolerance = config.atol + rtol * scale
     if not error <= tolerance:
+        hint = ("; int8 weights with full [-127, 127] codes saturate in onnxruntime's x86 "
+                "kernels without VNNI: quantize with Int8Config(reduce_range=True)"
+                if quantized else "")
         raise CompressorError(f"onnxruntime output differs from PyTorch by {error:.3g} > "
-                              f"tolerance {tolerance:.3g} for {path}")
+                              f"tolerance {tolerance:.3g} for {path}{hint}")
     latency = dense_latency = None
     if config.measure_latency:
         dense_session = verify.session(str(dense_file), config.threads)
