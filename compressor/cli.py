@@ -13,6 +13,7 @@ from compressor.errors import CompressorError
 COMMANDS = {
     "info": ("compressor.commands.info", "versions, built kernels and why others were not built"),
     "demo": ("compressor.commands.demo", "run the main pipeline on built-in data"),
+    "export": ("compressor.commands.export", "compact ONNX export, verified in onnxruntime"),
 }
 
 
