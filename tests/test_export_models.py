@@ -74,6 +74,7 @@ def test_pruned_mask_buffers_are_folded_and_stored_as_bitmap(tmp_path):
     # bitmap: 1 bit per element + 4 bytes per nonzero, instead of 4 bytes per element
     expected = report.dense_bytes - 4 * numel + numel / 8 + 4 * nnz + DECODER_SLACK
     assert report.bytes <= expected
+    assert report.same_ort_graph_as_dense
 
 
 def test_torch_prune_reparametrisation_is_removed(tmp_path):
@@ -157,6 +158,7 @@ def test_pow2_5bit_file_size_follows_the_code_width(tmp_path):
     expected = report.dense_bytes - 4 * numel + numel / 8 + nnz / 2 + 64 + DECODER_SLACK
     assert report.bytes <= expected
     assert report.size_ratio > 5
+    assert report.same_ort_graph_as_dense
 
 
 def test_real_pow2_modules_when_available(tmp_path):

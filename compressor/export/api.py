@@ -68,6 +68,7 @@ class ExportReport:
     tolerance: float
     ort_latency_s: float | None
     dense_ort_latency_s: float | None
+    same_ort_graph_as_dense: bool  # after onnxruntime's constant folding (see verify.py)
     exporter: str
     opset: int
     quantized_layers: int
@@ -89,6 +90,9 @@ class ExportReport:
         if self.ort_latency_s is not None:
             lines.append(f"onnxruntime latency {self.ort_latency_s * 1e3:.3f} ms vs dense "
                          f"{self.dense_ort_latency_s * 1e3:.3f} ms (median, same run)")
+        lines.append("onnxruntime runs the same graph as for the dense file (decoders folded at "
+                     "load)" if self.same_ort_graph_as_dense else
+                     "onnxruntime runs a different graph from the dense file's (int8 QDQ kernels)")
         return "\n".join(lines)
 
 
@@ -214,10 +218,10 @@ def _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
     if config.measure_latency:
         dense_session = verify.session(str(dense_file), config.threads)
         feed = verify.feeds(session, inputs)
-        dense_latency = verify.median_latency(dense_session, feed)
-        latency = verify.median_latency(session, feed)
+        dense_latency, latency = verify.paired_median_latency([dense_session, session], feed)
     size, dense_size = os.path.getsize(path), os.path.getsize(dense_file)
     return ExportReport(
         str(path), size, dense_size, dense_size / size, error, tolerance, latency, dense_latency,
+        verify.optimized_ops(str(path)) == verify.optimized_ops(str(dense_file)),
         config.exporter, config.opset, quantized,
         [{"name": c.name, "kind": c.kind, "bytes": c.nbytes, **c.details} for c in chosen], notes)

@@ -2,7 +2,9 @@
 and onnxruntime latency of the compact file against the dense fp32 file in the same run."""
 
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -109,18 +111,33 @@ def decoded_weights(model: onnx.ModelProto, names: dict[str, int]) -> dict[str, 
     return dict(zip(names, values, strict=True))
 
 
-def median_latency(sess: ort.InferenceSession, feed: dict, repeat: int = 9,
-                   min_seconds: float = 0.02) -> float:
-    """Median seconds per run after warm-up; each sample repeats the run for >= min_seconds."""
-    for _ in range(3):
-        sess.run(None, feed)
-    start = time.perf_counter()
-    sess.run(None, feed)
-    inner = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-7)))
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(inner):
+def optimized_ops(path: str) -> list[str]:
+    """Operator types of the graph onnxruntime runs after its basic (constant-folding) passes:
+    equal lists for the compact and the dense file mean the decoders were folded away at load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def paired_median_latency(sessions: list, feed: dict, repeat: int = 15,
+                          min_seconds: float = 0.01) -> list[float]:
+    """Median seconds per run of each session after warm-up. Samples alternate between the
+    sessions, so a machine that gets busier during the measurement slows all of them alike."""
+    for sess in sessions:
+        for _ in range(3):
             sess.run(None, feed)
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
+    start = time.perf_counter()
+    sessions[0].run(None, feed)
+    inner = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-7)))
+    samples = [[] for _ in sessions]
+    for _ in range(repeat):
+        for sess, out in zip(sessions, samples, strict=True):
+            start = time.perf_counter()
+            for _ in range(inner):
+                sess.run(None, feed)
+            out.append((time.perf_counter() - start) / inner)
+    return [statistics.median(s) for s in samples]
