@@ -241,3 +241,14 @@ def test_small_tensors_stay_dense(tmp_path):
     report, onnx_model = export(model, torch.randn(2, 4), tmp_path)
     assert all(e["kind"] == "dense" for e in report.encodings)
     assert all(numpy_helper.to_array(t).size < MIN_ELEMENTS for t in onnx_model.graph.initializer)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_dynamic_batch(tmp_path, exporter):
+    model = mlp()
+    magnitude_prune_(model, 0.9)
+    report, onnx_model = export(model, torch.randn(3, 64), tmp_path, dynamic_batch=True,
+                                exporter=exporter)
+    dim = onnx_model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value  # symbolic; random inputs used batch 4
+    assert report.max_error <= report.tolerance

@@ -36,6 +36,7 @@ def add_arguments(parser):
                         help=f"compact encodings allowed, comma-separated ({','.join(ENCODINGS)}; "
                         "empty for none)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads for timing")
+    parser.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dim")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -76,7 +77,7 @@ def fold_state_masks(state: dict) -> dict:
 def run(args) -> int:
     encodings = tuple(e for e in args.encodings.split(",") if e)
     config = ExportConfig(opset=args.opset, exporter=args.exporter, encodings=encodings,
-                          threads=args.threads)
+                          threads=args.threads, dynamic_batch=args.dynamic_batch)
     if args.batch_size < 1:
         raise CompressorError(f"--batch-size must be >= 1, got {args.batch_size}")
     data = load_dataset(args.dataset)

@@ -31,7 +31,8 @@ class ExportConfig:
     rtol/atol: outputs must satisfy max|ort − torch| <= atol + rtol · max|torch| (int8 QDQ models
     use int8_rtol: ORT may round an activation one step differently, see docs/export.md).
     random_inputs: extra random inputs checked. threads: onnxruntime intra-op threads for timing.
-    measure_latency: time the compact and the dense file in onnxruntime."""
+    measure_latency: time the compact and the dense file in onnxruntime. dynamic_batch: dim 0 of
+    every input is dynamic in the file (random inputs are then checked with another batch size)."""
 
     opset: int = 18
     exporter: str = "dynamo"
@@ -43,6 +44,7 @@ class ExportConfig:
     threads: int = 1
     measure_latency: bool = True
     seed: int = 0
+    dynamic_batch: bool = False
 
     def __post_init__(self):
         if self.opset < 17:
@@ -139,11 +141,15 @@ def _export(model: nn.Module, inputs: tuple, path: Path, config: ExportConfig) -
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
             warnings.simplefilter("ignore")
             if config.exporter == "dynamo":
+                dynamic = (tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs)
+                           if config.dynamic_batch else None)
                 torch.onnx.export(model, inputs, str(path), dynamo=True, opset_version=config.opset,
-                                  external_data=False, verbose=False)
+                                  external_data=False, verbose=False, dynamic_shapes=dynamic)
             else:
-                torch.onnx.export(model, inputs, str(path), dynamo=False,
-                                  opset_version=config.opset)
+                names = [f"input_{i}" for i in range(len(inputs))]
+                axes = {n: {0: "batch"} for n in names} if config.dynamic_batch else None
+                torch.onnx.export(model, inputs, str(path), dynamo=False, input_names=names,
+                                  dynamic_axes=axes, opset_version=config.opset)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CompressorError(
@@ -202,7 +208,7 @@ def _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
     error, scale = verify.max_error(reference, session.run(None, verify.feeds(session, inputs)))
     gen = torch.Generator().manual_seed(config.seed)
     for _ in range(config.random_inputs):
-        extra = tuple(verify.random_like(t, gen) for t in inputs)
+        extra = tuple(verify.random_like(t, gen, config.dynamic_batch) for t in inputs)
         with torch.no_grad():
             want = verify.flatten_outputs(model(*extra))
         e, s = verify.max_error(want, session.run(None, verify.feeds(session, extra)))
