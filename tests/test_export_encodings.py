@@ -8,7 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from compressor.export.encode import compact_initializers, pack_bits, pow2_bits
+from compressor.export.encode import (
+    ENCODINGS,
+    compact_initializers,
+    gap_stream,
+    pack_bits,
+    pow2_bits,
+)
 from compressor.export.verify import check, decoded_weights, session
 
 
@@ -31,7 +37,7 @@ def sparse_array(shape, density, seed=0, dtype=np.float32):
     return np.where(rng.random(shape) < density, values, 0).astype(dtype)
 
 
-def roundtrip(weight: np.ndarray, allowed=("dense", "sparse", "bitmap", "codebook")):
+def roundtrip(weight: np.ndarray, allowed=("dense", *ENCODINGS)):
     compact, chosen = compact_initializers(graph_with(weight), allowed)
     check(compact)
     sess = session(compact)
@@ -51,7 +57,8 @@ def test_pack_bits_layout(bits, count):
     np.testing.assert_array_equal(unpacked, codes)
 
 
-@pytest.mark.parametrize("density,kind", [(1.0, "dense"), (0.1, "bitmap"), (0.004, "sparse")])
+@pytest.mark.parametrize("density,kind", [(1.0, "dense"), (0.3, "bitmap"), (0.05, "gaps"),
+                                          (0.001, "sparse")])
 def test_smallest_encoding_is_chosen(density, kind):
     weight = sparse_array((300, 301), density)
     out, chosen, _ = roundtrip(weight)
@@ -66,14 +73,16 @@ def test_pow2_weights_use_a_4_bit_codebook_for_5_bit_inq():
     weight[rng.random(weight.shape) < 0.9] = 0
     out, chosen, _ = roundtrip(weight)
     assert (chosen.kind, chosen.details["code_bits"], chosen.details["pow2_bits"]) == (
-        "codebook", 4, 5)
+        "gaps_codebook", 4, 5)  # at 90% sparsity 1-byte gaps beat the 1-bit-per-element bitmap
     assert np.array_equal(out, weight)
     numel, nnz = weight.size, int((weight != 0).sum())
-    assert chosen.nbytes <= numel / 8 + nnz / 2 + 16 * 4 + 3000  # bits + codes + table + decoder
+    positions = min(numel / 8, nnz + numel / 255)  # bitmap, or gaps with their fillers
+    assert chosen.nbytes <= positions + nnz / 2 + 16 * 4 + 1500  # + codes, table, decoder
 
 
 @pytest.mark.parametrize("allowed,density", [(("bitmap",), 0.3), (("sparse",), 0.02),
-                                             (("codebook",), 0.3)])
+                                             (("codebook",), 0.3), (("gaps",), 0.05),
+                                             (("gaps_codebook",), 0.05)])
 def test_each_encoding_alone_decodes_exactly(allowed, density):
     weight = sparse_array((61, 67), density, seed=3)
     weight[weight != 0] = np.round(weight[weight != 0] * 4) / 4 + 0.25  # few distinct values
@@ -87,22 +96,39 @@ def test_each_encoding_alone_decodes_exactly(allowed, density):
 def test_int8_codes_are_compacted_and_cast_back():
     weight = sparse_array((128, 130), 0.1, dtype=np.int8)
     out, chosen, _ = roundtrip(weight)
-    assert chosen.kind in ("bitmap", "codebook") and out.dtype == np.int8
+    assert chosen.kind not in ("dense", "sparse") and out.dtype == np.int8
     np.testing.assert_array_equal(out, weight)
 
 
-def test_onnxruntime_folds_the_decoder_away(tmp_path):
+@pytest.mark.parametrize("kind", ["bitmap", "gaps", "codebook", "gaps_codebook"])
+def test_onnxruntime_folds_the_decoder_away(tmp_path, kind):
     """The decoded graph onnxruntime runs is the dense one: same nodes, so the same speed."""
     import onnxruntime as ort
 
     weight = sparse_array((256, 256), 0.1)
-    compact, chosen = compact_initializers(graph_with(weight))
-    assert chosen[0].kind == "bitmap" and len(compact.graph.node) > 10
+    weight[weight != 0] = np.sign(weight[weight != 0])  # two distinct values, for the codebook
+    compact, chosen = compact_initializers(graph_with(weight), ("dense", kind))
+    assert chosen[0].kind == kind and len(compact.graph.node) > 8
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(compact.SerializeToString(), options, providers=["CPUExecutionProvider"])
     assert [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node] == ["Add"]
+
+
+@pytest.mark.parametrize("index,stream", [
+    ([0, 1, 5], [1, 1, 4]), ([254], [255]), ([255], [0, 1]), ([600, 601], [0, 0, 91, 1]),
+])
+def test_gap_stream(index, stream):
+    np.testing.assert_array_equal(gap_stream(np.array(index)), stream)
+
+
+def test_long_gaps_decode_exactly():
+    weight = np.zeros((3, 1000), np.float32)
+    weight[0, 0], weight[1, 999], weight[2, 500] = 1.5, -2.0, 3.0  # gaps of 1, 1999 and 502
+    out, chosen, _ = roundtrip(weight, ("dense", "gaps"))
+    assert chosen.kind == "gaps"
+    np.testing.assert_array_equal(out, weight)
 
 
 def test_pow2_bits_rule():

@@ -15,12 +15,11 @@ from torch import nn
 
 from compressor.errors import CompressorError
 from compressor.export import verify
-from compressor.export.encode import compact_initializers
+from compressor.export.encode import ENCODINGS, compact_initializers
 from compressor.export.prepare import prepare_for_export
 from compressor.export.qdq import insert_qdq
 
 EXPORTERS = ("dynamo", "torchscript")
-ENCODINGS = ("sparse", "bitmap", "codebook")
 MAX_IR_VERSION = 10  # onnxruntime refuses IR > 13; 10 is the level we verified every encoding at
 
 
@@ -198,7 +197,7 @@ def _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
         verify.check(compact)
     except Exception as exc:
         raise CompressorError(f"the exported graph fails onnx.checker: {exc}") from exc
-    encoded = {c.name: c.details["dtype"] for c in chosen if c.kind in ("bitmap", "codebook")}
+    encoded = {c.name: c.details["dtype"] for c in chosen if c.kind not in ("dense", "sparse")}
     for name, value in verify.decoded_weights(compact, encoded).items():
         original = before[name]
         if not (value.shape == original.shape and (value == original).all()):

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 MIN_ELEMENTS = 64  # smaller tensors (biases, shapes) stay dense: a decoder would cost more bytes
 CODE_BITS = (1, 2, 4, 8)
 ENCODABLE = (TensorProto.FLOAT, TensorProto.INT8)  # fp32 weights; int8 codes of QDQ weights
+ENCODINGS = ("sparse", "bitmap", "gaps", "codebook", "gaps_codebook")
 
 
 @dataclass
@@ -56,10 +57,12 @@ def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 class _Builder:
-    """Collects the initializers and nodes of one tensor's decoder under a unique name prefix."""
+    """Collects the initializers and nodes of one tensor's decoder under a unique name prefix.
+    Names are short and nodes unnamed (names are optional in ONNX): with the weight's full name
+    in every intermediate, names alone cost ~2 KB per tensor."""
 
-    def __init__(self, name: str):
-        self.prefix = f"{name}__enc"
+    def __init__(self, prefix: str):
+        self.prefix = prefix
         self.initializers: list = []
         self.nodes: list = []
         self.count = 0
@@ -72,7 +75,7 @@ class _Builder:
     def node(self, op: str, inputs: list, output: str | None = None, **attrs) -> str:
         self.count += 1
         output = output or f"{self.prefix}_t{self.count}"
-        self.nodes.append(helper.make_node(op, inputs, [output], name=f"{output}_{op}", **attrs))
+        self.nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 
     def unpack(self, packed: np.ndarray, bits: int, count: int, tag: str) -> str:
@@ -88,11 +91,15 @@ class _Builder:
         return self.node("Slice", [flat, self.const(np.array([0], np.int64), f"{tag}_s0"),
                                    self.const(np.array([count], np.int64), f"{tag}_s1")])
 
-    def scatter(self, values: str, mask: np.ndarray, shape: tuple, output: str) -> str:
-        """Dense tensor of `shape`: the nonzero `values` in row-major order where `mask` is set."""
+    def scatter(self, values: str, mask: np.ndarray, shape: tuple, output: str,
+                positions: str) -> str:
+        """Dense tensor of `shape`: the nonzero `values` in row-major order where `mask` is set;
+        the positions are stored as a bitmap or as gaps."""
         shape_name = self.const(np.array(shape, np.int64), "shape")
         if mask.all():
             return self.node("Reshape", [values, shape_name], output)
+        if positions == "gaps":
+            return self.node("Reshape", [self.scatter_gaps(values, mask), shape_name], output)
         bitmap = self.unpack(pack_bits(mask.astype(np.uint8), 1), 1, mask.size, "bits")
         counts = self.node("CumSum", [self.node("Cast", [bitmap], to=TensorProto.INT64),
                                       self.const(np.array(0, np.int64), "axis")])
@@ -103,25 +110,58 @@ class _Builder:
         dense = self.node("Where", [keep, gathered, self.const(np.array(0, np.float32), "zero")])
         return self.node("Reshape", [dense, shape_name], output)
 
-    def finish(self, values: str, mask: np.ndarray, shape: tuple, name: str, dtype) -> None:
+    def scatter_gaps(self, values: str, mask: np.ndarray) -> str:
+        """Flat dense tensor from uint8 gaps between nonzero positions (a 0 gap advances 255 and
+        writes a zero, for longer gaps): 1 byte per nonzero, less than a bitmap below 1/8
+        density. Positions strictly increase, so ScatterElements never sees a duplicate."""
+        gaps = self.node("Cast", [self.const(gap_stream(np.flatnonzero(mask)), "gaps")],
+                         to=TensorProto.INT64)
+        filler = self.node("Equal", [gaps, self.const(np.array(0, np.int64), "z")])
+        steps = self.node("Where", [filler, self.const(np.array(255, np.int64), "max"), gaps])
+        axis, one = self.const(np.array(0, np.int64), "axis"), self.const(np.array(1, np.int64),
+                                                                          "one")
+        index = self.node("Sub", [self.node("CumSum", [steps, axis]), one])
+        real = self.node("Cast", [self.node("Not", [filler])], to=TensorProto.INT64)
+        which = self.node("Sub", [self.node("CumSum", [real, axis]), one])  # -1 wraps; dropped
+        aligned = self.node("Where", [filler, self.const(np.array(0, np.float32), "zero"),
+                                      self.node("Gather", [values, which])])
+        zeros = self.node("ConstantOfShape", [self.const(np.array([mask.size], np.int64), "n")],
+                          value=numpy_helper.from_array(np.zeros(1, np.float32)))
+        return self.node("ScatterElements", [zeros, index, aligned], axis=0)
+
+    def finish(self, values: str, mask: np.ndarray, shape: tuple, name: str, dtype,
+               positions: str) -> None:
         """Scatter the float `values` into the dense tensor `name`, cast to int8 if it was int8
         (its codes feed a DequantizeLinear; the cast of small integers is exact)."""
         if dtype == np.float32:
-            self.scatter(values, mask, shape, name)
+            self.scatter(values, mask, shape, name, positions)
         else:
-            self.node("Cast", [self.scatter(values, mask, shape, f"{self.prefix}_float")], name,
-                      to=TensorProto.INT8)
+            dense = self.scatter(values, mask, shape, f"{self.prefix}_float", positions)
+            self.node("Cast", [dense], name, to=TensorProto.INT8)
 
     def encoding(self, name: str, kind: str, **details) -> Encoding:
         return Encoding(name, kind, self.initializers, [], self.nodes, details)
 
 
-def encode_bitmap(name: str, array: np.ndarray) -> Encoding:
+def gap_stream(index: np.ndarray) -> np.ndarray:
+    """uint8 gaps between successive positions (the first from -1); a gap over 255 becomes
+    zeros (each advancing 255) followed by the rest."""
+    gaps = np.diff(index, prepend=-1)
+    fillers = (gaps - 1) // 255
+    rest = gaps - 255 * fillers
+    out = np.zeros(int(fillers.sum()) + gaps.size, np.uint8)
+    out[np.cumsum(fillers + 1) - 1] = rest
+    return out
+
+
+def encode_values(name: str, array: np.ndarray, prefix: str = "enc",
+                  positions: str = "bitmap") -> Encoding:
+    """fp32 (or int8) nonzeros placed by a bitmap ('bitmap') or by gaps ('gaps')."""
     mask = array.ravel() != 0
-    b = _Builder(name)
+    b = _Builder(prefix)
     values = b.const(array.ravel()[mask].astype(np.float32), "values")
-    b.finish(values, mask, array.shape, name, array.dtype)
-    return b.encoding(name, "bitmap", nonzeros=int(mask.sum()))
+    b.finish(values, mask, array.shape, name, array.dtype, positions)
+    return b.encoding(name, positions, nonzeros=int(mask.sum()))
 
 
 def pow2_bits(table: np.ndarray) -> int | None:
@@ -134,19 +174,22 @@ def pow2_bits(table: np.ndarray) -> int | None:
     return 2 + int(np.ceil(np.log2(span)))
 
 
-def encode_codebook(name: str, array: np.ndarray) -> Encoding | None:
+def encode_codebook(name: str, array: np.ndarray, prefix: str = "enc",
+                    positions: str = "bitmap") -> Encoding | None:
+    """Nonzeros as k-bit indices into a table of their distinct values, placed by `positions`."""
     flat = array.ravel()
     mask = flat != 0
     table, codes = np.unique(flat[mask], return_inverse=True)
     bits = next((k for k in CODE_BITS if table.size <= 2**k), None)
     if bits is None:
         return None
-    b = _Builder(name)
+    b = _Builder(prefix)
     index = b.node("Cast", [b.unpack(pack_bits(codes, bits), bits, codes.size, "codes")],
                    to=TensorProto.INT64)
     values = b.node("Gather", [b.const(table.astype(np.float32), "table"), index])
-    b.finish(values, mask, array.shape, name, array.dtype)
-    return b.encoding(name, "codebook", nonzeros=int(mask.sum()), code_bits=bits,
+    b.finish(values, mask, array.shape, name, array.dtype, positions)
+    kind = "codebook" if positions == "bitmap" else "gaps_codebook"
+    return b.encoding(name, kind, nonzeros=int(mask.sum()), code_bits=bits,
                       distinct=int(table.size), pow2_bits=pow2_bits(table))
 
 
@@ -159,24 +202,27 @@ def encode_sparse(name: str, array: np.ndarray) -> Encoding:
     return Encoding(name, "sparse", [], [sparse], [], {"nonzeros": int(index.size)})
 
 
-def candidates(tensor: TensorProto) -> list[Encoding]:
-    """Every encoding that fits this initializer, the dense original first."""
+def candidates(tensor: TensorProto, prefix: str = "enc") -> list[Encoding]:
+    """Every encoding that fits this initializer, the dense original first; decoder tensors are
+    named `prefix`_*."""
     found = [Encoding(tensor.name, "dense", [tensor])]
     array = numpy_helper.to_array(tensor)
     if tensor.data_type not in ENCODABLE or array.size < MIN_ELEMENTS:
         return found
     if not np.isfinite(array).all() or not array.any():
         return found
-    found += [encode_sparse(tensor.name, array), encode_bitmap(tensor.name, array)]
-    codebook = encode_codebook(tensor.name, array)
-    found += [codebook] if codebook else []
+    found.append(encode_sparse(tensor.name, array))
+    for positions in ("bitmap", "gaps"):
+        found.append(encode_values(tensor.name, array, prefix, positions))
+        codebook = encode_codebook(tensor.name, array, prefix, positions)
+        found += [codebook] if codebook else []
     for encoding in found:
         encoding.details["dtype"] = tensor.data_type
     return found
 
 
 def compact_initializers(model: onnx.ModelProto,
-                         allowed: tuple = ("dense", "sparse", "bitmap", "codebook"),
+                         allowed: tuple = ("dense", *ENCODINGS),
                          ) -> tuple[onnx.ModelProto, list[Encoding]]:
     """A copy of `model` whose initializers use their smallest allowed encoding; decode nodes go
     first in the graph. Returns the model and the chosen encoding of every initializer."""
@@ -184,8 +230,12 @@ def compact_initializers(model: onnx.ModelProto,
     out.CopyFrom(model)
     graph_inputs = {i.name for i in out.graph.input}
     chosen = []
-    for tensor in out.graph.initializer:
-        options = [c for c in candidates(tensor) if c.kind in allowed or c.kind == "dense"]
+    taken = {t.name for t in out.graph.initializer} | {o for n in out.graph.node for o in n.output}
+    for index, tensor in enumerate(out.graph.initializer):
+        prefix = f"enc{index}"
+        while any(name.startswith(prefix) for name in taken):
+            prefix = "_" + prefix  # never collide with a name the graph already uses
+        options = [c for c in candidates(tensor, prefix) if c.kind in allowed or c.kind == "dense"]
         if tensor.name in graph_inputs:  # an overridable input must stay a plain initializer
             options = options[:1]
         chosen.append(min(options, key=lambda c: c.nbytes))

@@ -97,14 +97,26 @@ def random_like(example: torch.Tensor, gen: torch.Generator, other_batch: bool =
     return torch.randint(low, high + 1, example.shape, generator=gen).to(example.dtype)
 
 
+def _producers(model: onnx.ModelProto, outputs: list[str]) -> list:
+    """The nodes needed to compute `outputs`, in graph order."""
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    needed, stack = set(), list(outputs)
+    while stack:
+        index = producer.get(stack.pop())
+        if index is not None and index not in needed:
+            needed.add(index)
+            stack.extend(nodes[index].input)
+    return [nodes[i] for i in sorted(needed)]
+
+
 def decoded_weights(model: onnx.ModelProto, names: dict[str, int]) -> dict[str, np.ndarray]:
     """Run only the decode nodes of a compact model in onnxruntime: {name: onnx dtype} ->
     {name: dense array}."""
     if not names:
         return {}
     graph = helper.make_graph(
-        [n for n in model.graph.node if n.output[0].startswith(tuple(f"{x}__enc" for x in names))
-         or n.output[0] in names],
+        _producers(model, list(names)),
         "decode", [], [helper.make_tensor_value_info(n, dtype, None)
                        for n, dtype in names.items()],
         initializer=list(model.graph.initializer),
