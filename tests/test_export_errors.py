@@ -99,3 +99,12 @@ def test_cli_exports_pruned_weights_with_masks(tmp_path, capsys):
                  "--out", str(tmp_path / "m.onnx"), "--batch-size", "3"]) == 0
     out = capsys.readouterr().out
     assert ("'bitmap'" in out or "'gaps'" in out) and "x smaller" in out
+
+
+def test_failed_verification_leaves_no_file(tmp_path, monkeypatch):
+    from compressor.export import verify
+
+    monkeypatch.setattr(verify, "max_error", lambda ref, got: (1.0, 1.0))
+    with pytest.raises(CompressorError, match="onnxruntime output differs from PyTorch by 1"):
+        to_onnx(linear(), torch.randn(1, 4), tmp_path / "m.onnx", FAST)
+    assert list(tmp_path.iterdir()) == []

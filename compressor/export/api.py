@@ -121,6 +121,9 @@ def _check_path(path) -> Path:
 
 
 def _reference_outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    """The model's outputs in eval mode (what is exported); its train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             return verify.flatten_outputs(model(*inputs))
@@ -128,6 +131,8 @@ def _reference_outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
         raise CompressorError(f"to_onnx: the model fails on example_inputs ("
                               f"{type(exc).__name__}: {str(exc).splitlines()[0]}); pass inputs "
                               "the model's forward accepts") from exc
+    finally:
+        model.train(was_training)
 
 
 def _export(model: nn.Module, inputs: tuple, path: Path, config: ExportConfig) -> None:
@@ -185,9 +190,18 @@ def to_onnx(model: nn.Module, example_inputs, path, config: ExportConfig | None 
         compact = insert_qdq(dense, specs) if specs else dense
         before = {t.name: onnx.numpy_helper.to_array(t) for t in compact.graph.initializer}
         compact, chosen = compact_initializers(compact, ("dense", *config.encodings))
-        onnx.save(compact, str(path))
-        return _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
-                       notes, len(specs), before)
+        # written beside `path` and moved there only once verified: no unverified file is left
+        staged = path.with_name(path.name + ".tmp")
+        onnx.save(compact, str(staged))
+        try:
+            report = _verify(model, inputs, reference, compact, chosen, staged, dense_file,
+                             config, notes, len(specs), before)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        os.replace(staged, path)
+        report.path = str(path)
+        return report
 
 
 def _verify(model, inputs, reference, compact, chosen, path, dense_file, config, notes,
@@ -203,22 +217,7 @@ def _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
         if not (value.shape == original.shape and (value == original).all()):
             raise CompressorError(f"internal error: weight {name} does not decode exactly")
     session = verify.session(str(path), config.threads)
-    rtol = config.int8_rtol if quantized else config.rtol
-    error, scale = verify.max_error(reference, session.run(None, verify.feeds(session, inputs)))
-    gen = torch.Generator().manual_seed(config.seed)
-    for _ in range(config.random_inputs):
-        extra = tuple(verify.random_like(t, gen, config.dynamic_batch) for t in inputs)
-        with torch.no_grad():
-            want = verify.flatten_outputs(model(*extra))
-        e, s = verify.max_error(want, session.run(None, verify.feeds(session, extra)))
-        error, scale = max(error, e), max(scale, s)
-    tolerance = config.atol + rtol * scale
-    if not error <= tolerance:
-        hint = ("; int8 weights with full [-127, 127] codes saturate in onnxruntime's x86 "
-                "kernels without VNNI: quantize with Int8Config(reduce_range=True)"
-                if quantized else "")
-        raise CompressorError(f"onnxruntime output differs from PyTorch by {error:.3g} > "
-                              f"tolerance {tolerance:.3g} for {path}{hint}")
+    error, tolerance = _output_error(model, inputs, reference, session, config, quantized)
     latency = dense_latency = None
     if config.measure_latency:
         dense_session = verify.session(str(dense_file), config.threads)
@@ -230,3 +229,23 @@ def _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
         verify.optimized_ops(str(path)) == verify.optimized_ops(str(dense_file)),
         config.exporter, config.opset, quantized,
         [{"name": c.name, "kind": c.kind, "bytes": c.nbytes, **c.details} for c in chosen], notes)
+
+
+def _output_error(model, inputs, reference, session, config, quantized) -> tuple[float, float]:
+    """(max error, tolerance) of onnxruntime against PyTorch on the example and random inputs;
+    raises when the error is over the tolerance."""
+    error, scale = verify.max_error(reference, session.run(None, verify.feeds(session, inputs)))
+    gen = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.random_inputs):
+        extra = tuple(verify.random_like(t, gen, config.dynamic_batch) for t in inputs)
+        want = _reference_outputs(model, extra)
+        e, s = verify.max_error(want, session.run(None, verify.feeds(session, extra)))
+        error, scale = max(error, e), max(scale, s)
+    tolerance = config.atol + (config.int8_rtol if quantized else config.rtol) * scale
+    if not error <= tolerance:
+        hint = ("; int8 weights with full [-127, 127] codes saturate in onnxruntime's x86 "
+                "kernels without VNNI: quantize with Int8Config(reduce_range=True)"
+                if quantized else "")
+        raise CompressorError(f"onnxruntime output differs from PyTorch by {error:.3g} > "
+                              f"tolerance {tolerance:.3g}{hint}")
+    return error, tolerance

@@ -21,20 +21,24 @@ from compressor.export.qdq import QuantSpec
 STANDARD_NAMESPACES = {"aten", "prims", "prim"}
 
 
-def fold_prune_masks(model: nn.Module) -> list[str]:
+def fold_prune_masks(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """Multiply every `<param>_mask` buffer into its parameter and drop it; undo torch prune
-    reparametrisations. Returns the folded names. Uses compressor.pruning.fold_masks if present."""
-    folded = []
+    reparametrisations. Uses compressor.pruning.fold_masks first when it exists (in place, or
+    returning the folded model). Returns the model and the folded names."""
     try:
         from compressor.pruning import fold_masks
     except ImportError:
         fold_masks = None
+    folded = []
     if fold_masks is not None:
-        fold_masks(model)
+        before = {n for n, _ in model.named_buffers() if n.endswith("_mask")}
+        result = fold_masks(model)
+        model = result if isinstance(result, nn.Module) else model
+        folded += sorted(before - {n for n, _ in model.named_buffers()})
     for module_name, module in model.named_modules():
         folded += _remove_torch_prune(module, module_name)
         folded += _fold_mask_buffers(module, module_name)
-    return folded
+    return model, folded
 
 
 def _remove_torch_prune(module: nn.Module, module_name: str) -> list[str]:
@@ -199,8 +203,8 @@ def prepare_for_export(model: nn.Module, inputs: tuple) -> tuple[nn.Module, dict
     plain, converted = converted_copy(model)
     plain.eval()
     specs = take_int8_layers(plain)
-    notes = {"folded_masks": fold_prune_masks(plain),
-             "converted": converted + disable_fused_kernels(plain)}
+    plain, folded = fold_prune_masks(plain)
+    notes = {"folded_masks": folded, "converted": converted + disable_fused_kernels(plain)}
     found = find_non_standard_op(plain, inputs)
     if found is not None:
         module, op = found
