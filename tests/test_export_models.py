@@ -114,8 +114,10 @@ def test_real_sparse_modules_when_available(tmp_path):
         pytest.skip("compressor.nn.SparseLinear not available yet")
     model = mlp()
     magnitude_prune_(model, 0.9)
-    module = next(m for m in (getattr(cnn.SparseLinear, "from_dense", None),
-                              getattr(cnn.SparseLinear, "from_linear", None)) if m)
+    module = next((m for m in (getattr(cnn.SparseLinear, "from_dense", None),
+                               getattr(cnn.SparseLinear, "from_linear", None)) if m), None)
+    if module is None:
+        pytest.skip("compressor.nn.SparseLinear has no from_dense/from_linear constructor")
     report, _ = export(nn.Sequential(module(model[0]), nn.ReLU(), model[2]),
                        torch.randn(3, 64), tmp_path)
     assert report.size_ratio > 2
