@@ -92,11 +92,16 @@ def test_torch_prune_reparametrisation_is_removed(tmp_path):
 
 def test_real_fold_masks_when_available(tmp_path):
     pruning = pytest.importorskip("compressor.pruning", reason="pruning branch not merged yet")
-    if not hasattr(pruning, "fold_masks"):
-        pytest.skip("compressor.pruning has no fold_masks yet")
-    model = nn.Sequential(MaskedLinear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    report, _ = export(model, torch.randn(2, 64), tmp_path)
-    assert report.max_error <= report.tolerance
+    if not hasattr(pruning, "set_mask"):
+        pytest.skip("compressor.pruning has no set_mask yet")
+    model = mlp()
+    mask = (torch.rand(256, 64, generator=torch.Generator().manual_seed(0)) > 0.9).float()
+    pruning.set_mask(model[0], "weight", mask)
+    report, onnx_model = export(model, torch.randn(2, 64), tmp_path)
+    assert report.notes["folded_masks"] == ["0.weight_mask"]
+    assert not any(t.name.endswith("_mask") for t in onnx_model.graph.initializer)
+    assert model[0].weight_mask is not None  # the caller's model keeps its mask
+    assert report.size_ratio > 2
 
 
 def test_sparse_module_exports_through_to_dense(tmp_path):
