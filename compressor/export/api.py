@@ -91,9 +91,14 @@ class ExportReport:
         if self.ort_latency_s is not None:
             lines.append(f"onnxruntime latency {self.ort_latency_s * 1e3:.3f} ms vs dense "
                          f"{self.dense_ort_latency_s * 1e3:.3f} ms (median, same run)")
-        lines.append("onnxruntime runs the same graph as for the dense file (decoders folded at "
-                     "load)" if self.same_ort_graph_as_dense else
-                     "onnxruntime runs a different graph from the dense file's (int8 QDQ kernels)")
+        if self.same_ort_graph_as_dense:
+            lines.append("onnxruntime runs the same graph as for the dense file (decoders "
+                         "folded at load)")
+        elif self.quantized_layers:
+            lines.append("onnxruntime runs int8 QDQ kernels where the dense file runs fp32")
+        else:
+            lines.append("warning: onnxruntime did not fold every weight decoder at load; "
+                         "pass encodings=('sparse',) for a file that loads as plain weights")
         return "\n".join(lines)
 
 
