@@ -3,6 +3,7 @@ SparseLinear.to_dense, Pow2Linear/Pow2Conv2d, ONLSTM), so the exporter is tested
 Tests use the real modules too when they are importable."""
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -51,7 +52,9 @@ class StandInSparseLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        self.weight = linear.weight.detach().to_sparse_csr()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            self.weight = linear.weight.detach().to_sparse_csr()
         self.bias = nn.Parameter(linear.bias.detach().clone())
 
     def forward(self, x):
