@@ -1,5 +1,7 @@
 """int8 post-training quantization, BatchNorm folding, and their QDQ export."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -139,3 +141,40 @@ def test_int8_weights_decode_to_the_fake_quant_weights(tmp_path):
     # same code multisets per layer (a MatMul would hold W^T)
     assert sorted(np.sort(v.ravel()).tobytes() for v in codes.values()) == sorted(
         np.sort(w.ravel()).tobytes() for w in want)
+
+
+class SequenceModel(nn.Module):
+    """Conv1d, then a Linear on (N, L, C): exporters write that Linear as MatMul with W^T, so its
+    QDQ weight is per-channel along axis 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).transpose(1, 2))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_int8_conv1d_and_matmul_weights(tmp_path, exporter):
+    torch.manual_seed(0)
+    model = SequenceModel()
+    quantized = quantize_int8(model, [torch.randn(8, 3, 12) for _ in range(2)])
+    report = to_onnx(quantized, torch.randn(2, 3, 12), tmp_path / "q.onnx",
+                     ExportConfig(measure_latency=False, exporter=exporter))
+    assert report.quantized_layers == 2 and report.max_error <= report.tolerance
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    axes = {n.input[0]: next(a.i for a in n.attribute if a.name == "axis")
+            for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_int8")}
+    assert "MatMul" in {n.op_type for n in graph.node}  # both exporters write the head so
+    assert sorted(axes.values()) == [0, 1]
+
+
+def test_cli_int8_export(tmp_path, capsys):
+    from compressor.cli import main
+
+    assert main(["export", "--model", "lenet", "--int8", "--calibration-batches", "2",
+                 "--out", str(tmp_path / "q.onnx"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantized_layers"] == 3 and report["size_ratio"] > 3
