@@ -144,9 +144,9 @@ def test_pow2_weights_are_codes_and_decode_bit_exactly(tmp_path, bits):
     codebooks = [e for e in report.encodings if e["kind"].endswith("codebook")]
     assert len(codebooks) == 2
     assert all(e["pow2_bits"] <= bits and e["distinct"] <= 2 ** (bits - 1) for e in codebooks)
-    for e in codebooks:  # the narrowest code width (1, 2, 4 bits) that holds the table
-        assert e["code_bits"] == min(k for k in (1, 2, 4, 8) if 2**k >= e["distinct"])
-        assert e["code_bits"] <= (bits - 1 if bits < 4 else 4)
+    for e in codebooks:  # the narrowest code width that holds the table
+        assert e["code_bits"] == min(k for k in range(1, 9) if 2**k >= e["distinct"])
+        assert e["code_bits"] <= bits - 1
     decoded = decoded_weights(onnx_model, {e["name"]: 1 for e in codebooks})
     for name, module in (("0.weight", model[0]), ("3.weight", model[3])):
         want = module.dequantized_weight().numpy()

@@ -25,7 +25,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MIN_ELEMENTS = 64  # smaller tensors (biases, shapes) stay dense: a decoder would cost more bytes
-CODE_BITS = (1, 2, 4, 8)
+CODE_BITS = tuple(range(1, 9))
+BYTE_ALIGNED = (1, 2, 4, 8)  # widths whose codes never straddle a byte: the shortest decoder
 ENCODABLE = (TensorProto.FLOAT, TensorProto.INT8)  # fp32 weights; int8 codes of QDQ weights
 ENCODINGS = ("sparse", "bitmap", "gaps", "codebook", "gaps_codebook")
 
@@ -48,7 +49,11 @@ class Encoding:
 
 
 def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned codes (< 2**bits, bits in 1/2/4/8) little-end first into uint8 bytes."""
+    """Pack unsigned codes (< 2**bits) little-end first into uint8 bytes: for 1/2/4/8 bits,
+    8/bits codes per byte; for other widths a continuous bit stream (codes straddle bytes)."""
+    if bits not in BYTE_ALIGNED:
+        stream = (codes.ravel()[:, None].astype(np.uint16) >> np.arange(bits)) & 1
+        return np.packbits(stream.astype(np.uint8).ravel(), bitorder="little")
     per_byte = 8 // bits
     padded = np.zeros(-(-codes.size // per_byte) * per_byte, dtype=np.uint16)
     padded[:codes.size] = codes.ravel()
@@ -80,6 +85,14 @@ class _Builder:
 
     def unpack(self, packed: np.ndarray, bits: int, count: int, tag: str) -> str:
         """Float32 tensor [count] of the `bits`-wide codes in `packed` (exact small integers)."""
+        if bits not in BYTE_ALIGNED:  # unpack the bit stream, then weigh each group of bits
+            stream = self.unpack(packed, 1, count * bits, f"{tag}_b")
+            grouped = self.node("Reshape", [stream, self.const(
+                np.array([count, bits], np.int64), f"{tag}_g")])
+            weights = (2.0 ** np.arange(bits)).astype(np.float32).reshape(bits, 1)
+            codes = self.node("MatMul", [grouped, self.const(weights, f"{tag}_w")])
+            return self.node("Reshape", [codes, self.const(np.array([count], np.int64),
+                                                           f"{tag}_c")])
         per_byte = 8 // bits
         data = self.node("Cast", [self.const(packed, tag)], to=TensorProto.FLOAT)
         column = self.node("Unsqueeze", [data, self.const(np.array([1], np.int64), f"{tag}_ax")])
