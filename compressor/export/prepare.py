@@ -191,7 +191,7 @@ def take_int8_layers(model: nn.Module) -> list[QuantSpec]:
             if isinstance(child, Int8FakeQuant):
                 specs.append(QuantSpec(f"{parent_name}.{name}".lstrip("."),
                                        child.weight_int8.numpy(), child.weight_scale.numpy(),
-                                       child.act_scale, child.act_zero_point))
+                                       float(child.act_scale), int(child.act_zero_point)))
                 setattr(parent, name, child.layer)
     return specs
 

@@ -94,7 +94,10 @@ class Int8FakeQuant(nn.Module):
         self.layer = copy.deepcopy(layer)
         self.register_buffer("weight_int8", codes)
         self.register_buffer("weight_scale", scale)
-        self.act_scale, self.act_zero_point = float(act_scale), int(act_zero_point)
+        # buffers, so a state_dict holds everything the quantized layer needs
+        self.register_buffer("act_scale", torch.tensor(float(act_scale), dtype=torch.float32))
+        self.register_buffer("act_zero_point", torch.tensor(int(act_zero_point),
+                                                            dtype=torch.int32))
         with torch.no_grad():
             self.layer.weight.copy_(self.dequantized_weight())
 
@@ -103,14 +106,15 @@ class Int8FakeQuant(nn.Module):
         return self.weight_int8.float() * self.weight_scale.reshape(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = fake_quant_uint8(x, self.act_scale, self.act_zero_point)
+        x = fake_quant_uint8(x, float(self.act_scale), int(self.act_zero_point))
         layer = self.layer
         if isinstance(layer, nn.Linear):
             return F.linear(x, layer.weight, layer.bias)
         return layer(x)
 
     def extra_repr(self) -> str:
-        return f"act_scale={self.act_scale:.4g}, act_zero_point={self.act_zero_point}"
+        return (f"act_scale={float(self.act_scale):.4g}, "
+                f"act_zero_point={int(self.act_zero_point)}")
 
 
 class _RangeObserver:
