@@ -68,6 +68,13 @@ def test_exporter_failure_names_the_model_and_a_fix(tmp_path):
         to_onnx(DataDependent(), torch.randn(2, 4), tmp_path / "m.onnx", FAST)
 
 
+def test_exporter_failure_names_the_failing_submodule(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), DataDependent()))
+    with pytest.raises(CompressorError, match=r"exporting Sequential with the dynamo exporter "
+                       r"failed in module 1\.1 \(DataDependent\)"):
+        to_onnx(model, torch.randn(2, 4), tmp_path / "m.onnx", FAST)
+
+
 @pytest.mark.parametrize("kwargs,match", [({"opset": 16}, "opset must be >= 17"),
                                           ({"exporter": "x"}, "exporter must be one of"),
                                           ({"encodings": ("zip",)}, "unknown encodings")])

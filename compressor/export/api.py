@@ -16,7 +16,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.export import verify
 from compressor.export.encode import ENCODINGS, compact_initializers
-from compressor.export.prepare import prepare_for_export
+from compressor.export.prepare import locate_export_failure, prepare_for_export
 from compressor.export.qdq import insert_qdq
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -161,12 +161,23 @@ def _export(model: nn.Module, inputs: tuple, path: Path, config: ExportConfig) -
                                   dynamic_axes=axes, opset_version=config.opset)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        culprit = _culprit(model, inputs)
         raise CompressorError(
-            f"exporting {type(model).__name__} with the {config.exporter} exporter failed: "
-            f"{first}. Convert custom modules to standard ones first, or try "
+            f"exporting {type(model).__name__} with the {config.exporter} exporter failed"
+            f"{culprit}: {first}. Convert custom modules to standard ones first, or try "
             f"exporter='{'torchscript' if config.exporter == 'dynamo' else 'dynamo'}'") from exc
     finally:
         logger.setLevel(level)
+
+
+def _culprit(model: nn.Module, inputs: tuple) -> str:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = locate_export_failure(model, inputs)
+    except Exception:  # locating is best effort; the export error itself is what matters
+        found = None
+    return f" in module {found}" if found else ""
 
 
 def _load_dense(path: Path) -> onnx.ModelProto:

@@ -212,3 +212,30 @@ def prepare_for_export(model: nn.Module, inputs: tuple) -> tuple[nn.Module, dict
             f"module {module} calls {op}, which has no standard ONNX operator: convert it to a "
             "standard module first (to_dense(), dequantized weights, use_fused_kernels=False)")
     return plain, notes, specs
+
+
+def locate_export_failure(model: nn.Module, inputs: tuple) -> str | None:
+    """'path (Class)' of the deepest submodule that torch.export cannot trace on the inputs it
+    receives in the model's forward, or None when every submodule traces on its own."""
+    seen, handles = {}, []
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args, name=name: seen.setdefault(name, args)))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # deepest first: a failing leaf is the cause, its parents fail only because of it
+    for name in sorted(seen, key=lambda n: -n.count(".")):
+        args = seen[name]
+        if not all(isinstance(a, torch.Tensor) for a in args):
+            continue
+        module = model.get_submodule(name)
+        try:
+            torch.export.export(module, tuple(args), strict=False)
+        except Exception:  # any tracing failure marks the culprit
+            return f"{name} ({type(module).__name__})"
+    return None
