@@ -17,6 +17,7 @@ COMMANDS = {
     "onlstm-lm": ("compressor.commands.onlstm_lm", "train a small ON-LSTM LM, fused vs reference"),
     "lottery": ("compressor.commands.lottery", "find lottery tickets (iterative pruning, rewind)"),
     "prune": ("compressor.commands.prune", "train, prune (one-shot, gradual or N:M), fine-tune"),
+    "export": ("compressor.commands.export", "compact ONNX export, verified in onnxruntime"),
 }
 
 
