@@ -34,7 +34,12 @@ def fold_prune_masks(model: nn.Module) -> tuple[nn.Module, list[str]]:
         before = {n for n, _ in model.named_buffers() if n.endswith("_mask")}
         result = fold_masks(model)
         model = result if isinstance(result, nn.Module) else model
-        folded += sorted(before - {n for n, _ in model.named_buffers()})
+        gone = sorted(before - {n for n, _ in model.named_buffers()})
+        modules = dict(model.named_modules())
+        for name in gone:  # a custom forward may still multiply by its mask: make it ones
+            owner, _, buffer_name = name.rpartition(".")
+            setattr(modules[owner], buffer_name, torch.ones(()))
+        folded += gone
     for module_name, module in model.named_modules():
         folded += _remove_torch_prune(module, module_name)
         folded += _fold_mask_buffers(module, module_name)
