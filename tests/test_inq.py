@@ -218,3 +218,12 @@ def test_cli_quantize_inq(tmp_path, capsys):
     assert "smaller" in capsys.readouterr().out
     assert main(["quantize", "--method", "nope", "--out", str(out)]) == 2
     assert main(["quantize", "--bits", "7", "--steps", "1", "--out", str(out)]) == 2
+
+
+def test_cli_quantize_int8(tmp_path):
+    from compressor.cli import main
+
+    out = tmp_path / "q8.pt"
+    assert main(["quantize", "--method", "int8", "--dataset", "digits", "--model", "lenet",
+                 "--steps", "50", "--out", str(out)]) == 0
+    assert out.exists() and out.stat().st_size > 0

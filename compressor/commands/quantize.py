@@ -75,8 +75,19 @@ def inq_method(args, model, data):
                     "history": history, "inq_test_acc": inq_acc}
 
 
+def int8_method(args, model, data):
+    """Post-training int8: per-channel symmetric weights, activation ranges from a few batches."""
+    from compressor.quantization import Int8Config, quantize_int8
+    from compressor.train import batches
+
+    config = Int8Config()
+    quantized = quantize_int8(model, batches(data, 256, args.seed), config)
+    return quantized, {"calibration_batches": config.calibration_batches,
+                       "observer": config.observer, "reduce_range": config.reduce_range}
+
+
 # name -> method(args, dense model, data) -> (quantized model, metadata dict)
-METHODS = {"inq": inq_method}
+METHODS = {"inq": inq_method, "int8": int8_method}
 
 
 def save_model(model, path, meta) -> int:
