@@ -38,11 +38,12 @@ def batches(data: Dataset, batch_size: int, seed: int, start_step: int = 0):
     with exactly the batches an uninterrupted run would have seen."""
     n = len(data.x_train)
     per_epoch = max(n // batch_size, 1)
-    step = start_step
+    step, order_epoch, order = start_step, None, None
     while True:
         epoch, index = divmod(step, per_epoch)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=gen)
+        if epoch != order_epoch:  # one shuffle per epoch, not per step
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order, order_epoch = torch.randperm(n, generator=gen), epoch
         idx = order[index * batch_size:(index + 1) * batch_size]
         yield data.x_train[idx], data.y_train[idx]
         step += 1

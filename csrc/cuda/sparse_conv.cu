@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "compressor/cuda_convert.cuh"
 #include "compressor/sparse_cuda.h"
 
 namespace compressor {
@@ -30,18 +31,6 @@ constexpr int kThreads = kWarp * kWarps;
 constexpr int64_t kPatchBytes = 44 * 1024;
 constexpr int kSkip = INT_MIN;  // decoded code of a nonzero that contributes nothing
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half(v);
-}
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
 
 // Host-computed geometry shared by every block of a launch.
 struct Tiling {
