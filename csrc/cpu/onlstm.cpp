@@ -12,6 +12,7 @@
 
 #include "compressor/checks.h"
 #include "compressor/onlstm_loop.h"
+#include "mkl_packed_linear.h"
 #include "onlstm_rows.h"
 
 namespace {
@@ -118,8 +119,17 @@ std::tuple<at::Tensor, at::Tensor> onlstm_cell_backward_cpu(
   return {grad_gates, grad_c_prev};
 }
 
+// gates += h W_hh^T with W_hh packed once per sequence where MKL allows, else addmm.
+ol::HiddenProjection hidden_projection(const at::Tensor& w_hh, int64_t batch) {
+  auto packed = compressor::cpu::MklPackedLinear::make(w_hh, batch);
+  if (!packed) return ol::plain_hidden_projection(w_hh);
+  return [packed = std::move(*packed)](const at::Tensor& gates, const at::Tensor& h) {
+    gates.add_(packed(h));
+  };
+}
+
 ol::StepKernels cpu_steps() {
-  return {step_forward, step_backward<true>};
+  return {step_forward, step_backward<true>, hidden_projection};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> onlstm_sequence_cpu(

@@ -87,6 +87,15 @@ inline void check_cell_backward(const at::Tensor& grad_h, const at::Tensor& grad
   check_gates(gates, c_prev.size(0), c_prev.size(1), chunk, op, "gates");
 }
 
+// gates += h W_hh^T for one step. Built once per sequence, so a device can pre-pack W_hh.
+using HiddenProjection = std::function<void(const at::Tensor& gates, const at::Tensor& h)>;
+
+inline HiddenProjection plain_hidden_projection(const at::Tensor& w_hh) {
+  return [w_t = w_hh.t()](const at::Tensor& gates, const at::Tensor& h) {
+    gates.addmm_(h, w_t);
+  };
+}
+
 // The per-step kernels the loop drives. `gates` (B, G) holds summed pre-activations on entry of
 // `forward`, which overwrites o | c | i | f with their sigmoid/tanh values (masters stay logits);
 // `backward` reads that activated form.
@@ -99,6 +108,8 @@ struct StepKernels {
                      const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& grad_gates,
                      const at::Tensor& grad_c_prev)>
       backward;
+  // Optional; plain_hidden_projection when empty.
+  std::function<HiddenProjection(const at::Tensor& w_hh, int64_t batch)> make_hidden_projection;
 };
 
 // Returns hidden size D after checking the sequence op's arguments.
@@ -139,11 +150,12 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sequence_forwa
   auto out = at::empty({steps, batch, hidden}, xg.options());
   auto cells = at::empty({steps, batch, hidden}, xg.options());
   auto dist = at::empty({steps, batch, 2}, xg.options());
-  const auto w_t = w_hh.t();
+  const auto add_hidden = k.make_hidden_projection ? k.make_hidden_projection(w_hh, batch)
+                                                   : plain_hidden_projection(w_hh);
   at::Tensor h = h0, c = c0;
   for (int64_t t = 0; t < steps; ++t) {
     auto g = gates[t];
-    g.addmm_(h, w_t);
+    add_hidden(g, h);
     k.forward(g, c, out[t], cells[t], dist[t]);
     h = out[t];
     c = cells[t];
