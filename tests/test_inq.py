@@ -125,6 +125,22 @@ def test_frozen_weights_bit_identical_across_stages(digits):
         assert torch.equal(p.detach(), quantize_to_levels(p.detach(), n1, 4))
 
 
+def test_final_steps_retrain_only_the_float_parameters(digits):
+    plain, extra = small_model(), small_model()
+    inq_(plain, digits, quick(), progress=False)
+    history = inq_(extra, digits, quick(final_steps=6), progress=False)
+    last = history[-1]
+    assert last["portion"] == 1.0 and "test_acc_before_final" in last
+    for name, p in plain.named_parameters():
+        q = dict(extra.named_parameters())[name]
+        if name.endswith("weight"):  # quantized and frozen: identical to the paper's procedure
+            assert torch.equal(p, q), name
+        else:  # biases moved in the extra retraining
+            assert not torch.equal(p, q), name
+    with pytest.raises(CompressorError, match="final_steps"):
+        quick(final_steps=-1)
+
+
 def test_resume_after_a_stage_equals_uninterrupted(digits, tmp_path):
     full = small_model()
     history = inq_(full, digits, quick(), checkpoint=tmp_path / "a.pt", progress=False)

@@ -58,7 +58,7 @@ def run(args) -> int:
     _step(f"pruned {args.sparsity:.0%} + fine-tuned", model, data, start)
 
     inq_(model, data, INQConfig(bits=args.bits, optimizer="adam", lr=2e-3, steps_per_stage=100,
-                                seed=args.seed), progress=False)
+                                final_steps=100, seed=args.seed), progress=False)
     _step(f"INQ {args.bits}-bit (pruned zeros kept)", model, data, start)
 
     example = data.x_test[:1]

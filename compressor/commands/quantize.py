@@ -29,6 +29,9 @@ def add_arguments(parser):
     parser.add_argument("--load", default=None, help="a dense state_dict (.pt) for --model")
     parser.add_argument("--steps", type=int, default=1000, help="dense training steps (no --load)")
     parser.add_argument("--steps-per-stage", type=int, default=200, help="INQ retraining steps")
+    parser.add_argument("--final-steps", type=int, default=200,
+                        help="after the last INQ stage, retrain biases with every weight frozen "
+                             "(0 = the paper's procedure)")
     parser.add_argument("--optimizer", default="adam", help="INQ retraining optimizer: sgd or adam")
     parser.add_argument("--lr", type=float, default=2e-3, help="INQ retraining learning rate")
     parser.add_argument("--checkpoint", default=None, help="INQ checkpoint path (resumes)")
@@ -59,7 +62,8 @@ def dense_model(args, data):
 def inq_method(args, model, data):
     from compressor.quantization import INQConfig, convert_to_pow2, inq_
 
-    overrides = dict(steps_per_stage=args.steps_per_stage, seed=args.seed, lr=args.lr,
+    overrides = dict(steps_per_stage=args.steps_per_stage, final_steps=args.final_steps,
+                     seed=args.seed, lr=args.lr,
                      optimizer=args.optimizer, weight_decay=0.0 if args.optimizer == "adam"
                      else 5e-4)
     if args.preset:
