@@ -5,7 +5,7 @@
 Models: a digits MLP (LeNet-300-100 on scikit-learn digits) and an MNIST-1D CNN (ConvNet1d, conv2).
 Per seed: train the dense model, then run INQ from a copy of it at each bit width (5-bit with the
 default 50/75/87.5/100% schedule; 4-bit, 3-bit and ternary with the paper's presets), evaluate the
-packed model (Pow2Linear for Linear layers; Conv1d weights are powers of two, kept as float).
+packed model (Pow2Linear, Pow2Conv1d).
 Each INQ run gives two results: the paper's procedure (accuracy right after the last stage) and,
 from the same run, after `final_steps` of retraining the biases with every weight frozen.
 Reports mean and spread (max - min) over seeds of test accuracy, and the drop from fp32.

@@ -3,8 +3,9 @@
 Works on a deep copy. In order: pruning masks are folded into the weights (compressor's
 `<param>_mask` buffers, torch.nn.utils.prune reparametrisations); modules with `to_dense()`
 (SparseConv2d, SparseLinear) become their dense equivalents; power-of-two modules
-(`dequantized_weight()`) become nn.Linear / nn.Conv2d holding the exact dequantized weights;
-ON-LSTM-style modules get `use_fused_kernels = False`, so forward uses only standard torch ops.
+(`dequantized_weight()`) become nn.Linear / nn.Conv1d / nn.Conv2d holding the exact dequantized
+weights; ON-LSTM-style modules get `use_fused_kernels = False`, so forward uses only standard torch
+ops.
 Then one forward pass under a dispatch spy finds any op outside aten (a compressor kernel, say) and
 names the module that calls it, before the exporter fails with a less helpful message.
 """
@@ -73,19 +74,21 @@ def _fold_mask_buffers(module: nn.Module, module_name: str) -> list[str]:
 
 
 def _pow2_to_float(module: nn.Module) -> nn.Module:
-    """nn.Linear / nn.Conv2d holding `module.dequantized_weight()` exactly."""
+    """nn.Linear / nn.Conv1d / nn.Conv2d holding `module.dequantized_weight()` exactly."""
     weight = module.dequantized_weight().detach().float()
     bias = getattr(module, "bias", None)
     if weight.dim() == 2:
         plain = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    elif weight.dim() == 4:
-        plain = nn.Conv2d(weight.shape[1] * module.groups, weight.shape[0], weight.shape[2:],
+    elif weight.dim() in (3, 4):
+        conv = nn.Conv1d if weight.dim() == 3 else nn.Conv2d
+        plain = conv(weight.shape[1] * module.groups, weight.shape[0], weight.shape[2:],
                           stride=module.stride, padding=module.padding, dilation=module.dilation,
                           groups=module.groups, bias=bias is not None,
                           padding_mode=getattr(module, "padding_mode", "zeros"))
     else:
         raise CompressorError(f"{type(module).__name__}: dequantized_weight() has "
-                              f"{weight.dim()} dims; only Linear (2) and Conv2d (4) export")
+                              f"{weight.dim()} dims; only Linear (2), Conv1d (3) and Conv2d (4) "
+                              "export")
     with torch.no_grad():
         plain.weight.copy_(weight)
         if bias is not None:

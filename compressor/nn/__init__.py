@@ -1,7 +1,7 @@
 """Modules of compressor: sparse and power-of-two inference modules, ON-LSTM."""
 
 from compressor.nn.onlstm import ONLSTM
-from compressor.nn.pow2 import Pow2Conv2d, Pow2Linear
+from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
 from compressor.nn.sparse import SparseConv2d, SparseLinear
 
-__all__ = ["ONLSTM", "Pow2Conv2d", "Pow2Linear", "SparseConv2d", "SparseLinear"]
+__all__ = ["ONLSTM", "Pow2Conv1d", "Pow2Conv2d", "Pow2Linear", "SparseConv2d", "SparseLinear"]

@@ -1,4 +1,4 @@
-"""Pow2Linear and Pow2Conv2d: layers whose weights are stored as packed power-of-two codes (INQ).
+"""Pow2Linear, Pow2Conv1d, Pow2Conv2d: layers whose weights are packed power-of-two codes (INQ).
 
 The state_dict holds the packed `codes` (and `nonzero` bitmap for 5 bits), `bias`, and the ints `n1`
 and `bits` as 0-dim int64 tensors, so a saved model is small and loads with weights_only=True.
@@ -9,7 +9,7 @@ decodes weights in registers); conv goes through unfold + the same op.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _pair, _single
 
 from compressor.errors import CompressorError
 from compressor.ops.pow2 import pow2_linear
@@ -44,6 +44,26 @@ class _Pow2Packed(nn.Module):
 
     def _matmul(self, x2d: torch.Tensor, codes, nonzero, bias) -> torch.Tensor:
         return pow2_linear(x2d, codes, nonzero, bias, self._k, self.bits, self.n1)
+
+    def _conv2d(self, x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
+        """Zero-padded grouped conv of x (N, C, H, W) as unfold + pow2_linear per group."""
+        n, _, h, w = x.shape
+        kh, kw = kernel_size
+        ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        cols = F.unfold(x, kernel_size, dilation, padding, stride)
+        cols = cols.transpose(1, 2)  # (N, L, C*kh*kw), columns ordered like weight.view(O, -1)
+        out_channels = self.codes.shape[0]
+        per_in, per_out = self._k, out_channels // self.groups
+        outs = []
+        for g in range(self.groups):
+            rows = slice(g * per_out, (g + 1) * per_out)
+            bias = None if self.bias is None else self.bias[rows]
+            nonzero = self.nonzero[rows] if self.bits == 5 else self.nonzero
+            outs.append(self._matmul(cols[..., g * per_in:(g + 1) * per_in], self.codes[rows],
+                                     nonzero, bias))
+        out = outs[0] if self.groups == 1 else torch.cat(outs, dim=-1)
+        return out.transpose(1, 2).reshape(n, out_channels, ho, wo)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -141,22 +161,59 @@ class Pow2Conv2d(_Pow2Packed):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise CompressorError(f"Pow2Conv2d expects (N, {self.in_channels}, H, W) input, "
                                   f"got shape {tuple(x.shape)}")
-        n, _, h, w = x.shape
-        kh, kw = self.kernel_size
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        cols = cols.transpose(1, 2)  # (N, L, C*kh*kw), columns ordered like weight.view(O, -1)
-        per_in, per_out = self._k, self.out_channels // self.groups
-        outs = []
-        for g in range(self.groups):
-            rows = slice(g * per_out, (g + 1) * per_out)
-            bias = None if self.bias is None else self.bias[rows]
-            nonzero = self.nonzero[rows] if self.bits == 5 else self.nonzero
-            outs.append(self._matmul(cols[..., g * per_in:(g + 1) * per_in], self.codes[rows],
-                                     nonzero, bias))
-        out = outs[0] if self.groups == 1 else torch.cat(outs, dim=-1)
-        return out.transpose(1, 2).reshape(n, self.out_channels, ho, wo)
+        return self._conv2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"groups={self.groups}, bits={self.bits}, n1={self.n1}, "
+                f"bias={self.bias is not None}")
+
+
+class Pow2Conv1d(_Pow2Packed):
+    """A Conv1d (zero padding) with packed power-of-two weights; runs as a (1, k) Pow2 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, bits: int, n1: int = 0,
+                 stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise CompressorError(f"Pow2Conv1d: channels ({in_channels}, {out_channels}) must be "
+                                  f"divisible by groups={groups}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _single(kernel_size), _single(stride)
+        self.padding, self.dilation = _single(padding), _single(dilation)
+        self.padding_mode = "zeros"
+        self._init_packed(out_channels, in_channels // groups * self.kernel_size[0], bits, n1,
+                          bias)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d, bits: int, n1: int | None = None) -> "Pow2Conv1d":
+        if not isinstance(conv, nn.Conv1d):
+            raise CompressorError("Pow2Conv1d.from_float needs an nn.Conv1d, got "
+                                  f"{type(conv).__name__}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise CompressorError("Pow2Conv1d supports numeric zero padding only, got "
+                                  f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
+        check_bits(bits)
+        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, bits, 0, conv.stride,
+                  conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+        mod._set_weight(conv.weight.reshape(conv.out_channels, -1), n1)
+        if conv.bias is not None:
+            mod.bias.data.copy_(conv.bias.detach().float())
+        return mod.to(conv.weight.device)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 weight (out, in/groups, k): exact powers of two and zeros."""
+        return self._weight2d().reshape(self.out_channels, self.in_channels // self.groups,
+                                        self.kernel_size[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise CompressorError(f"Pow2Conv1d expects (N, {self.in_channels}, L) input, "
+                                  f"got shape {tuple(x.shape)}")
+        out = self._conv2d(x.unsqueeze(2), (1, self.kernel_size[0]), (1, self.stride[0]),
+                           (0, self.padding[0]), (1, self.dilation[0]))
+        return out.squeeze(2)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

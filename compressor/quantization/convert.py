@@ -1,4 +1,4 @@
-"""Swap a model's Linear / Conv2d layers for Pow2Linear / Pow2Conv2d (packed power-of-two codes)."""
+"""Swap a model's Linear / Conv1d / Conv2d layers for their packed power-of-two twins."""
 
 from torch import nn
 
@@ -6,18 +6,20 @@ from compressor.quantization.pow2 import check_bits
 
 
 def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = None) -> nn.Module:
-    """Replace every nn.Linear and nn.Conv2d (in place, returned for chaining) by its packed twin.
+    """Replace every nn.Linear, nn.Conv1d and nn.Conv2d (in place, returned for chaining) by its
+    packed twin (Pow2Linear, Pow2Conv1d, Pow2Conv2d).
 
     `n1` maps a parameter name ("0.weight") to the exponent INQ fixed for it; without an entry the
-    layer's own max picks n1, which is the same for weights INQ already quantized. Other layers
-    (Conv1d, ON-LSTM) keep their float weights.
+    layer's own max picks n1, which is the same for weights INQ already quantized. ON-LSTM keeps
+    its (power-of-two valued) float weights: no packed recurrent kernel exists yet.
     """
-    from compressor.nn.pow2 import Pow2Conv2d, Pow2Linear  # nn imports quantization: not at top
+    # compressor.nn imports compressor.quantization, so this import cannot be at the top.
+    from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
 
     check_bits(bits)
     n1 = n1 or {}
     for name, child in list(model.named_children()):
-        cls = {nn.Linear: Pow2Linear, nn.Conv2d: Pow2Conv2d}.get(type(child))
+        cls = {nn.Linear: Pow2Linear, nn.Conv1d: Pow2Conv1d, nn.Conv2d: Pow2Conv2d}.get(type(child))
         if cls is None:
             convert_to_pow2(child, bits, {k[len(name) + 1:]: v for k, v in n1.items()
                                           if k.startswith(name + ".")})
