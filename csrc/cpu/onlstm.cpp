@@ -128,8 +128,18 @@ ol::HiddenProjection hidden_projection(const at::Tensor& w_hh, int64_t batch) {
   };
 }
 
+// dg W_hh with W_hh^T packed once per backward where MKL allows, else mm. Packing (transpose
+// included) costs about 9 ms at 4830 x 1150 and saves about 0.4 ms per step of batch 20.
+ol::HiddenGrad hidden_grad(const at::Tensor& w_hh, int64_t batch) {
+  auto packed = compressor::cpu::MklPackedLinear::make_transposed(w_hh, batch);
+  if (!packed) return ol::plain_hidden_grad(w_hh);
+  return [packed = std::move(*packed)](const at::Tensor& grad_gates) {
+    return packed(grad_gates);
+  };
+}
+
 ol::StepKernels cpu_steps() {
-  return {step_forward, step_backward<true>, hidden_projection};
+  return {step_forward, step_backward<true>, hidden_projection, hidden_grad};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> onlstm_sequence_cpu(
