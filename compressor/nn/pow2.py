@@ -6,6 +6,8 @@ Inference only: the codes are not trainable. Forward runs compressor.ops.pow2_li
 decodes weights in registers); conv goes through unfold + the same op.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,29 +122,34 @@ class Pow2Linear(_Pow2Packed):
                 f"bits={self.bits}, n1={self.n1}, bias={self.bias is not None}")
 
 
-class Pow2Conv2d(_Pow2Packed):
-    """A Conv2d (zero padding) with packed power-of-two weights; runs as unfold + pow2_linear."""
+class _Pow2ConvNd(_Pow2Packed):
+    """What Pow2Conv1d and Pow2Conv2d share: construction, from_float, the dequantized weight."""
+
+    _float_type: type = nn.Module  # the nn.ConvNd a subclass packs
+    _to_tuple = staticmethod(_pair)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, bits: int, n1: int = 0,
                  stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True):
         super().__init__()
+        name = type(self).__name__
         if in_channels % groups or out_channels % groups:
-            raise CompressorError(f"Pow2Conv2d: channels ({in_channels}, {out_channels}) must be "
+            raise CompressorError(f"{name}: channels ({in_channels}, {out_channels}) must be "
                                   f"divisible by groups={groups}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.kernel_size, self.stride = self._to_tuple(kernel_size), self._to_tuple(stride)
+        self.padding, self.dilation = self._to_tuple(padding), self._to_tuple(dilation)
         self.padding_mode = "zeros"
-        k = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        k = in_channels // groups * math.prod(self.kernel_size)
         self._init_packed(out_channels, k, bits, n1, bias)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, bits: int, n1: int | None = None) -> "Pow2Conv2d":
-        if not isinstance(conv, nn.Conv2d):
-            raise CompressorError("Pow2Conv2d.from_float needs an nn.Conv2d, got "
-                                  f"{type(conv).__name__}")
+    def from_float(cls, conv: nn.Module, bits: int, n1: int | None = None):
+        """Quantize `conv.weight` with the INQ rule (n1 from its max unless given) and pack it."""
+        if not isinstance(conv, cls._float_type):
+            raise CompressorError(f"{cls.__name__}.from_float needs an nn."
+                                  f"{cls._float_type.__name__}, got {type(conv).__name__}")
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise CompressorError("Pow2Conv2d supports numeric zero padding only, got "
+            raise CompressorError(f"{cls.__name__} supports numeric zero padding only, got "
                                   f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
         check_bits(bits)
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, bits, 0, conv.stride,
@@ -153,15 +160,14 @@ class Pow2Conv2d(_Pow2Packed):
         return mod.to(conv.weight.device)
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The float32 weight (out, in/groups, kh, kw): exact powers of two and zeros."""
+        """The float32 weight (out, in/groups, *kernel_size): exact powers of two and zeros."""
         return self._weight2d().reshape(self.out_channels, self.in_channels // self.groups,
                                         *self.kernel_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise CompressorError(f"Pow2Conv2d expects (N, {self.in_channels}, H, W) input, "
-                                  f"got shape {tuple(x.shape)}")
-        return self._conv2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+    def _check_input(self, x: torch.Tensor, dims: int, layout: str) -> None:
+        if x.dim() != dims or x.shape[1] != self.in_channels:
+            raise CompressorError(f"{type(self).__name__} expects (N, {self.in_channels}, "
+                                  f"{layout}) input, got shape {tuple(x.shape)}")
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -170,53 +176,25 @@ class Pow2Conv2d(_Pow2Packed):
                 f"bias={self.bias is not None}")
 
 
-class Pow2Conv1d(_Pow2Packed):
-    """A Conv1d (zero padding) with packed power-of-two weights; runs as a (1, k) Pow2 conv."""
+class Pow2Conv2d(_Pow2ConvNd):
+    """A Conv2d (zero padding) with packed power-of-two weights; runs as unfold + pow2_linear."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, bits: int, n1: int = 0,
-                 stride=1, padding=0, dilation=1, groups: int = 1, bias: bool = True):
-        super().__init__()
-        if in_channels % groups or out_channels % groups:
-            raise CompressorError(f"Pow2Conv1d: channels ({in_channels}, {out_channels}) must be "
-                                  f"divisible by groups={groups}")
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = _single(kernel_size), _single(stride)
-        self.padding, self.dilation = _single(padding), _single(dilation)
-        self.padding_mode = "zeros"
-        self._init_packed(out_channels, in_channels // groups * self.kernel_size[0], bits, n1,
-                          bias)
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv1d, bits: int, n1: int | None = None) -> "Pow2Conv1d":
-        if not isinstance(conv, nn.Conv1d):
-            raise CompressorError("Pow2Conv1d.from_float needs an nn.Conv1d, got "
-                                  f"{type(conv).__name__}")
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise CompressorError("Pow2Conv1d supports numeric zero padding only, got "
-                                  f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
-        check_bits(bits)
-        mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, bits, 0, conv.stride,
-                  conv.padding, conv.dilation, conv.groups, conv.bias is not None)
-        mod._set_weight(conv.weight.reshape(conv.out_channels, -1), n1)
-        if conv.bias is not None:
-            mod.bias.data.copy_(conv.bias.detach().float())
-        return mod.to(conv.weight.device)
-
-    def dequantized_weight(self) -> torch.Tensor:
-        """The float32 weight (out, in/groups, k): exact powers of two and zeros."""
-        return self._weight2d().reshape(self.out_channels, self.in_channels // self.groups,
-                                        self.kernel_size[0])
+    _float_type = nn.Conv2d
+    _to_tuple = staticmethod(_pair)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[1] != self.in_channels:
-            raise CompressorError(f"Pow2Conv1d expects (N, {self.in_channels}, L) input, "
-                                  f"got shape {tuple(x.shape)}")
+        self._check_input(x, 4, "H, W")
+        return self._conv2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+
+
+class Pow2Conv1d(_Pow2ConvNd):
+    """A Conv1d (zero padding) with packed power-of-two weights; runs as a (1, k) Pow2 conv."""
+
+    _float_type = nn.Conv1d
+    _to_tuple = staticmethod(_single)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, 3, "L")
         out = self._conv2d(x.unsqueeze(2), (1, self.kernel_size[0]), (1, self.stride[0]),
                            (0, self.padding[0]), (1, self.dilation[0]))
         return out.squeeze(2)
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-                f"groups={self.groups}, bits={self.bits}, n1={self.n1}, "
-                f"bias={self.bias is not None}")
