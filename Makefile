@@ -6,7 +6,7 @@ TORCH := torch==2.13.0
 DEPS := numpy scikit-learn mnist1d matplotlib tqdm onnx onnxruntime onnxscript \
         pytest hypothesis ruff ninja
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench gpu-check lint clean
 
 install:
 	$(PIP) install -q $(TORCH)
@@ -22,6 +22,17 @@ demo: install
 
 bench: install
 	$(PYTHON) -m benchmarks.run_all
+
+# For a machine with a CUDA build of torch and nvcc (e.g. a lent H100, no network): build the CUDA
+# kernels, run every CUDA test, then the GPU benchmarks (JSON in benchmarks/results/).
+gpu-check:
+	$(PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device')"
+	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} $(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PYTHON) -m compressor.cli info
+	$(PYTHON) -m pytest -q -m cuda tests
+	$(PYTHON) -m benchmarks.sparse_cuda --quick
+	$(PYTHON) -m benchmarks.pow2_cuda --quick
+	$(PYTHON) -m benchmarks.onlstm --device cuda --quick
 
 lint:
 	$(PYTHON) -m ruff check compressor tests benchmarks setup.py
