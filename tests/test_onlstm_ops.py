@@ -123,6 +123,48 @@ def test_torch_compile(device):
     torch.testing.assert_close(compiled(*seq), reference.onlstm_sequence(*seq, 3)[0].tanh())
 
 
+# hidden > 256: on CUDA each thread of a block handles several hidden units. 1100 masters: the
+# float64 cell backward keeps 6 * 8 * 1100 B > 48 KiB in shared memory, the opted-in launch.
+@pytest.mark.parametrize("hidden,chunk", [(300, 3), (1100, 1)])
+def test_large_hidden_and_many_masters(device, hidden, chunk):
+    require_kernel("onlstm_sequence", device)
+    cell = _cell_inputs(2, hidden, chunk, torch.float64, device)
+    _compare(lambda *a: onlstm_cell(*a, chunk), lambda *a: reference.onlstm_cell(*a, chunk), cell,
+             1e-10)
+    seq = _seq_inputs(2, 2, hidden, chunk, torch.float64, device)
+    _compare(lambda *a: onlstm_sequence(*a, chunk),
+             lambda *a: reference.onlstm_sequence(*a, chunk), seq, 1e-10)
+
+
+def test_empty_batch_and_no_steps(device):
+    """Batch 0 and 0 steps give empty outputs and all-zero gradients, with no empty launch."""
+    require_kernel("onlstm_sequence", device)
+    hidden, chunk = 6, 3
+
+    def check(fn, inputs, shapes):
+        out = fn(*inputs)
+        assert [tuple(t.shape) for t in out] == shapes
+        grads = torch.autograd.grad(out, inputs, [torch.randn_like(t) for t in out])
+        for g, t in zip(grads, inputs, strict=True):
+            assert g.shape == t.shape and not g.any()
+
+    check(lambda *a: onlstm_cell(*a, chunk), _cell_inputs(0, hidden, chunk, torch.float32, device),
+          [(0, 6), (0, 6), (0, 2)])
+    for steps, batch in [(0, 2), (3, 0)]:
+        seq = _seq_inputs(steps, batch, hidden, chunk, torch.float32, device)
+        check(lambda *a: onlstm_sequence(*a, chunk)[:3], seq,
+              [(steps, batch, 6), (steps, batch, 6), (steps, batch, 2)])
+
+
+@pytest.mark.cuda
+def test_cuda_masters_beyond_shared_memory_is_a_clear_error():
+    require_kernel("onlstm_cell", "cuda")
+    # chunk 1: 20000 masters, 2 * 8 * 20000 B of shared memory, above any GPU's per-block maximum
+    xg, hg, cp = (t.detach() for t in _cell_inputs(1, 20_000, 1, torch.float64, "cuda"))
+    with pytest.raises(RuntimeError, match="onlstm_cell: hidden/chunk_size = 20000 master units "
+                                           "need 320000 bytes of shared memory"):
+        torch.ops.compressor.onlstm_cell(xg, hg, cp, 1)
+
 def test_wrapper_errors_name_the_argument():
     xg, hg, cp = _cell_inputs(2, 6, 3, torch.float32, "cpu")
     with pytest.raises(CompressorError, match="hidden size 6 must be a positive multiple of "

@@ -83,6 +83,9 @@ CONV_CASES = {
     "tall_1_col": (2, 4, 4, 70, 1, (3, 1), 1, (1, 0), 1, 1, 0.5),
     # the patch of one channel exceeds shared memory: every nonzero takes the global path
     "huge_dilation": (1, 2, 3, 130, 130, 3, 1, 60, 60, 1, 0.3),
+    # size-1 dims: one pixel, one input channel; a 1x1 input whose output comes through padding
+    "single_pixel": (1, 1, 2, 1, 1, 1, 1, 0, 1, 1, 0.0),
+    "1x1_input_padded": (3, 2, 3, 1, 1, 3, 1, 1, 1, 1, 0.0),
 }
 
 
@@ -221,6 +224,48 @@ def test_linear_matches_dense(m, k, n, sparsity, with_bias):
                             None if bias is None else bias.float().cuda())
     torch.testing.assert_close(got.cpu().double(), F.linear(x, weight, bias), atol=1e-4,
                                rtol=1e-4)
+
+
+def offset_view(x: torch.Tensor, dtype) -> torch.Tensor:
+    """x on CUDA in `dtype`, one element into its storage: contiguous, but only 2-byte aligned."""
+    store = torch.empty(x.numel() + 1, dtype=dtype, device="cuda")
+    view = store[1:].view(x.shape)
+    view.copy_(x)
+    assert view.is_contiguous() and view.data_ptr() % 4 != 0
+    return view
+
+
+@pytest.mark.parametrize("rows", [1, 3, 9])
+def test_linear_input_at_odd_offset(rows):
+    require_kernel("sparse_linear", "cuda")
+    weight = sparse_weight((37, 45), 0.6)
+    x = torch.randn(rows, 45, dtype=torch.float64).half().double()
+    values, cols, row_ptr = pack_linear(weight)
+    got = ops.sparse_linear(offset_view(x, torch.float16), values, cols, row_ptr, None)
+    torch.testing.assert_close(got.cpu().double(), F.linear(x, weight), atol=2e-2, rtol=2e-2)
+
+
+def test_conv_input_at_odd_offset():
+    require_kernel("sparse_conv2d", "cuda")
+    weight = sparse_weight((6, 5, 3, 3), 0.6)
+    x = torch.randn(2, 5, 9, 11, dtype=torch.float64).half().double()
+    values, offsets, row_ptr = pack_conv(weight, (9, 11), (1, 1), (1, 1))
+    got = ops.sparse_conv2d(offset_view(x, torch.float16), values, offsets, row_ptr, None, (9, 11),
+                            (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    torch.testing.assert_close(got.cpu().double(), F.conv2d(x, weight, None, 1, 1), atol=2e-2,
+                               rtol=2e-2)
+
+
+def test_linear_zero_in_features():
+    """No input features and no nonzeros: every output is its bias."""
+    require_kernel("sparse_linear", "cuda")
+    bias = torch.randn(5, device="cuda")
+    row_ptr = torch.zeros(6, dtype=torch.int32, device="cuda")
+    empty_values = torch.empty(0, device="cuda")
+    empty_cols = torch.empty(0, dtype=torch.int32, device="cuda")
+    got = ops.sparse_linear(torch.empty(4, 0, device="cuda"), empty_values, empty_cols, row_ptr,
+                            bias)
+    torch.testing.assert_close(got, bias.expand(4, 5))
 
 
 def test_linear_many_row_tiles():

@@ -196,7 +196,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sequence_backw
   }
   if (steps == 0) return {grad_gates, at::zeros_like(w_hh), at::zeros_like(h0), at::zeros_like(c0)};
   auto h_prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, steps - 1)}, 0);
-  auto grad_w = at::mm(grad_gates.view({steps * batch, -1}).t(), h_prev.view({steps * batch, -1}));
+  // Explicit widths: with batch 0 a -1 would be ambiguous and view() would throw.
+  auto grad_w = at::mm(grad_gates.view({steps * batch, gates.size(2)}).t(),
+                       h_prev.view({steps * batch, hidden}));
   return {grad_gates, grad_w, rec, dc};
 }
 
