@@ -53,11 +53,7 @@ void check_structure(const at::Tensor& col_idx, const at::Tensor& row_ptr, int64
     CMP_CHECK(rp[i + 1] >= rp[i], kOp, "row_ptr must be non-decreasing (row ", i, ")");
   CMP_CHECK(rp[rows] == nnz, kOp, "row_ptr[-1] must equal nnz = ", nnz, ", got ", rp[rows]);
   const int32_t* col = col_idx.data_ptr<int32_t>();
-  int32_t lo = 0, hi = -1;
-  for (int64_t k = 0; k < nnz; ++k) {
-    lo = std::min(lo, col[k]);
-    hi = std::max(hi, col[k]);
-  }
+  const auto [lo, hi] = compressor::sparse_cpu::index_range(col, nnz, 0, -1);
   CMP_CHECK(lo >= 0 && hi < k_in, kOp, "col_idx must lie in [0, ", k_in, ") = input features, got [",
             lo, ", ", hi, "]; the weight does not match the input");
 }
@@ -65,7 +61,7 @@ void check_structure(const at::Tensor& col_idx, const at::Tensor& row_ptr, int64
 float sparse_dot(const float* vals, const int32_t* col, int64_t nnz, const float* x) {
   int64_t k = 0;
   float sum = 0.f;
-#ifdef COMPRESSOR_SPARSE_AVX2
+#if defined(__AVX2__) && defined(__FMA__)
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   for (; k + 16 <= nnz; k += 16) {
     const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + k));
