@@ -25,9 +25,9 @@ KERNEL_VERSION = 2
 
 
 def kernel_build() -> str:
-    """Identity of the compiled kernels these timings belong to ('none' without the extension)."""
+    """Identity of the compiled kernels these timings belong to."""
     if not _extension.load():
-        return "none"
+        return f"v{KERNEL_VERSION}-none"
     import compressor._C as ext
 
     stat = os.stat(ext.__file__)
