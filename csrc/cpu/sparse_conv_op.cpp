@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -105,24 +106,38 @@ int64_t channel_block_count(const ConvGeom& g) {
   return (g.cin_g + block - 1) / block;
 }
 
-// (Cout, ncb + 1) starts of each row's input-channel blocks. Rows packed by csr_from_dense are
-// sorted by offset, hence by channel; an unsorted row makes the whole weight one block.
+// True when every row's offsets ascend (csr_from_dense packs them so). Branch-free so it vectorises.
+bool rows_sorted(const int32_t* off, const int32_t* rp, int64_t rows) {
+  std::atomic<bool> sorted{true};
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    int descents = 0;
+    for (int64_t oc = begin; oc < end; ++oc)
+      for (int32_t k = rp[oc] + 1; k < rp[oc + 1]; ++k) descents |= off[k] < off[k - 1];
+    if (descents) sorted = false;
+  });
+  return sorted;
+}
+
+// (Cout, ncb + 1) starts of each row's input-channel blocks, found by binary search in the sorted
+// rows; an unsorted row makes the whole weight one block. (A serial scan over all nonzeros took
+// 10-30% of a call at 90% sparsity.)
 at::Tensor channel_segments(const at::Tensor& offsets, const at::Tensor& row_ptr, int64_t ncb,
                             int64_t block_stride) {
   const int64_t rows = row_ptr.numel() - 1;
-  auto segs = at::empty({rows, ncb + 1}, row_ptr.options());
   const int32_t *rp = row_ptr.data_ptr<int32_t>(), *off = offsets.data_ptr<int32_t>();
+  if (ncb > 1 && !rows_sorted(off, rp, rows)) ncb = 1;
+  auto segs = at::empty({rows, ncb + 1}, row_ptr.options());
   int32_t* out = segs.data_ptr<int32_t>();
-  for (int64_t oc = 0; oc < rows; ++oc) {
-    int32_t* s = out + oc * (ncb + 1);
-    int64_t cb = 0;
-    s[0] = rp[oc];
-    for (int32_t k = rp[oc]; k < rp[oc + 1]; ++k) {
-      if (ncb > 1 && k > rp[oc] && off[k] < off[k - 1]) return channel_segments(offsets, row_ptr, 1, 0);
-      while (cb + 1 < ncb && off[k] >= (cb + 1) * block_stride) s[++cb] = k;
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t oc = begin; oc < end; ++oc) {
+      int32_t* s = out + oc * (ncb + 1);
+      s[0] = rp[oc];
+      for (int64_t cb = 1; cb < ncb; ++cb)
+        s[cb] = static_cast<int32_t>(
+            std::lower_bound(off + s[cb - 1], off + rp[oc + 1], cb * block_stride) - off);
+      s[ncb] = rp[oc + 1];
     }
-    while (cb < ncb) s[++cb] = rp[oc + 1];
-  }
+  });
   return segs;
 }
 
