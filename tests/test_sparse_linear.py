@@ -20,7 +20,8 @@ def pruned_linear(k, n, sparsity, device, bias=True):
     return lin
 
 
-@pytest.mark.parametrize("shape", [(1, 37), (5, 37), (2, 70, 37), (37,), (130, 37)])
+# 130 and 200 rows: several panels and a part-filled last one for both tile widths (64, 192).
+@pytest.mark.parametrize("shape", [(1, 37), (5, 37), (2, 70, 37), (37,), (130, 37), (200, 37)])
 @pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
 @pytest.mark.parametrize("bias", [True, False])
 def test_matches_linear(device, shape, sparsity, bias):

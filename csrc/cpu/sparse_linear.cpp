@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <limits>
 #include <vector>
 
 #include "compressor/checks.h"
@@ -62,13 +61,6 @@ void check_row_ptr(const at::Tensor& row_ptr, int64_t nnz) {
   CMP_CHECK(false, kOp, "col_idx must lie in [0, ", k_in, ") = input features, got [", lo, ", ",
             hi, "]; the weight does not match the input");
   std::abort();  // unreachable: CMP_CHECK(false) throws
-}
-
-// The SpMM path checks all of col_idx up front.
-void check_col_idx(const at::Tensor& col_idx, int64_t k_in) {
-  const auto [lo, hi] =
-      compressor::sparse_cpu::index_range(col_idx.data_ptr<int32_t>(), col_idx.numel(), 0, -1);
-  if (lo < 0 || hi >= k_in) bad_col_idx(lo, hi, k_in);
 }
 
 float sparse_dot(const float* vals, const int32_t* col, int64_t nnz, const float* x) {
@@ -142,35 +134,45 @@ void spmv(const at::Tensor& input, const float* vals, const int32_t* col, const 
   }
 }
 
-// One panel of up to kTile input rows, transposed to (K, kTile) so each nonzero's slice is
-// contiguous; `offs` are col_idx * kTile.
-void spmm_panel(const float* panel, int64_t m0, int64_t mc, const float* vals,
-                const int32_t* offs, const int32_t* rp, const float* bias, at::Tensor& out) {
+// One panel of up to `width` input rows, transposed to (K, width) so each nonzero's slice
+// (col * width) is contiguous. As in spmv, each row's indices are checked just before use.
+void spmm_panel(const float* panel, int64_t width, int64_t m0, int64_t mc, int64_t k_in,
+                const float* vals, const int32_t* col, const int32_t* rp, const float* bias,
+                at::Tensor& out, std::atomic<bool>& bad) {
   float* y = out.data_ptr<float>();
   const int64_t rows = out.size(1);
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    alignas(32) float acc[kTile];
-    for (int64_t o = begin; o < end; ++o) {
-      compressor::sparse_cpu::axpy_tile(vals + rp[o], offs + rp[o], rp[o + 1] - rp[o], panel,
-                                        bias ? bias[o] : 0.f, mc, acc);
+    alignas(64) float acc[kTile];
+    for (int64_t o = begin; o < end && !bad.load(std::memory_order_relaxed); ++o) {
+      const int64_t nnz = rp[o + 1] - rp[o];
+      const auto [lo, hi] = compressor::sparse_cpu::index_range(col + rp[o], nnz, 0, -1);
+      if (lo < 0 || hi >= k_in) {
+        bad = true;
+        break;
+      }
+      compressor::sparse_cpu::axpy_tile(vals + rp[o], col + rp[o], nnz, panel,
+                                        bias ? bias[o] : 0.f, mc, acc, false, width);
       for (int64_t i = 0; i < mc; ++i) y[(m0 + i) * rows + o] = acc[i];
     }
   });
 }
 
-void spmm(const at::Tensor& input, const at::Tensor& values, const at::Tensor& col_idx,
-          const int32_t* rp, const float* bias, at::Tensor& out) {
-  const int64_t m = input.size(0), k_in = input.size(1);
-  CMP_CHECK(k_in * kTile < std::numeric_limits<int32_t>::max(), kOp, "input features ", k_in,
-            " too large for int32 panel offsets");
-  const at::Tensor offs = col_idx * static_cast<int32_t>(kTile);
-  auto panel = at::zeros({k_in, kTile}, input.options());
-  for (int64_t m0 = 0; m0 < m; m0 += kTile) {
-    const int64_t mc = std::min<int64_t>(kTile, m - m0);
+void spmm(const at::Tensor& input, const float* vals, const int32_t* col, const int32_t* rp,
+          const float* bias, at::Tensor& out) {
+  const int64_t m = input.size(0), k_in = input.size(1), rows = out.size(1);
+  // The panel is only as wide as the batch needs: a kTile-wide panel for 8 rows spread each
+  // nonzero's 8 floats over its own cache line and the panel past L2 (measured 1.3x slower).
+  using compressor::sparse_cpu::kLanes;
+  const int64_t width = std::min<int64_t>(kTile, (m + kLanes - 1) / kLanes * kLanes);
+  auto panel = at::empty({k_in, width}, input.options());  // columns past mc are never read
+  std::atomic<bool> bad{false};
+  for (int64_t m0 = 0; m0 < m && !bad; m0 += width) {
+    const int64_t mc = std::min<int64_t>(width, m - m0);
     panel.narrow(1, 0, mc).copy_(input.narrow(0, m0, mc).t());
-    spmm_panel(panel.data_ptr<float>(), m0, mc, values.data_ptr<float>(),
-               offs.data_ptr<int32_t>(), rp, bias, out);
+    spmm_panel(panel.data_ptr<float>(), width, m0, mc, k_in, vals, col, rp, bias, out, bad);
   }
+  if (bad) bad_col_idx(*std::min_element(col, col + rp[rows]),
+                       *std::max_element(col, col + rp[rows]), k_in);
 }
 
 at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
@@ -178,7 +180,6 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
                              const c10::optional<at::Tensor>& bias) {
   check_inputs(input, values, col_idx, row_ptr, bias);
   check_row_ptr(row_ptr, values.numel());
-  if (input.size(0) != 1) check_col_idx(col_idx, input.size(1));
   auto out = at::empty({input.size(0), row_ptr.numel() - 1}, input.options());
   if (out.numel() == 0) return out;
   const float* b = bias ? bias->data_ptr<float>() : nullptr;
@@ -186,7 +187,7 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
   if (input.size(0) == 1)
     spmv(input, values.data_ptr<float>(), col_idx.data_ptr<int32_t>(), rp, b, out);
   else
-    spmm(input, values, col_idx, rp, b, out);
+    spmm(input, values.data_ptr<float>(), col_idx.data_ptr<int32_t>(), rp, b, out);
   return out;
 }
 

@@ -69,7 +69,7 @@ void conv_forward(const ConvArgs& args);
 // kTile, or acc + ... with `resume`. NV vector accumulators stay in registers over all nonzeros;
 // the last vector is masked when count is not a whole number of vectors, on loads *and* stores,
 // so nothing outside [0, count) of `in` or `acc` is touched. With few vectors one FMA chain per
-// accumulator cannot hide the FMA latency, so nonzeros alternate between two accumulator sets.
+// accumulator cannot hide the FMA latency, so nonzeros rotate over 2 or 4 accumulator sets.
 #if defined(COMPRESSOR_SPARSE_AVX512)
 using Vec = __m512;
 using Mask = __mmask16;
@@ -110,83 +110,89 @@ inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
 #endif
 template <int NV, bool kMasked>
 inline void axpy_tile_simd(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
-                           float init, Mask mask, float* acc, bool resume) {
+                           float init, Mask mask, float* acc, bool resume, int64_t stride) {
   constexpr int full = kMasked ? NV - 1 : NV;
-  constexpr bool kTwoSets = NV <= 4;
-  Vec sum[NV], alt[kTwoSets ? NV : 1];
+  // Independent accumulator sets, so that sets * NV chains cover the FMA latency.
+  constexpr int kSets = NV == 1 ? 4 : NV <= 4 ? 2 : 1;
+  Vec sum[kSets][NV];
   COMPRESSOR_UNROLL
-  for (int j = 0; j < full; ++j) sum[j] = resume ? vload(acc + j * kLanes) : vset(init);
+  for (int j = 0; j < full; ++j) sum[0][j] = resume ? vload(acc + j * kLanes) : vset(init);
   if constexpr (kMasked)
-    sum[NV - 1] = resume ? vload(acc + (NV - 1) * kLanes, mask) : vset(init);
+    sum[0][NV - 1] = resume ? vload(acc + (NV - 1) * kLanes, mask) : vset(init);
   int64_t k = 0;
-  if constexpr (kTwoSets) {
+  if constexpr (kSets > 1) {
     COMPRESSOR_UNROLL
-    for (int j = 0; j < NV; ++j) alt[j] = vzero();
-    for (; k + 2 <= nnz; k += 2) {
-      const Vec v0 = vset(vals[k]), v1 = vset(vals[k + 1]);
-      const float *s0 = in + offs[k], *s1 = in + offs[k + 1];
+    for (int t = 1; t < kSets; ++t)
       COMPRESSOR_UNROLL
-      for (int j = 0; j < full; ++j) {
-        sum[j] = vfma(v0, vload(s0 + j * kLanes), sum[j]);
-        alt[j] = vfma(v1, vload(s1 + j * kLanes), alt[j]);
-      }
-      if constexpr (kMasked) {
-        sum[NV - 1] = vfma(v0, vload(s0 + (NV - 1) * kLanes, mask), sum[NV - 1]);
-        alt[NV - 1] = vfma(v1, vload(s1 + (NV - 1) * kLanes, mask), alt[NV - 1]);
+      for (int j = 0; j < NV; ++j) sum[t][j] = vzero();
+    for (; k + kSets <= nnz; k += kSets) {
+      COMPRESSOR_UNROLL
+      for (int t = 0; t < kSets; ++t) {
+        const Vec v = vset(vals[k + t]);
+        const float* src = in + offs[k + t] * stride;
+        COMPRESSOR_UNROLL
+        for (int j = 0; j < full; ++j) sum[t][j] = vfma(v, vload(src + j * kLanes), sum[t][j]);
+        if constexpr (kMasked)
+          sum[t][NV - 1] = vfma(v, vload(src + (NV - 1) * kLanes, mask), sum[t][NV - 1]);
       }
     }
     COMPRESSOR_UNROLL
-    for (int j = 0; j < NV; ++j) sum[j] = vadd(sum[j], alt[j]);
+    for (int t = 1; t < kSets; ++t)
+      COMPRESSOR_UNROLL
+      for (int j = 0; j < NV; ++j) sum[0][j] = vadd(sum[0][j], sum[t][j]);
   }
   for (; k < nnz; ++k) {
     const Vec v = vset(vals[k]);
-    const float* src = in + offs[k];
+    const float* src = in + offs[k] * stride;
     COMPRESSOR_UNROLL
-    for (int j = 0; j < full; ++j) sum[j] = vfma(v, vload(src + j * kLanes), sum[j]);
+    for (int j = 0; j < full; ++j) sum[0][j] = vfma(v, vload(src + j * kLanes), sum[0][j]);
     if constexpr (kMasked)
-      sum[NV - 1] = vfma(v, vload(src + (NV - 1) * kLanes, mask), sum[NV - 1]);
+      sum[0][NV - 1] = vfma(v, vload(src + (NV - 1) * kLanes, mask), sum[0][NV - 1]);
   }
   COMPRESSOR_UNROLL
-  for (int j = 0; j < full; ++j) vstore(acc + j * kLanes, sum[j]);
-  if constexpr (kMasked) vstore(acc + (NV - 1) * kLanes, sum[NV - 1], mask);
+  for (int j = 0; j < full; ++j) vstore(acc + j * kLanes, sum[0][j]);
+  if constexpr (kMasked) vstore(acc + (NV - 1) * kLanes, sum[0][NV - 1], mask);
 }
 
 template <int NV>
 inline void axpy_tile_nv(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
-                         float init, int64_t count, float* acc, bool resume) {
+                         float init, int64_t count, float* acc, bool resume, int64_t stride) {
   const int tail = static_cast<int>(count - (NV - 1) * kLanes);
   if (tail == kLanes)
-    axpy_tile_simd<NV, false>(vals, offs, nnz, in, init, tail_mask(tail), acc, resume);
+    axpy_tile_simd<NV, false>(vals, offs, nnz, in, init, tail_mask(tail), acc, resume, stride);
   else
-    axpy_tile_simd<NV, true>(vals, offs, nnz, in, init, tail_mask(tail), acc, resume);
+    axpy_tile_simd<NV, true>(vals, offs, nnz, in, init, tail_mask(tail), acc, resume, stride);
 }
 
 // Instantiates axpy_tile_nv<1..kMaxVectors> and picks the one covering `count`.
 template <int NV = 1>
 inline void axpy_tile_dispatch(int nv, const float* vals, const int32_t* offs, int64_t nnz,
                                const float* in, float init, int64_t count, float* acc,
-                               bool resume) {
+                               bool resume, int64_t stride) {
   if constexpr (NV < kMaxVectors) {
     if (nv > NV)
-      return axpy_tile_dispatch<NV + 1>(nv, vals, offs, nnz, in, init, count, acc, resume);
+      return axpy_tile_dispatch<NV + 1>(nv, vals, offs, nnz, in, init, count, acc, resume,
+                                        stride);
   }
-  axpy_tile_nv<NV>(vals, offs, nnz, in, init, count, acc, resume);
+  axpy_tile_nv<NV>(vals, offs, nnz, in, init, count, acc, resume, stride);
 }
 #endif
 
-// acc[0 : count) = (resume ? acc : init) + sum_k vals[k] * in[offs[k] + 0 : count), 1 <= count <=
-// kTile; only acc[0 : count) is written.
+// acc[0 : count) = (resume ? acc : init) + sum_k vals[k] * in[offs[k] * stride + 0 : count),
+// 1 <= count <= kTile; only acc[0 : count) is written. (`stride` lets SpMM pass column indices
+// as they are instead of a scaled copy: one pass over the indices less.)
 inline void axpy_tile(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
-                      float init, int64_t count, float* acc, bool resume = false) {
+                      float init, int64_t count, float* acc, bool resume = false,
+                      int64_t stride = 1) {
 #ifdef COMPRESSOR_SPARSE_SIMD
   const int nv = static_cast<int>((count + kLanes - 1) / kLanes);
-  axpy_tile_dispatch(nv, vals, offs, nnz, in, init, count, acc, resume);
+  axpy_tile_dispatch(nv, vals, offs, nnz, in, init, count, acc, resume, stride);
 #else
   if (!resume)
     for (int64_t i = 0; i < count; ++i) acc[i] = init;
   for (int64_t k = 0; k < nnz; ++k) {
     const float v = vals[k];
-    const float* src = in + offs[k];
+    const float* src = in + offs[k] * stride;
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) acc[i] += v * src[i];
   }
