@@ -3,8 +3,9 @@
 python -m benchmarks.sparse_conv [--quick] [--plot] [--threads 1 2] [--only resnet50 ...] [--append]
 Layers: the 3x3 and 1x1 convs of ResNet-50, VGG-16 and AlexNet conv2-5; sparsity 50-98%; batch
 1 and 16; CPU at 1 and 2 threads (and CUDA vs cuDNN defaults when a GPU is present).
-The dense layer is timed once per (layer, batch, threads) and shared by its sparsity rows: pruned
-zeros do not change dense conv's time. Run in pieces with --only/--threads and --append.
+Each row times its own pruned dense layer (dense conv time varies by up to 1.8x between weight
+tensors of one shape here, so a shared baseline would skew whole rows). Run in pieces with
+--only/--threads and --append.
 """
 
 from pathlib import Path
@@ -47,20 +48,19 @@ def pruned(cin, cout, k, s, p, sparsity, device):
 
 
 def timed(fn, device) -> float:
-    # 5 samples of >= 20 ms after warm-up: the full sweep (476 rows) fits in ~20 minutes.
+    # 5 samples of >= 20 ms after warm-up: the full sweep (476 rows) takes ~10 minutes here.
     return median_seconds(fn, device, warmup=2, repeat=5, min_seconds=0.02)
 
 
 def measure(name, batch, sparsities, device, threads) -> list[dict]:
     cin, cout, k, s, p, hw = LAYERS[name]
     x = torch.randn(batch, cin, hw, hw, device=device)
-    rows, dense_s = [], None
+    rows = []
     for sparsity in sparsities:
         conv = pruned(cin, cout, k, s, p, sparsity, device)
         sparse = SparseConv2d.from_dense(conv).to(device)
         with torch.no_grad():
-            if dense_s is None:
-                dense_s = timed(lambda: conv(x), device)  # noqa: B023 (called at once)
+            dense_s = timed(lambda: conv(x), device)  # noqa: B023 (called at once)
             sparse_s = timed(lambda: sparse(x), device)  # noqa: B023
         rows.append({"layer": name, "sparsity": sparsity, "batch": batch, "device": device,
                      "threads": threads, "dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
