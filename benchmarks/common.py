@@ -99,6 +99,8 @@ def sweep_parser(doc: str, groups: str) -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", metavar="PREFIX", help=f"only these {groups}")
     parser.add_argument("--append", action="store_true",
                         help="merge into the existing JSON (same case re-measured replaces)")
+    parser.add_argument("--replot", action="store_true",
+                        help="measure nothing: tables (and --plot) from the saved JSON")
     return parser
 
 

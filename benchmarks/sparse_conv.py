@@ -1,6 +1,7 @@
 """Direct sparse conv2d vs torch dense conv2d (PyTorch defaults) over real network layers.
 
 python -m benchmarks.sparse_conv [--quick] [--plot] [--threads 1 2] [--only resnet50 ...] [--append]
+                                [--replot]
 Layers: the 3x3 and 1x1 convs of ResNet-50, VGG-16 and AlexNet conv2-5; sparsity 50-98%; batch
 1 and 16; CPU at 1 and 2 threads (and CUDA vs cuDNN defaults when a GPU is present).
 Each row times its own pruned dense layer (dense conv time varies by up to 1.8x between weight
@@ -69,19 +70,20 @@ def measure(name, batch, sparsities, device, threads) -> list[dict]:
 
 
 def summary(rows) -> str:
-    """layer x sparsity, one speedup column per (device, batch, threads)."""
-    cols = sorted({(r["device"], r["batch"], r["threads"]) for r in rows})
-    table = {}
-    for r in rows:
-        table.setdefault((r["layer"], r["sparsity"]), {})[(r["device"], r["batch"], r["threads"])] \
-            = r["speedup"]
-    names = [f"{d} b{b} t{t}" for d, b, t in cols]
+    """One grid per (device, batch, threads): a row per layer, a speedup column per sparsity."""
     order = {name: i for i, name in enumerate(LAYERS)}
-    out = [{"layer": layer, "sparsity": f"{sp:.0%}",
-            **{n: speeds.get(c, "") for n, c in zip(names, cols, strict=True)}}
-           for (layer, sp), speeds in sorted(table.items(), key=lambda kv: (order[kv[0][0]],
-                                                                            kv[0][1]))]
-    return markdown_table(out, ["layer", "sparsity", *names])
+    sparsities = sorted({r["sparsity"] for r in rows})
+    grids = []
+    for cfg in sorted({(r["device"], r["batch"], r["threads"]) for r in rows}):
+        picked = [r for r in rows if (r["device"], r["batch"], r["threads"]) == cfg]
+        by_layer = {}
+        for r in picked:
+            by_layer.setdefault(r["layer"], {})[f"{r['sparsity']:.0%}"] = r["speedup"]
+        table = [{"layer": layer, **speeds}
+                 for layer, speeds in sorted(by_layer.items(), key=lambda kv: order[kv[0]])]
+        grids.append(f"{cfg[0]}, batch {cfg[1]}, {cfg[2]} thread(s): speedup vs dense\n\n"
+                     + markdown_table(table, ["layer", *(f"{sp:.0%}" for sp in sparsities)]))
+    return "\n\n".join(grids)
 
 
 def plot(rows) -> None:
@@ -116,9 +118,9 @@ def main() -> None:
     sparsities = [0.6, 0.9, 0.95] if args.quick else [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
     batches = [1] if args.quick else [1, 16]
     cases = [(name, batch, sparsities) for name in layers for batch in batches]
-    rows = run_sweep(cpu_configs(args), cases, measure)
+    rows = [] if args.replot else run_sweep(cpu_configs(args), cases, measure)
     path, rows = save_rows("sparse_conv", rows, ("layer", "sparsity", "batch", "device",
-                                                 "threads"), args.append)
+                                                 "threads"), args.append or args.replot)
     print(markdown_table(rows, ["layer", "device", "threads", "batch", "sparsity", "dense_ms",
                                 "sparse_ms", "speedup"]))
     print(summary(rows))

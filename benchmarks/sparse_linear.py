@@ -1,6 +1,7 @@
 """Sparse linear vs dense F.linear and vs torch's CSR path (weight.to_sparse_csr() + mv / matmul).
 
 python -m benchmarks.sparse_linear [--quick] [--plot] [--threads 1 2] [--only 4096x4096] [--append]
+                                  [--replot]
 """
 
 import torch
@@ -47,9 +48,9 @@ def main() -> None:
     sparsities = [0.9] if args.quick else [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
     batches = [1] if args.quick else [1, 8, 64]
     cases = [(n, k, sp, b) for n, k in shapes for b in batches for sp in sparsities]
-    rows = run_sweep(cpu_configs(args), cases, measure)
+    rows = [] if args.replot else run_sweep(cpu_configs(args), cases, measure)
     path, rows = save_rows("sparse_linear", rows, ("shape", "sparsity", "batch", "device",
-                                                   "threads"), args.append)
+                                                   "threads"), args.append or args.replot)
     print(markdown_table(rows, ["shape", "device", "threads", "batch", "sparsity", "dense_ms",
                                 "torch_csr_ms", "ours_ms", "vs_dense", "vs_torch_csr"]))
     print(f"wrote {path}")
