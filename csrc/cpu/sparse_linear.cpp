@@ -79,6 +79,13 @@ float sparse_dot(const float* vals, const int32_t* col, int64_t nnz, const float
     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vals + k), _mm512_i32gather_ps(i0, x, 4), a0);
     k += 16;
   }
+  if (k < nnz) {  // one masked gather for the rest: short rows would otherwise be all scalar
+    const __mmask16 m = static_cast<__mmask16>((1u << (nnz - k)) - 1u);
+    const __m512i i0 = _mm512_maskz_loadu_epi32(m, col + k);
+    const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, i0, x, 4);
+    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vals + k), g, a1);
+    k = nnz;
+  }
   sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 #elif defined(__AVX2__) && defined(__FMA__)
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
