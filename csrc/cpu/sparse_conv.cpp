@@ -7,10 +7,12 @@
 // nonzero's offset: no im2col. Stride s is reduced to stride 1 by splitting the padded input into
 // s_h*s_w phase planes (row % s_h, col % s_w), so one code path serves every geometry.
 //
-// Blocking: a task owns (image, run of virtual positions, block of output channels); the position
-// run is sized so its slice of the input stays in L2 while all channels of the block stream
-// through it; within a channel, a tile of kTile positions (8 AVX2 or 12 AVX-512 vectors) of
-// accumulators stays in registers while the channel's nonzeros are applied.
+// Blocking: a task owns (image, run of up to kRunTiles tiles of virtual positions, block of
+// output channels). Per tile, input channels are taken in blocks whose slice of the input under
+// the tile fits kL2Floats, and every output channel of the task streams its nonzeros over that
+// slice; within a channel, a tile of kTile positions (8 AVX2 or 12 AVX-512 vectors) of
+// accumulators stays in registers while the nonzeros are applied. Runs and tiles are split evenly,
+// so no short remainder tile costs a whole extra pass over the nonzeros.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
