@@ -1,16 +1,26 @@
 """Direct sparse conv2d vs torch dense conv2d (PyTorch defaults) over real network layers.
 
-python -m benchmarks.sparse_conv [--quick] [--plot]
+python -m benchmarks.sparse_conv [--quick] [--plot] [--threads 1 2] [--only resnet50 ...] [--append]
+                                [--replot]
 Layers: the 3x3 and 1x1 convs of ResNet-50, VGG-16 and AlexNet conv2-5; sparsity 50-98%; batch
 1 and 16; CPU at 1 and 2 threads (and CUDA vs cuDNN defaults when a GPU is present).
+Each row times its own pruned dense layer (dense conv time varies by up to 1.8x between weight
+tensors of one shape here, so a shared baseline would skew whole rows). Run in pieces with
+--only/--threads and --append.
 """
 
-import argparse
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import markdown_table, median_seconds, write_json
+from benchmarks.common import (
+    cpu_configs,
+    markdown_table,
+    median_seconds,
+    run_sweep,
+    save_rows,
+    sweep_parser,
+)
 from compressor.nn import SparseConv2d
 
 # name: (cin, cout, kernel, stride, padding, hw)
@@ -38,56 +48,82 @@ def pruned(cin, cout, k, s, p, sparsity, device):
     return conv
 
 
-def measure(name, sparsity, batch, device, threads) -> dict:
+def timed(fn, device) -> float:
+    # 5 samples of >= 20 ms after warm-up: the full sweep (476 rows) takes ~10 minutes here.
+    return median_seconds(fn, device, warmup=2, repeat=5, min_seconds=0.02)
+
+
+def measure(name, batch, sparsities, device, threads) -> list[dict]:
     cin, cout, k, s, p, hw = LAYERS[name]
-    conv = pruned(cin, cout, k, s, p, sparsity, device)
-    sparse = SparseConv2d.from_dense(conv).to(device)
     x = torch.randn(batch, cin, hw, hw, device=device)
-    with torch.no_grad():
-        dense_s = median_seconds(lambda: conv(x), device, repeat=7)
-        sparse_s = median_seconds(lambda: sparse(x), device, repeat=7)
-    return {"layer": name, "sparsity": sparsity, "batch": batch, "device": device,
-            "threads": threads, "dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
-            "speedup": dense_s / sparse_s}
+    rows = []
+    for sparsity in sparsities:
+        conv = pruned(cin, cout, k, s, p, sparsity, device)
+        sparse = SparseConv2d.from_dense(conv).to(device)
+        with torch.no_grad():
+            dense_s = timed(lambda: conv(x), device)  # noqa: B023 (called at once)
+            sparse_s = timed(lambda: sparse(x), device)  # noqa: B023
+        rows.append({"layer": name, "sparsity": sparsity, "batch": batch, "device": device,
+                     "threads": threads, "dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
+                     "speedup": dense_s / sparse_s})
+    return rows
+
+
+def summary(rows) -> str:
+    """One grid per (device, batch, threads): a row per layer, a speedup column per sparsity."""
+    order = {name: i for i, name in enumerate(LAYERS)}
+    sparsities = sorted({r["sparsity"] for r in rows})
+    grids = []
+    for cfg in sorted({(r["device"], r["batch"], r["threads"]) for r in rows}):
+        picked = [r for r in rows if (r["device"], r["batch"], r["threads"]) == cfg]
+        by_layer = {}
+        for r in picked:
+            by_layer.setdefault(r["layer"], {})[f"{r['sparsity']:.0%}"] = r["speedup"]
+        table = [{"layer": layer, **speeds}
+                 for layer, speeds in sorted(by_layer.items(), key=lambda kv: order[kv[0]])]
+        grids.append(f"{cfg[0]}, batch {cfg[1]}, {cfg[2]} thread(s): speedup vs dense\n\n"
+                     + markdown_table(table, ["layer", *(f"{sp:.0%}" for sp in sparsities)]))
+    return "\n\n".join(grids)
 
 
 def plot(rows) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for key in sorted({(r["layer"], r["batch"], r["device"], r["threads"]) for r in rows}):
-        pts = [r for r in rows if (r["layer"], r["batch"], r["device"], r["threads"]) == key]
-        ax.plot([r["sparsity"] for r in pts], [r["speedup"] for r in pts], marker="o",
-                label=f"{key[0]} b{key[1]} {key[2]} t{key[3]}", linewidth=0.8)
-    ax.axhline(1.0, color="k", linewidth=0.8)
-    ax.set(xlabel="sparsity", ylabel="speedup vs dense", yscale="log")
-    ax.legend(fontsize=5, ncol=2)
+    configs = sorted({(r["device"], r["batch"], r["threads"]) for r in rows})
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4.5), sharey=True,
+                             squeeze=False)
+    for ax, cfg in zip(axes[0], configs, strict=True):
+        for name in LAYERS:
+            pts = sorted((r for r in rows if (r["device"], r["batch"], r["threads"]) == cfg
+                          and r["layer"] == name), key=lambda r: r["sparsity"])
+            if pts:
+                style = "-" if name.startswith("resnet") else "--" if name.startswith("vgg") \
+                    else ":"
+                ax.plot([r["sparsity"] for r in pts], [r["speedup"] for r in pts], style,
+                        marker="o", markersize=2, linewidth=0.8, label=name)
+        ax.axhline(1.0, color="k", linewidth=0.8)
+        ax.set(title=f"{cfg[0]}, batch {cfg[1]}, {cfg[2]} thread(s)", xlabel="sparsity",
+               yscale="log")
+    axes[0][0].set_ylabel("speedup vs dense F.conv2d")
+    axes[0][-1].legend(fontsize=5, ncol=1, loc="upper left")
     Path("docs/img").mkdir(parents=True, exist_ok=True)
     fig.savefig("docs/img/sparse_conv.png", dpi=150, bbox_inches="tight")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--plot", action="store_true")
-    args = parser.parse_args()
+    args = sweep_parser(__doc__, "layers (name prefixes)").parse_args()
     layers = QUICK if args.quick else list(LAYERS)
+    if args.only:
+        layers = [n for n in layers if n.startswith(tuple(args.only))]
     sparsities = [0.6, 0.9, 0.95] if args.quick else [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
     batches = [1] if args.quick else [1, 16]
-    configs = [("cpu", t) for t in ((2,) if args.quick else (1, 2))]
-    if torch.cuda.is_available():
-        configs.append(("cuda", torch.get_num_threads()))
-    rows = []
-    for device, threads in configs:
-        torch.set_num_threads(threads)
-        for name in layers:
-            for batch in batches:
-                for sparsity in sparsities:
-                    rows.append(measure(name, sparsity, batch, device, threads))
-                    print(rows[-1], flush=True)
-    path = write_json("sparse_conv", {"rows": rows})
+    cases = [(name, batch, sparsities) for name in layers for batch in batches]
+    rows = [] if args.replot else run_sweep(cpu_configs(args), cases, measure)
+    path, rows = save_rows("sparse_conv", rows, ("layer", "sparsity", "batch", "device",
+                                                 "threads"), args.append or args.replot)
     print(markdown_table(rows, ["layer", "device", "threads", "batch", "sparsity", "dense_ms",
                                 "sparse_ms", "speedup"]))
+    print(summary(rows))
     print(f"wrote {path}")
     if args.plot:
         plot(rows)

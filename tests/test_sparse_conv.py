@@ -22,6 +22,11 @@ CASES = [
     (5, 7, 3, (2, 3), (1, 0), (2, 1), 1, (20, 19), 2),
     (1, 1, 1, 1, 0, 1, 1, (1, 1), 1),
     (16, 24, 3, 1, 1, 1, 1, (5, 67), 1),
+    # Many input channels: several input-channel blocks whose partial sums are parked between
+    # blocks, with spans that end mid-vector (AVX2 and AVX-512 tails) and split into >1 tile.
+    (160, 40, 3, 1, 1, 1, 1, (14, 14), 1),
+    (300, 9, 1, 1, 0, 1, 1, (13, 15), 2),
+    (70, 33, 3, 1, 1, 1, 1, (29, 31), 1),
 ]
 
 

@@ -47,3 +47,12 @@ def test_dense_layers_stay_dense(tmp_path):
             perf.table[perf.signature(dense, sparse.sparsity, layer_x)] = {"speedup": 0.5}
     _, decisions = convert(model, (x,), perf_model=perf)
     assert not decisions[0].converted
+
+
+def test_cache_is_keyed_by_kernel_build(monkeypatch, tmp_path):
+    from compressor.sparse import perf_model
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path))
+    before = perf_model.cache_path()
+    monkeypatch.setattr(perf_model, "KERNEL_VERSION", perf_model.KERNEL_VERSION + 1)
+    assert perf_model.cache_path() != before  # timings of an older kernel are not reused

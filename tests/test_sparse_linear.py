@@ -20,7 +20,8 @@ def pruned_linear(k, n, sparsity, device, bias=True):
     return lin
 
 
-@pytest.mark.parametrize("shape", [(1, 37), (5, 37), (2, 70, 37), (37,), (130, 37)])
+# 130 and 200 rows: several panels and a part-filled last one for both tile widths (64, 192).
+@pytest.mark.parametrize("shape", [(1, 37), (5, 37), (2, 70, 37), (37,), (130, 37), (200, 37)])
 @pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
 @pytest.mark.parametrize("bias", [True, False])
 def test_matches_linear(device, shape, sparsity, bias):
@@ -58,8 +59,13 @@ def test_kernel_rejects_bad_input():
     require_kernel("sparse_linear", "cpu")
     values, col, row_ptr = csr_from_dense(pruned_linear(20, 9, 0.5, "cpu").weight)
     op = torch.ops.compressor.sparse_linear
-    with pytest.raises(RuntimeError, match="sparse_linear: col_idx must lie in \\[0, 10\\)"):
-        op(torch.randn(2, 10), values, col, row_ptr, None)
+    for batch in (1, 2):  # SpMV checks each row as it goes, SpMM all of col_idx up front
+        with pytest.raises(RuntimeError, match="sparse_linear: col_idx must lie in \\[0, 10\\)"):
+            op(torch.randn(batch, 10), values, col, row_ptr, None)
+    neg = col.clone()
+    neg[-1] = -1
+    with pytest.raises(RuntimeError, match="col_idx must lie in \\[0, 20\\)"):
+        op(torch.randn(1, 20), values, neg, row_ptr, None)
     with pytest.raises(RuntimeError, match="input must be Float"):
         op(torch.randn(2, 20).double(), values, col, row_ptr, None)
     with pytest.raises(RuntimeError, match="col_idx must be Int"):

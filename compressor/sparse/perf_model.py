@@ -2,8 +2,9 @@
 
 Calibrated by measurement on this machine: for a layer signature (shape, input size, batch,
 sparsity rounded to 1%, device, threads) it times the dense layer and its sparse twin side by side
-and caches the two medians in a JSON file keyed by machine and torch version, so later calls (and
-later runs) answer without timing again.
+and caches the two medians in a JSON file keyed by machine, torch version and the build of the
+kernels, so later calls (and later runs) answer without timing again, and a rebuilt (faster or
+slower) kernel is measured afresh instead of judged by stale times.
 """
 
 import hashlib
@@ -16,11 +17,27 @@ from pathlib import Path
 
 import torch
 
+from compressor import _extension
+
+# Bump when the sparse kernels change in a way a cached timing should not survive; a rebuilt
+# extension file (another size or mtime) also starts a fresh cache.
+KERNEL_VERSION = 2
+
+
+def kernel_build() -> str:
+    """Identity of the compiled kernels these timings belong to."""
+    if not _extension.load():
+        return f"v{KERNEL_VERSION}-none"
+    import compressor._C as ext
+
+    stat = os.stat(ext.__file__)
+    return f"v{KERNEL_VERSION}-{stat.st_size}-{stat.st_mtime_ns}"
+
 
 def cache_path() -> Path:
     root = Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
     machine = f"{platform.node()}-{platform.machine()}-{platform.processor()}"
-    machine += f"-torch{torch.__version__}"
+    machine += f"-torch{torch.__version__}-{kernel_build()}"
     digest = hashlib.sha1(machine.encode()).hexdigest()[:12]
     return root / f"sparse_perf_{digest}.json"
 

@@ -7,10 +7,12 @@
 // nonzero's offset: no im2col. Stride s is reduced to stride 1 by splitting the padded input into
 // s_h*s_w phase planes (row % s_h, col % s_w), so one code path serves every geometry.
 //
-// Blocking: a task owns (image, run of virtual positions, block of output channels); the position
-// run is sized so its slice of the input stays in L2 while all channels of the block stream
-// through it; within a channel, 8 AVX2 vectors (64 positions) of accumulators stay in registers
-// while the channel's nonzeros are applied.
+// Blocking: a task owns (image, run of up to kRunTiles tiles of virtual positions, block of
+// output channels). Per tile, input channels are taken in blocks whose slice of the input under
+// the tile fits kL2Floats, and every output channel of the task streams its nonzeros over that
+// slice; within a channel, a tile of kTile positions (8 AVX2 or 12 AVX-512 vectors) of
+// accumulators stays in registers while the nonzeros are applied. Runs and tiles are split evenly,
+// so no short remainder tile costs a whole extra pass over the nonzeros.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -43,20 +45,29 @@ void store_virtual(const float* acc, int64_t p, int64_t count, const ConvGeom& g
   }
 }
 
-// One task: output channels [oc0, oc1) of image n, virtual positions [p0, p1). Input-channel blocks
-// outermost so the block's input slice stays in cache while the weights stream; tiles, then
-// output channels inside, partial sums parked in `buf` between channel blocks.
+// Pieces of at most `most` covering `length`, as equal as whole vectors allow: a short last tile
+// costs a whole pass over the row's nonzeros for a few positions.
+int64_t even_split(int64_t length, int64_t most) {
+  using compressor::sparse_cpu::kLanes;
+  const int64_t pieces = (length + most - 1) / most;
+  return std::min(most, ((length + pieces - 1) / pieces + kLanes - 1) / kLanes * kLanes);
+}
+
+// One task: output channels [oc0, oc1) of image n, virtual positions [p0, p1). Per tile, the
+// input-channel blocks in turn, and all output channels within a block, so the block's slice of
+// the input under the tile stays in L1 while the weights stream; the channels' partial sums for
+// the tile (kChannelBlock x kTile floats, also L1) are parked in `buf` between blocks.
 void conv_task(const compressor::sparse_cpu::ConvArgs& a, int64_t n, int64_t oc0, int64_t oc1,
                int64_t p0, int64_t p1, float* buf) {
   const ConvGeom& g = a.geom;
-  const int64_t run = p1 - p0;
-  for (int64_t cb = 0; cb < a.ncb; ++cb) {
-    for (int64_t p = p0; p < p1; p += kTile) {
-      const int64_t count = std::min<int64_t>(kTile, p1 - p);
+  const int64_t tile = even_split(p1 - p0, kTile);
+  for (int64_t p = p0; p < p1; p += tile) {
+    const int64_t count = std::min(tile, p1 - p);
+    for (int64_t cb = 0; cb < a.ncb; ++cb) {
       for (int64_t oc = oc0; oc < oc1; ++oc) {
         const float* in = a.input + (n * g.Cin + oc / g.cout_g * g.cin_g) * g.chan + p;
         const int32_t* seg = a.segs + oc * (a.ncb + 1) + cb;
-        float* acc = buf + (oc - oc0) * run + (p - p0);
+        float* acc = buf + (oc - oc0) * kTile;
         compressor::sparse_cpu::axpy_tile(a.values + seg[0], a.offsets + seg[0], seg[1] - seg[0],
                                           in, a.bias ? a.bias[oc] : 0.f, count, acc, cb > 0);
         if (cb == a.ncb - 1)
@@ -68,12 +79,12 @@ void conv_task(const compressor::sparse_cpu::ConvArgs& a, int64_t n, int64_t oc0
 
 void run_conv(const compressor::sparse_cpu::ConvArgs& a) {
   const ConvGeom& g = a.geom;
-  const int64_t run = kRunTiles * kTile;
+  const int64_t run = even_split(g.span, kRunTiles * kTile);
   const int64_t runs = (g.span + run - 1) / run;
   const int64_t blocks = (g.Cout + kChannelBlock - 1) / kChannelBlock;
   at::parallel_for(0, g.N * runs * blocks, 1, [&](int64_t begin, int64_t end) {
-    // + kTile: the last tile of the last channel stores whole vectors past its count.
-    std::unique_ptr<float[]> buf(new float[kChannelBlock * run + kTile]);
+    // The micro-kernel writes only [0, count) of a tile, so channels can sit back to back.
+    std::unique_ptr<float[]> buf(new float[kChannelBlock * kTile]);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t % blocks, r = (t / blocks) % runs, n = t / (blocks * runs);
       conv_task(a, n, b * kChannelBlock, std::min(g.Cout, (b + 1) * kChannelBlock), r * run,

@@ -4,19 +4,28 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <utility>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define COMPRESSOR_SPARSE_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define COMPRESSOR_SPARSE_AVX2 1
 #endif
 
 namespace compressor::sparse_cpu {
 
+#if defined(COMPRESSOR_SPARSE_AVX512)
+constexpr int kLanes = 16;          // floats per AVX-512 register
+constexpr int kMaxVectors = 12;     // accumulators in registers: 12 of 32 zmm, the rest for loads
+#else
 constexpr int kLanes = 8;           // floats per AVX2 register
 constexpr int kMaxVectors = 8;      // accumulators held in registers (16 ymm in all)
+#endif
 constexpr int kTile = kLanes * kMaxVectors;
 constexpr int64_t kRunTiles = 4;       // tiles per conv task: enough tasks for threads at batch 1
-constexpr int64_t kL2Floats = 16 * 1024;  // input floats one conv task keeps hot (64 KiB)
+constexpr int64_t kL2Floats = 16 * 1024;  // input floats under one tile kept hot (64 KiB)
 
 struct ConvGeom {
   int64_t N, Cin, H, W, Cout, groups, cin_g, cout_g;
@@ -40,67 +49,150 @@ struct ConvArgs {
   float* output;          // (N, Cout, Ho, Wo)
 };
 
+// [min, max] of idx[0:n] folded into [lo, hi]. Written with plain locals so it vectorises: with
+// std::min on references GCC kept lo/hi in memory and this check took 40% of a conv call.
+inline std::pair<int32_t, int32_t> index_range(const int32_t* idx, int64_t n, int32_t lo,
+                                                int32_t hi) {
+  for (int64_t k = 0; k < n; ++k) {
+    const int32_t v = idx[k];
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  return {lo, hi};
+}
+
 ConvGeom make_geom(const at::Tensor& input, int64_t cout, at::IntArrayRef k, at::IntArrayRef s,
                    at::IntArrayRef p, at::IntArrayRef d, int64_t groups);
 void conv_forward(const ConvArgs& args);
 
-#ifdef COMPRESSOR_SPARSE_AVX2
-// acc[0 : NV*8) = init + sum_k vals[k] * in[offs[k] + 0 : NV*8); with kMasked the last vector
-// reads only `tail` lanes (maskload never touches the others, so nothing past the slice is read).
-// With `resume` the sums start from acc instead of init.
+// The micro-kernel: acc[0 : count) = init + sum_k vals[k] * in[offs[k] + 0 : count), count <=
+// kTile, or acc + ... with `resume`. NV vector accumulators stay in registers over all nonzeros;
+// the last vector is masked when count is not a whole number of vectors, on loads *and* stores,
+// so nothing outside [0, count) of `in` or `acc` is touched. With few vectors one FMA chain per
+// accumulator cannot hide the FMA latency, so nonzeros rotate over 2 or 4 accumulator sets.
+#if defined(COMPRESSOR_SPARSE_AVX512)
+using Vec = __m512;
+using Mask = __mmask16;
+inline Mask tail_mask(int tail) { return static_cast<Mask>((1u << tail) - 1u); }
+inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline Vec vload(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+inline void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+inline void vstore(float* p, Vec v, Mask m) { _mm512_mask_storeu_ps(p, m, v); }
+inline Vec vset(float x) { return _mm512_set1_ps(x); }
+inline Vec vzero() { return _mm512_setzero_ps(); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+#define COMPRESSOR_SPARSE_SIMD 1
+#elif defined(COMPRESSOR_SPARSE_AVX2)
+using Vec = __m256;
+using Mask = __m256i;
+inline Mask tail_mask(int tail) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec vload(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline void vstore(float* p, Vec v, Mask m) { _mm256_maskstore_ps(p, m, v); }
+inline Vec vset(float x) { return _mm256_set1_ps(x); }
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+#define COMPRESSOR_SPARSE_SIMD 1
+#endif
+
+#ifdef COMPRESSOR_SPARSE_SIMD
+// The accumulator loops must be unrolled for sum[] to live in registers; GCC keeps it on the
+// stack otherwise once NV is large (measured: 2-3x slower).
+#if defined(__clang__)
+#define COMPRESSOR_UNROLL _Pragma("unroll")
+#else
+#define COMPRESSOR_UNROLL _Pragma("GCC unroll 32")
+#endif
 template <int NV, bool kMasked>
-inline void axpy_tile_avx2(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
-                           float init, int tail, float* acc, bool resume) {
-  __m256 sum[NV];
-  for (int j = 0; j < NV; ++j)
-    sum[j] = resume ? _mm256_loadu_ps(acc + j * kLanes) : _mm256_set1_ps(init);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), lane);
+inline void axpy_tile_simd(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
+                           float init, Mask mask, float* acc, bool resume, int64_t stride) {
   constexpr int full = kMasked ? NV - 1 : NV;
-  for (int64_t k = 0; k < nnz; ++k) {
-    const __m256 v = _mm256_broadcast_ss(vals + k);
-    const float* src = in + offs[k];
-    for (int j = 0; j < full; ++j)
-      sum[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(src + j * kLanes), sum[j]);
-    if constexpr (kMasked)
-      sum[NV - 1] =
-          _mm256_fmadd_ps(v, _mm256_maskload_ps(src + (NV - 1) * kLanes, mask), sum[NV - 1]);
+  // Independent accumulator sets, so that sets * NV chains cover the FMA latency.
+  constexpr int kSets = NV == 1 ? 4 : NV <= 4 ? 2 : 1;
+  Vec sum[kSets][NV];
+  COMPRESSOR_UNROLL
+  for (int j = 0; j < full; ++j) sum[0][j] = resume ? vload(acc + j * kLanes) : vset(init);
+  if constexpr (kMasked)
+    sum[0][NV - 1] = resume ? vload(acc + (NV - 1) * kLanes, mask) : vset(init);
+  int64_t k = 0;
+  if constexpr (kSets > 1) {
+    COMPRESSOR_UNROLL
+    for (int t = 1; t < kSets; ++t)
+      COMPRESSOR_UNROLL
+      for (int j = 0; j < NV; ++j) sum[t][j] = vzero();
+    for (; k + kSets <= nnz; k += kSets) {
+      COMPRESSOR_UNROLL
+      for (int t = 0; t < kSets; ++t) {
+        const Vec v = vset(vals[k + t]);
+        const float* src = in + offs[k + t] * stride;
+        COMPRESSOR_UNROLL
+        for (int j = 0; j < full; ++j) sum[t][j] = vfma(v, vload(src + j * kLanes), sum[t][j]);
+        if constexpr (kMasked)
+          sum[t][NV - 1] = vfma(v, vload(src + (NV - 1) * kLanes, mask), sum[t][NV - 1]);
+      }
+    }
+    COMPRESSOR_UNROLL
+    for (int t = 1; t < kSets; ++t)
+      COMPRESSOR_UNROLL
+      for (int j = 0; j < NV; ++j) sum[0][j] = vadd(sum[0][j], sum[t][j]);
   }
-  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(acc + j * kLanes, sum[j]);
+  for (; k < nnz; ++k) {
+    const Vec v = vset(vals[k]);
+    const float* src = in + offs[k] * stride;
+    COMPRESSOR_UNROLL
+    for (int j = 0; j < full; ++j) sum[0][j] = vfma(v, vload(src + j * kLanes), sum[0][j]);
+    if constexpr (kMasked)
+      sum[0][NV - 1] = vfma(v, vload(src + (NV - 1) * kLanes, mask), sum[0][NV - 1]);
+  }
+  COMPRESSOR_UNROLL
+  for (int j = 0; j < full; ++j) vstore(acc + j * kLanes, sum[0][j]);
+  if constexpr (kMasked) vstore(acc + (NV - 1) * kLanes, sum[0][NV - 1], mask);
 }
 
 template <int NV>
 inline void axpy_tile_nv(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
-                         float init, int64_t count, float* acc, bool resume) {
+                         float init, int64_t count, float* acc, bool resume, int64_t stride) {
   const int tail = static_cast<int>(count - (NV - 1) * kLanes);
   if (tail == kLanes)
-    axpy_tile_avx2<NV, false>(vals, offs, nnz, in, init, tail, acc, resume);
+    axpy_tile_simd<NV, false>(vals, offs, nnz, in, init, tail_mask(tail), acc, resume, stride);
   else
-    axpy_tile_avx2<NV, true>(vals, offs, nnz, in, init, tail, acc, resume);
+    axpy_tile_simd<NV, true>(vals, offs, nnz, in, init, tail_mask(tail), acc, resume, stride);
+}
+
+// Instantiates axpy_tile_nv<1..kMaxVectors> and picks the one covering `count`.
+template <int NV = 1>
+inline void axpy_tile_dispatch(int nv, const float* vals, const int32_t* offs, int64_t nnz,
+                               const float* in, float init, int64_t count, float* acc,
+                               bool resume, int64_t stride) {
+  if constexpr (NV < kMaxVectors) {
+    if (nv > NV)
+      return axpy_tile_dispatch<NV + 1>(nv, vals, offs, nnz, in, init, count, acc, resume,
+                                        stride);
+  }
+  axpy_tile_nv<NV>(vals, offs, nnz, in, init, count, acc, resume, stride);
 }
 #endif
 
-// acc[0 : count) = (resume ? acc : init) + sum_k vals[k] * in[offs[k] + 0 : count), count <= kTile;
-// acc is kTile long.
+// acc[0 : count) = (resume ? acc : init) + sum_k vals[k] * in[offs[k] * stride + 0 : count),
+// 1 <= count <= kTile; only acc[0 : count) is written. (`stride` lets SpMM pass column indices
+// as they are instead of a scaled copy: one pass over the indices less.)
 inline void axpy_tile(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
-                      float init, int64_t count, float* acc, bool resume = false) {
-#ifdef COMPRESSOR_SPARSE_AVX2
-  switch ((count + kLanes - 1) / kLanes) {
-    case 1: return axpy_tile_nv<1>(vals, offs, nnz, in, init, count, acc, resume);
-    case 2: return axpy_tile_nv<2>(vals, offs, nnz, in, init, count, acc, resume);
-    case 3: return axpy_tile_nv<3>(vals, offs, nnz, in, init, count, acc, resume);
-    case 4: return axpy_tile_nv<4>(vals, offs, nnz, in, init, count, acc, resume);
-    case 5: return axpy_tile_nv<5>(vals, offs, nnz, in, init, count, acc, resume);
-    case 6: return axpy_tile_nv<6>(vals, offs, nnz, in, init, count, acc, resume);
-    case 7: return axpy_tile_nv<7>(vals, offs, nnz, in, init, count, acc, resume);
-    default: return axpy_tile_nv<8>(vals, offs, nnz, in, init, count, acc, resume);
-  }
+                      float init, int64_t count, float* acc, bool resume = false,
+                      int64_t stride = 1) {
+#ifdef COMPRESSOR_SPARSE_SIMD
+  const int nv = static_cast<int>((count + kLanes - 1) / kLanes);
+  axpy_tile_dispatch(nv, vals, offs, nnz, in, init, count, acc, resume, stride);
 #else
   if (!resume)
     for (int64_t i = 0; i < count; ++i) acc[i] = init;
   for (int64_t k = 0; k < nnz; ++k) {
     const float v = vals[k];
-    const float* src = in + offs[k];
+    const float* src = in + offs[k] * stride;
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) acc[i] += v * src[i];
   }
