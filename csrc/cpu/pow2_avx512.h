@@ -62,8 +62,6 @@ inline void tile_block(__m512 table, const uint8_t* const cp[NT], const uint16_t
   for (int s = 0; s < 8; ++s) {
     __m512 w[NT];
     for (int n = 0; n < NT; ++n) {
-      // (Loading 1-3 bytes further on instead of shifting by 8-24 bits was slower here: those
-      // loads split cache lines.)
       // Measured no faster here: loading 1-3 bytes further on instead of shifting (those loads
       // split cache lines), or moving some shifts to port 5 (vpshufb, vpmultishiftqb).
       const __m512i idx = _mm512_srli_epi32(_mm512_loadu_si512(cp[n]), 4 * s);
@@ -77,15 +75,14 @@ inline void tile_block(__m512 table, const uint8_t* const cp[NT], const uint16_t
   }
 }
 
-// Code pointer and masks of block `blk` of row `src`. tile_block reads 3 bytes past a block
-// (never decoded), so a row's last block is copied into `buf` (>= 67 bytes): masked loads never
-// touch memory past the row, and a partial block reads as zero codes.
+// Code pointer and masks of a row's last block `blk`: when partial it is copied, zero padded,
+// into `buf` (masked loads never touch memory past the row).
 template <bool kBitmap>
 inline const uint8_t* block_codes(const BlockSource& src, int64_t blk, uint8_t* buf,
                                   uint16_t mask[8]) {
   const int64_t byte0 = blk * 64, left = src.code_bytes - byte0;
   const uint8_t* cp = src.codes + byte0;
-  if (left <= 64) {
+  if (left < 64) {
     const __mmask64 keep = _bzhi_u64(~0ull, static_cast<unsigned>(left));
     _mm512_storeu_si512(buf, _mm512_maskz_loadu_epi8(keep, cp));
     cp = buf;
@@ -111,10 +108,21 @@ void tile(__m512 table, const BlockSource src[NT], const float* xp, int64_t x_st
   __m512 acc[MT][NT];
   for (auto& row : acc)
     for (auto& a : row) a = _mm512_setzero_ps();
-  alignas(64) uint8_t buf[NT][128] = {};  // bytes 64+ are loaded, never decoded
+  alignas(64) uint8_t buf[NT][64];
   uint16_t mask[NT][8] = {};
-  for (int64_t blk = blk0; blk < blk1; ++blk) {
-    const uint8_t* cp[NT];
+  // Every block but a row's last is read in place, with no per-row test in the loop (scalar work
+  // here competes with the vector ports).
+  const int64_t last = (src[0].code_bytes - 1) / 64;
+  const uint8_t* cp[NT];
+  for (int n = 0; n < NT; ++n) cp[n] = src[n].codes + blk0 * 64;
+  int64_t blk = blk0;
+  for (; blk < std::min(blk1, last); ++blk) {
+    if constexpr (kBitmap)
+      for (int n = 0; n < NT; ++n) bitmap_masks(src[n].bitmap + blk * 16, mask[n]);
+    tile_block<MT, NT, kBitmap>(table, cp, mask, xp + blk * kBlock512, x_stride, acc);
+    for (int n = 0; n < NT; ++n) cp[n] += 64;
+  }
+  if (blk < blk1) {  // blk == last
     for (int n = 0; n < NT; ++n) cp[n] = block_codes<kBitmap>(src[n], blk, buf[n], mask[n]);
     tile_block<MT, NT, kBitmap>(table, cp, mask, xp + blk * kBlock512, x_stride, acc);
   }
@@ -142,7 +150,8 @@ void tile_rows(int mt, __m512 table, const BlockSource src[NT], const float* xp,
 // Threads split the output rows in tiles of NT. Loop nest, innermost last: K chunks -> n-tiles
 // -> m-tiles -> blocks of the chunk, so a tile's codes stay in L1 while the m-tiles pass and the
 // input slice of one chunk (all rows, <= 1 MiB) stays in L2. (Measured slower here: L1-sized
-// chunks with m-tiles outside n-tiles, which add reductions and walk codes in short pieces.)
+// chunks with m-tiles outside n-tiles, which add reductions and walk codes in short pieces, and
+// software prefetch of the codes 8 blocks ahead.)
 template <int NT, int kMaxMT, bool kBitmap, typename Source>
 void compute_tiles(const Pow2Table& t, Source source, const float* xp, int64_t rows,
                    int64_t n_out, int64_t k128, float* y) {
