@@ -19,6 +19,7 @@
 #include "pow2_common.h"
 
 namespace compressor::pow2_cpu {
+namespace {  // one includer (pow2_linear.cpp): keep the kernels internal so they inline
 
 constexpr int64_t kBlock = 64;  // columns per decode step: 32 code bytes
 
@@ -196,5 +197,6 @@ void compute_rows_avx2(const Pow2Table& t, bool bitmap, Source source, const flo
   });
 }
 
+}  // namespace
 }  // namespace compressor::pow2_cpu
 #endif  // __AVX2__ && __FMA__

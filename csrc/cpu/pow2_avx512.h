@@ -23,6 +23,7 @@
 #include "pow2_common.h"
 
 namespace compressor::pow2_cpu {
+namespace {  // one includer (pow2_linear.cpp): keep the kernels internal so they inline
 
 constexpr int64_t kBlock512 = 128;  // columns per block: 64 code bytes, 16 bitmap bytes
 
@@ -193,5 +194,6 @@ void compute_rows_avx512(const Pow2Table& t, Source source, const float* xp, int
     compute_tiles<3, 8, kBitmap>(t, source, xp, rows, n_out, k128, y);
 }
 
+}  // namespace
 }  // namespace compressor::pow2_cpu
 #endif  // __AVX512F__ && __AVX512BW__ && __BMI2__
