@@ -74,8 +74,9 @@ def test_cpu_paths_match_decode_then_matmul(isa, bits, shape):
     require_kernel("pow2_linear", "cpu")
     m, n_out, k = shape
     w, codes, nonzero, n1 = packed_layer(n_out, k, bits, seed=m + k)
-    x = torch.randn(m, k)
-    bias = torch.randn(n_out) if m % 2 else None
+    gen = torch.Generator().manual_seed(m * k)
+    x = torch.randn(m, k, generator=gen)
+    bias = torch.randn(n_out, generator=gen) if m % 2 else None
     with cpu_path(isa):
         got = torch.ops.compressor.pow2_linear(x, codes, nonzero, bias, k, bits, n1)
     want = x.double() @ w.double().T + (0 if bias is None else bias.double())

@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -49,13 +50,19 @@ Isa pick_isa() {
   return best;
 }
 
-// Portable path: the float table, one weight at a time, on the input as given.
+// Portable path: the float table, one weight at a time, on the input as given. Partial sums
+// per 128 columns: one running float sum over thousands of columns drifts past the tolerance the
+// vector paths (16 lanes of partial sums) meet; measured 2e-4 at K = 4200.
 float scalar_dot(const Pow2Table& t, const BlockSource& s, const float* x, int64_t k) {
   float acc = 0.0f;
-  for (int64_t col = 0; col < k; ++col) {
-    const int nib = (s.codes[col / 2] >> (4 * (col & 1))) & 0xF;
-    const bool nz = s.bitmap == nullptr || ((s.bitmap[col / 8] >> (col % 8)) & 1);
-    if (nz) acc += t.value[nib] * x[col];
+  for (int64_t col0 = 0; col0 < k; col0 += 128) {
+    float part = 0.0f;
+    for (int64_t col = col0; col < std::min(k, col0 + 128); ++col) {
+      const int nib = (s.codes[col / 2] >> (4 * (col & 1))) & 0xF;
+      const bool nz = s.bitmap == nullptr || ((s.bitmap[col / 8] >> (col % 8)) & 1);
+      if (nz) part += t.value[nib] * x[col];
+    }
+    acc += part;
   }
   return acc;
 }
