@@ -2,6 +2,7 @@
 plus a model-size table (fp32 vs packed 5/4/3/2-bit state_dict bytes).
 
     python -m benchmarks.pow2_matmul [--quick] [--plot] [--bits 4]
+    python -m benchmarks.pow2_matmul --sizes 8192 --batches 1 --threads 2   # one case alone
 
 CPU: sizes 1024^2..8192^2, batch 1/8/64, threads 1 and 2 (pinned with torch.set_num_threads).
 CUDA (when present): pow2 vs cuBLAS fp32 at the same sizes. Ratios are against baselines timed in
@@ -103,10 +104,16 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="1024 and 4096, batch 1 and 8")
     parser.add_argument("--plot", action="store_true")
     parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--sizes", type=int, nargs="+", help="N = K values (overrides --quick)")
+    parser.add_argument("--batches", type=int, nargs="+", help="batch rows (overrides --quick)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--name", default="pow2_matmul", help="results/<name>.json")
     args = parser.parse_args(argv)
     sizes, batches = ([1024, 4096], [1, 8]) if args.quick else (SIZES, BATCHES)
+    sizes, batches = args.sizes or sizes, args.batches or batches
     repeat = 5 if args.quick else 11
-    rows = [time_cpu(s, b, args.bits, t, repeat) for t in (1, 2) for s in sizes for b in batches]
+    rows = [time_cpu(s, b, args.bits, t, repeat) for t in args.threads for s in sizes
+            for b in batches]
     cols = ["threads", "size", "batch", "fp32_ms", "int8_dynamic_ms", "pow2_ms",
             "speedup_vs_fp32", "speedup_vs_int8"]
     print(markdown_table(rows, cols))
@@ -117,7 +124,7 @@ def main(argv=None) -> None:
                                    "speedup_vs_fp32"]))
     sizes_on_disk = size_table()
     print(markdown_table(sizes_on_disk, ["format", "bytes", "ratio_vs_fp32"]))
-    path = write_json("pow2_matmul", {"bits": args.bits, "cpu": rows, "cuda": gpu,
+    path = write_json(args.name, {"bits": args.bits, "cpu": rows, "cuda": gpu,
                                       "model_size_4096": sizes_on_disk})
     print(f"wrote {path}")
     if args.plot:

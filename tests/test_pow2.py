@@ -1,6 +1,8 @@
 """pow2_linear (packed INQ codes) against decode-then-matmul; packing, modules, errors."""
 
+import contextlib
 import io
+import os
 
 import pytest
 import torch
@@ -16,6 +18,29 @@ from tests.conftest import require_kernel
 
 BITS = [2, 3, 4, 5]
 SHAPES = [(1, 1, 1), (1, 5, 13), (1, 33, 200), (3, 17, 70), (7, 9, 130), (5, 40, 1030), (64, 3, 8)]
+# CPU paths (csrc/cpu/pow2_linear.cpp): "native" is the best one built (AVX-512 here); the others
+# are forced with COMPRESSOR_POW2_ISA and fall back to the best built path where not compiled in.
+ISAS = ["native", "avx2", "scalar"]
+# Tile remainders of the CPU paths: AVX-512 tiles are 8 (or fewer, balanced) input rows x 3 output
+# rows, 1 x 8 for one input row, 128-column blocks; AVX2 uses 64-column blocks and 4-row tiles.
+# The last shape spans two K chunks (64 rows x 4224 columns > 1 MiB of input).
+TILE_SHAPES = [(m, 11, 300) for m in range(1, 18)] + [
+    (1, 1, 129), (2, 1, 64), (9, 8, 128), (8, 3, 257), (1, 17, 1000), (16, 24, 136),
+    (24, 7, 1030), (64, 5, 4200)]
+
+
+@contextlib.contextmanager
+def cpu_path(isa: str):
+    """Force one CPU path of pow2_linear (read by the kernel on every call)."""
+    old = os.environ.pop("COMPRESSOR_POW2_ISA", None)
+    if isa != "native":
+        os.environ["COMPRESSOR_POW2_ISA"] = isa
+    try:
+        yield
+    finally:
+        os.environ.pop("COMPRESSOR_POW2_ISA", None)
+        if old is not None:
+            os.environ["COMPRESSOR_POW2_ISA"] = old
 
 
 def packed_layer(n_out, k, bits, seed=0, device="cpu"):
@@ -40,6 +65,41 @@ def test_kernel_matches_decode_then_matmul(device, bits, shape):
     ref = reference.pow2_linear(x, codes, nonzero, bias, k, bits, n1)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-5)
     print(f"bits={bits} {shape}: max err {(got.double() - want).abs().max().item():.2e}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+def test_cpu_paths_match_decode_then_matmul(isa, bits, shape):
+    require_kernel("pow2_linear", "cpu")
+    m, n_out, k = shape
+    w, codes, nonzero, n1 = packed_layer(n_out, k, bits, seed=m + k)
+    gen = torch.Generator().manual_seed(m * k)
+    x = torch.randn(m, k, generator=gen)
+    bias = torch.randn(n_out, generator=gen) if m % 2 else None
+    with cpu_path(isa):
+        got = torch.ops.compressor.pow2_linear(x, codes, nonzero, bias, k, bits, n1)
+    want = x.double() @ w.double().T + (0 if bias is None else bias.double())
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [4, 5])
+@pytest.mark.parametrize("n1", [-119, 127])
+def test_cpu_paths_at_the_ends_of_the_n1_range(isa, bits, n1):
+    """Every code at the smallest and largest n1: the kernels build floats from exponent bits."""
+    require_kernel("pow2_linear", "cpu")
+    gen = torch.Generator().manual_seed(n1 + bits)
+    n_out, k = 7, 300
+    codes = torch.randint(0, 256, (n_out, 152), dtype=torch.uint8, generator=gen)
+    nonzero = (torch.randint(0, 256, (n_out, 38), dtype=torch.uint8, generator=gen) if bits == 5
+               else torch.empty(0, dtype=torch.uint8))
+    w = unpack_pow2(codes, nonzero, k, bits, n1).double()
+    # Products near 1, inputs finite: 4 * 2^(5 - n1) stays below the float32 maximum at n1 = -119.
+    x = torch.randn(3, k, generator=gen).clamp(-4, 4) * 2.0 ** (5 - n1)
+    with cpu_path(isa):
+        got = torch.ops.compressor.pow2_linear(x, codes, nonzero, None, k, bits, n1)
+    torch.testing.assert_close(got.double(), x.double() @ w.T, atol=1e-4, rtol=1e-5)
 
 
 def test_noncontiguous_input_and_leading_dims(device):
@@ -71,14 +131,15 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.compressor.pow2_linear.default, args)
 
 
-@settings(max_examples=30, deadline=None)
-@given(m=st.integers(1, 9), n_out=st.integers(1, 20), k=st.integers(1, 300),
-       bits=st.sampled_from(BITS), seed=st.integers(0, 1000))
-def test_fuzz_against_reference(m, n_out, k, bits, seed):
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 20), n_out=st.integers(1, 20), k=st.integers(1, 300),
+       bits=st.sampled_from(BITS), seed=st.integers(0, 1000), isa=st.sampled_from(ISAS))
+def test_fuzz_against_reference(m, n_out, k, bits, seed, isa):
     require_kernel("pow2_linear", "cpu")
     w, codes, nonzero, n1 = packed_layer(n_out, k, bits, seed)
     x = torch.randn(m, k)
-    got = torch.ops.compressor.pow2_linear(x, codes, nonzero, None, k, bits, n1)
+    with cpu_path(isa):
+        got = torch.ops.compressor.pow2_linear(x, codes, nonzero, None, k, bits, n1)
     torch.testing.assert_close(got.double(), x.double() @ w.double().T, atol=1e-4, rtol=1e-5)
 
 
@@ -146,6 +207,16 @@ def test_kernel_rejects_bad_input():
         op(x, codes, nonzero, None, 10, 5, n1)
     with pytest.raises(RuntimeError, match="pow2_linear: input must be contiguous"):
         op(torch.randn(10, 2).t(), codes, nonzero, None, 10, 4, n1)
+
+
+@pytest.mark.parametrize("n1", [-120, 128, 5000])
+def test_kernel_rejects_n1_outside_the_packable_range(device, n1):
+    # CPU op and CUDA binding share this check (csrc/include/compressor/pow2_checks.h).
+    require_kernel("pow2_linear", device)
+    _, codes, nonzero, _ = packed_layer(4, 10, 4, device=device)
+    x = torch.randn(2, 10, device=device)
+    with pytest.raises(RuntimeError, match=rf"pow2_linear: n1 must be in -119\.\.127, got {n1}"):
+        torch.ops.compressor.pow2_linear(x, codes, nonzero, None, 10, 4, n1)
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -3,6 +3,9 @@
 The kernels decode each weight in registers from its 4-bit code (sign + exponent index) and the
 per-layer n1; no float copy of the weight is ever made. Inference only. Format and contract:
 compressor/quantization/packing.py and the pow2 block of csrc/ops.cpp.
+
+CPU paths: AVX-512, AVX2 or scalar, the best one the build's -march allows; the environment
+variable COMPRESSOR_POW2_ISA=avx2|scalar forces a slower one (tests check every path with it).
 """
 
 import torch

@@ -9,6 +9,7 @@
 
 #include "compressor/checks.h"
 #include "compressor/cuda_binding.h"
+#include "compressor/pow2_checks.h"
 #include "compressor/pow2_cuda.h"
 
 namespace {
@@ -45,8 +46,7 @@ at::Tensor word_aligned(const at::Tensor& t) {
 at::Tensor pow2_linear_cuda(const at::Tensor& input, const at::Tensor& codes,
                             const at::Tensor& nonzero, const std::optional<at::Tensor>& bias,
                             int64_t in_features, int64_t bits, int64_t n1) {
-  CMP_CHECK(bits >= 2 && bits <= 5, kOp, "bits must be in 2..5, got ", bits);
-  CMP_CHECK(in_features >= 0, kOp, "in_features must be >= 0, got ", in_features);
+  compressor::check_pow2_format(kOp, bits, n1, in_features);
   check_input(input, in_features);
   const int64_t k_pad = (in_features + 7) / 8 * 8;
   CMP_CHECK_DIM(codes, 2, kOp, "codes");
@@ -85,8 +85,7 @@ at::Tensor pow2_linear_cuda(const at::Tensor& input, const at::Tensor& codes,
   p.N = n_out;
   p.K = in_features;
   p.bits = static_cast<int>(bits);
-  // Beyond +-4096 the result is the same (0 or inf) for any float/double accumulator.
-  p.n1 = static_cast<int>(n1 < -4096 ? -4096 : (n1 > 4096 ? 4096 : n1));
+  p.n1 = static_cast<int>(n1);  // checked above: -119..127, the range the codes can be packed for
   p.dtype = compressor::to_dtype(input, kOp, "input");
   compressor::check_launch(
       compressor::launch_pow2_linear(p, c10::cuda::getCurrentCUDAStream()), kOp);
