@@ -74,6 +74,9 @@ def test_kernel_rejects_bad_input():
     bad[1] = bad[-1]
     with pytest.raises(RuntimeError, match="row_ptr must be non-decreasing"):
         op(torch.randn(2, 20), values, col, bad, None)
+    strided_bias = torch.randn(18)[::2]  # 9 entries, but not laid out one after another
+    with pytest.raises(RuntimeError, match="sparse_linear: bias must be contiguous"):
+        op(torch.randn(2, 20), values, col, row_ptr, strided_bias)
     with pytest.raises(CompressorError, match="expects input \\(..., 20\\)"):
         SparseLinear.from_dense(torch.nn.Linear(20, 3))(torch.randn(2, 21))
 

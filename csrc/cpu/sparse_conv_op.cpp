@@ -12,6 +12,7 @@
 
 #include "compressor/checks.h"
 #include "compressor/sparse_cpu.h"
+#include "sparse_checks.h"
 
 namespace {
 
@@ -23,41 +24,10 @@ void check_pair(at::IntArrayRef v, const char* name, int64_t min) {
   CMP_CHECK(v[0] >= min && v[1] >= min, kOp, name, " entries must be >= ", min, ", got ", v);
 }
 
-void check_tensors(const at::Tensor& input, const at::Tensor& values, const at::Tensor& offsets,
-                   const at::Tensor& row_ptr, const c10::optional<at::Tensor>& bias) {
-  const at::Device cpu(at::kCPU);
+void check_input(const at::Tensor& input) {
   CMP_CHECK_DIM(input, 4, kOp, "input");
   CMP_CHECK_DTYPE(input, at::kFloat, kOp, "input");
   CMP_CHECK_CONTIGUOUS(input, kOp, "input");
-  for (auto [t, name] : {std::pair{&values, "values"}, {&offsets, "col_offsets"},
-                         {&row_ptr, "row_ptr"}}) {
-    CMP_CHECK_DEVICE(*t, cpu, kOp, name);
-    CMP_CHECK_DIM(*t, 1, kOp, name);
-    CMP_CHECK_CONTIGUOUS(*t, kOp, name);
-  }
-  CMP_CHECK_DTYPE(values, at::kFloat, kOp, "values");
-  CMP_CHECK_DTYPE(offsets, at::kInt, kOp, "col_offsets");
-  CMP_CHECK_DTYPE(row_ptr, at::kInt, kOp, "row_ptr");
-  CMP_CHECK(offsets.numel() == values.numel(), kOp, "col_offsets has ", offsets.numel(),
-            " entries but values has ", values.numel());
-  CMP_CHECK(row_ptr.numel() >= 1, kOp, "row_ptr must have Cout + 1 >= 1 entries");
-  if (bias) {
-    CMP_CHECK_DEVICE(*bias, cpu, kOp, "bias");
-    CMP_CHECK_DTYPE(*bias, at::kFloat, kOp, "bias");
-    CMP_CHECK_CONTIGUOUS(*bias, kOp, "bias");
-    CMP_CHECK(bias->dim() == 1 && bias->numel() == row_ptr.numel() - 1, kOp,
-              "bias must have shape (", row_ptr.numel() - 1, ",), got ", bias->sizes());
-  }
-}
-
-// row_ptr must start at 0, never decrease and end at nnz, or the kernel would read past values.
-void check_row_ptr(const at::Tensor& row_ptr, int64_t nnz) {
-  const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  const int64_t rows = row_ptr.numel() - 1;
-  CMP_CHECK(rp[0] == 0, kOp, "row_ptr[0] must be 0, got ", rp[0]);
-  for (int64_t i = 0; i < rows; ++i)
-    CMP_CHECK(rp[i + 1] >= rp[i], kOp, "row_ptr must be non-decreasing (row ", i, ")");
-  CMP_CHECK(rp[rows] == nnz, kOp, "row_ptr[-1] must equal nnz = ", nnz, ", got ", rp[rows]);
 }
 
 void check_geometry(const ConvGeom& g, at::IntArrayRef input_hw) {
@@ -196,7 +166,9 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
                              const c10::optional<at::Tensor>& bias, at::IntArrayRef input_hw,
                              at::IntArrayRef kernel_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  check_tensors(input, values, col_offsets, row_ptr, bias);
+  check_input(input);
+  compressor::sparse_cpu::check_csr_weight(kOp, values, col_offsets, "col_offsets", row_ptr, bias,
+                                           "Cout");
   check_pair(input_hw, "input_hw", 0);
   check_pair(kernel_size, "kernel_size", 1);
   check_pair(stride, "stride", 1);
@@ -206,7 +178,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   const ConvGeom g = compressor::sparse_cpu::make_geom(input, row_ptr.numel() - 1, kernel_size,
                                                        stride, padding, dilation, groups);
   check_geometry(g, input_hw);
-  check_row_ptr(row_ptr, values.numel());
+  compressor::sparse_cpu::check_row_ptr(kOp, row_ptr, values.numel());
   const bool strided = g.sh > 1 || g.sw > 1;
   at::Tensor offsets = strided ? phase_offsets(col_offsets, g) : col_offsets;
   if (!strided) check_offsets_stride1(col_offsets, g);

@@ -14,47 +14,17 @@
 
 #include "compressor/checks.h"
 #include "compressor/sparse_cpu.h"
+#include "sparse_checks.h"
 
 namespace {
 
 using compressor::sparse_cpu::kTile;
 constexpr const char* kOp = "sparse_linear";
 
-void check_inputs(const at::Tensor& input, const at::Tensor& values, const at::Tensor& col_idx,
-                  const at::Tensor& row_ptr, const c10::optional<at::Tensor>& bias) {
-  const at::Device cpu(at::kCPU);
+void check_input(const at::Tensor& input) {
   CMP_CHECK_DIM(input, 2, kOp, "input");
   CMP_CHECK_DTYPE(input, at::kFloat, kOp, "input");
   CMP_CHECK_CONTIGUOUS(input, kOp, "input");
-  for (auto [t, name] : {std::pair{&values, "values"}, {&col_idx, "col_idx"},
-                         {&row_ptr, "row_ptr"}}) {
-    CMP_CHECK_DEVICE(*t, cpu, kOp, name);
-    CMP_CHECK_DIM(*t, 1, kOp, name);
-    CMP_CHECK_CONTIGUOUS(*t, kOp, name);
-  }
-  CMP_CHECK_DTYPE(values, at::kFloat, kOp, "values");
-  CMP_CHECK_DTYPE(col_idx, at::kInt, kOp, "col_idx");
-  CMP_CHECK_DTYPE(row_ptr, at::kInt, kOp, "row_ptr");
-  CMP_CHECK(col_idx.numel() == values.numel(), kOp, "col_idx has ", col_idx.numel(),
-            " entries but values has ", values.numel());
-  CMP_CHECK(row_ptr.numel() >= 1, kOp, "row_ptr must have N_out + 1 >= 1 entries");
-  if (bias) {
-    CMP_CHECK_DEVICE(*bias, cpu, kOp, "bias");
-    CMP_CHECK_DTYPE(*bias, at::kFloat, kOp, "bias");
-    CMP_CHECK(bias->dim() == 1 && bias->numel() == row_ptr.numel() - 1, kOp,
-              "bias must have shape (", row_ptr.numel() - 1, ",), got ", bias->sizes());
-  }
-}
-
-// row_ptr is checked before anything reads through it, so a bad weight is an error, not a stray
-// read.
-void check_row_ptr(const at::Tensor& row_ptr, int64_t nnz) {
-  const int32_t* rp = row_ptr.data_ptr<int32_t>();
-  const int64_t rows = row_ptr.numel() - 1;
-  CMP_CHECK(rp[0] == 0, kOp, "row_ptr[0] must be 0, got ", rp[0]);
-  for (int64_t i = 0; i < rows; ++i)
-    CMP_CHECK(rp[i + 1] >= rp[i], kOp, "row_ptr must be non-decreasing (row ", i, ")");
-  CMP_CHECK(rp[rows] == nnz, kOp, "row_ptr[-1] must equal nnz = ", nnz, ", got ", rp[rows]);
 }
 
 [[noreturn]] void bad_col_idx(int32_t lo, int32_t hi, int64_t k_in) {
@@ -185,8 +155,9 @@ void spmm(const at::Tensor& input, const float* vals, const int32_t* col, const 
 at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
                              const at::Tensor& col_idx, const at::Tensor& row_ptr,
                              const c10::optional<at::Tensor>& bias) {
-  check_inputs(input, values, col_idx, row_ptr, bias);
-  check_row_ptr(row_ptr, values.numel());
+  check_input(input);
+  compressor::sparse_cpu::check_csr_weight(kOp, values, col_idx, "col_idx", row_ptr, bias, "N_out");
+  compressor::sparse_cpu::check_row_ptr(kOp, row_ptr, values.numel());
   auto out = at::empty({input.size(0), row_ptr.numel() - 1}, input.options());
   if (out.numel() == 0) return out;
   const float* b = bias ? bias->data_ptr<float>() : nullptr;
