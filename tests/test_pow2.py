@@ -207,6 +207,9 @@ def test_kernel_rejects_bad_input():
         op(x, codes, nonzero, None, 10, 5, n1)
     with pytest.raises(RuntimeError, match="pow2_linear: input must be contiguous"):
         op(torch.randn(10, 2).t(), codes, nonzero, None, 10, 4, n1)
+    with cpu_path("avx512"), pytest.raises(RuntimeError,
+                                           match="COMPRESSOR_POW2_ISA must be 'avx2' or 'scalar'"):
+        op(x, codes, nonzero, None, 10, 4, n1)
 
 
 @pytest.mark.parametrize("n1", [-120, 128, 5000])

@@ -1,14 +1,12 @@
 // x W^T through MKL's packed GEMM, reached via the mkl:: ops torch itself registers (inductor
 // uses them for frozen Linear layers). Packing W once and reusing it across many small-M
 // products pays off in recurrent loops: for the ON-LSTM step (20 x 1150 by 1150 x 4830, fp32,
-// 2 threads, Xeon) a step drops from 1.7 ms (addmm with W^T) to 0.9 ms; packing costs 6.5 ms.
+// 2 threads, Xeon) a step drops from 1.4-1.7 ms (addmm) to 0.9 ms; packing costs about 6 ms.
 // Only float32 CPU tensors and torch builds with MKL have these ops; callers fall back otherwise.
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include <algorithm>
 #include <optional>
 
 namespace compressor::cpu {
@@ -25,16 +23,6 @@ class MklPackedLinear {
     auto w = weight.contiguous();
     auto packed = ops->reorder.typed<at::Tensor(const at::Tensor&, int64_t)>().call(w, batch);
     return MklPackedLinear(std::move(w), std::move(packed), batch);
-  }
-
-  // Packs W^T instead, so the product is x W (x has N columns). The transpose is a blocked copy:
-  // torch's strided copy took 14.5 ms for a 4830 x 1150 weight here, this about 2 ms.
-  static std::optional<MklPackedLinear> make_transposed(const at::Tensor& weight, int64_t batch) {
-    if (weight.scalar_type() != at::kFloat || !weight.device().is_cpu() || weight.dim() != 2 ||
-        !handles()) {
-      return std::nullopt;
-    }
-    return make(transpose(weight.contiguous()), batch);
   }
 
   // x (batch, K) contiguous float -> x W^T (batch, N), a new tensor.
@@ -64,26 +52,6 @@ class MklPackedLinear {
       return Handles{*reorder, *linear};
     }();
     return found;
-  }
-
-  static at::Tensor transpose(const at::Tensor& w) {
-    constexpr int64_t kTile = 32;  // a 32 x 32 float tile of source and destination fits in L1
-    const int64_t rows = w.size(0), cols = w.size(1);
-    auto out = at::empty({cols, rows}, w.options());
-    const float* src = w.data_ptr<float>();
-    float* dst = out.data_ptr<float>();
-    at::parallel_for(0, (rows + kTile - 1) / kTile, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i0 = begin * kTile; i0 < std::min(rows, end * kTile); i0 += kTile) {
-        const int64_t i1 = std::min(rows, i0 + kTile);
-        for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
-          const int64_t j1 = std::min(cols, j0 + kTile);
-          for (int64_t j = j0; j < j1; ++j) {
-            for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
-          }
-        }
-      }
-    });
-    return out;
   }
 
   MklPackedLinear(at::Tensor weight, at::Tensor packed, int64_t batch)

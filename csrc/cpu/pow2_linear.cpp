@@ -44,10 +44,13 @@ Isa pick_isa() {
   Isa best = Isa::kScalar;
 #endif
   const char* want = std::getenv("COMPRESSOR_POW2_ISA");
-  if (want == nullptr) return best;
-  if (std::strcmp(want, "scalar") == 0) return Isa::kScalar;
-  if (std::strcmp(want, "avx2") == 0 && best == Isa::kAvx512) return Isa::kAvx2;
-  return best;
+  if (want == nullptr || *want == '\0') return best;
+  const bool scalar = std::strcmp(want, "scalar") == 0, avx2 = std::strcmp(want, "avx2") == 0;
+  CMP_CHECK(scalar || avx2, "pow2_linear", "COMPRESSOR_POW2_ISA must be 'avx2' or 'scalar' (or "
+            "unset for the best path built), got '", want, "'");
+  if (scalar) return Isa::kScalar;
+  // avx2 on a build without AVX2 keeps the best path built (the scalar one), as documented.
+  return best == Isa::kAvx512 ? Isa::kAvx2 : best;
 }
 
 // Portable path: the float table, one weight at a time, on the input as given. Partial sums

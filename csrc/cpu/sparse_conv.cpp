@@ -55,8 +55,9 @@ int64_t even_split(int64_t length, int64_t most) {
 
 // One task: output channels [oc0, oc1) of image n, virtual positions [p0, p1). Per tile, the
 // input-channel blocks in turn, and all output channels within a block, so the block's slice of
-// the input under the tile stays in L1 while the weights stream; the channels' partial sums for
-// the tile (kChannelBlock x kTile floats, also L1) are parked in `buf` between blocks.
+// the input under the tile (at most kL2Floats) stays in cache, L2 at least, while the weights
+// stream; the channels' partial sums for the tile (kChannelBlock x kTile floats) are parked in
+// `buf` between blocks.
 void conv_task(const compressor::sparse_cpu::ConvArgs& a, int64_t n, int64_t oc0, int64_t oc1,
                int64_t p0, int64_t p1, float* buf) {
   const ConvGeom& g = a.geom;

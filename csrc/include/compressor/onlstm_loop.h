@@ -96,13 +96,6 @@ inline HiddenProjection plain_hidden_projection(const at::Tensor& w_hh) {
   };
 }
 
-// dg W_hh for one step of the backward (dL/dh_{t-1} through the gates), same idea.
-using HiddenGrad = std::function<at::Tensor(const at::Tensor& grad_gates)>;
-
-inline HiddenGrad plain_hidden_grad(const at::Tensor& w_hh) {
-  return [w_hh](const at::Tensor& grad_gates) { return at::mm(grad_gates, w_hh); };
-}
-
 // The per-step kernels the loop drives. `gates` (B, G) holds summed pre-activations on entry of
 // `forward`, which overwrites o | c | i | f with their sigmoid/tanh values (masters stay logits);
 // `backward` reads that activated form.
@@ -115,9 +108,9 @@ struct StepKernels {
                      const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& grad_gates,
                      const at::Tensor& grad_c_prev)>
       backward;
-  // Optional; plain_hidden_projection / plain_hidden_grad when empty.
-  std::function<HiddenProjection(const at::Tensor& w_hh, int64_t batch)> make_hidden_projection;
-  std::function<HiddenGrad(const at::Tensor& w_hh, int64_t batch)> make_hidden_grad;
+  // Optional; plain_hidden_projection when empty.
+  std::function<HiddenProjection(const at::Tensor& w_hh, int64_t batch, int64_t steps)>
+      make_hidden_projection;
 };
 
 // Returns hidden size D after checking the sequence op's arguments.
@@ -158,7 +151,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sequence_forwa
   auto out = at::empty({steps, batch, hidden}, xg.options());
   auto cells = at::empty({steps, batch, hidden}, xg.options());
   auto dist = at::empty({steps, batch, 2}, xg.options());
-  const auto add_hidden = k.make_hidden_projection ? k.make_hidden_projection(w_hh, batch)
+  const auto add_hidden = k.make_hidden_projection ? k.make_hidden_projection(w_hh, batch, steps)
                                                    : plain_hidden_projection(w_hh);
   at::Tensor h = h0, c = c0;
   for (int64_t t = 0; t < steps; ++t) {
@@ -183,15 +176,13 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sequence_backw
   auto dc = at::zeros({batch, hidden}, gates.options());
   auto dc_prev = at::empty({batch, hidden}, gates.options());
   auto rec = at::zeros({batch, hidden}, gates.options());  // dL/dh_t through step t+1
-  const auto hidden_grad =
-      k.make_hidden_grad ? k.make_hidden_grad(w_hh, batch) : plain_hidden_grad(w_hh);
   for (int64_t t = steps - 1; t >= 0; --t) {
     at::add_out(dh, grad_out[t], rec);
     dc.add_(grad_cells[t]);
     const auto c_prev = t > 0 ? cells[t - 1] : c0;
     auto dg = grad_gates[t];
     k.backward(dh, dc, grad_dist[t], gates[t], c_prev, cells[t], dg, dc_prev);
-    rec = hidden_grad(dg);
+    at::mm_out(rec, dg, w_hh);
     std::swap(dc, dc_prev);
   }
   if (steps == 0) return {grad_gates, at::zeros_like(w_hh), at::zeros_like(h0), at::zeros_like(c0)};

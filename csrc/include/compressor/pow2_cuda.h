@@ -19,7 +19,7 @@ struct Pow2LinearParams {
   int64_t N;
   int64_t K;
   int bits;  // 2..5
-  int n1;    // largest exponent of the layer, -119..127 (the binding checks; the launcher clamps)
+  int n1;    // largest exponent of the layer, -119..127 (the binding rejects anything else)
   DType dtype;
 };
 
