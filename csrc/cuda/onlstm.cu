@@ -208,15 +208,14 @@ int threads_for(int64_t hidden) {
   return static_cast<int>(want < 2 * kWarp ? 2 * kWarp : (want > 256 ? 256 : want));
 }
 
-// Shared memory holds `arrays` vectors of m = hidden / chunk values of `elem` bytes each.
+// Shared memory: onlstm_shared_bytes (compressor/onlstm.h).
 template <typename P>
-cudaError_t launch_rows(void (*kernel)(P), const P& p, size_t elem, int arrays,
+cudaError_t launch_rows(void (*kernel)(P), const P& p, size_t elem, bool backward,
                         cudaStream_t stream) {
   if (p.batch == 0) return cudaSuccess;
   if (p.chunk <= 0 || p.hidden <= 0 || p.hidden % p.chunk != 0) return cudaErrorInvalidValue;
   if (p.batch > 0x7fffffff) return cudaErrorInvalidValue;
-  const size_t smem = elem * static_cast<size_t>(arrays) *
-                      static_cast<size_t>(p.hidden / p.chunk);
+  const size_t smem = onlstm_shared_bytes(p.hidden, p.chunk, elem, backward);
   if (smem > 48 * 1024) {  // above the default, opt in (Ampere/Hopper allow up to ~227 KB)
     const cudaError_t err = cudaFuncSetAttribute(
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -231,9 +230,9 @@ cudaError_t launch_rows(void (*kernel)(P), const P& p, size_t elem, int arrays,
 cudaError_t launch_onlstm_cell_forward(const OnlstmCellParams& p, cudaStream_t stream) {
   switch (p.dtype) {
     case DType::Float32:
-      return launch_rows(cell_forward_kernel<float>, p, sizeof(float), 2, stream);
+      return launch_rows(cell_forward_kernel<float>, p, sizeof(float), false, stream);
     case DType::Float64:
-      return launch_rows(cell_forward_kernel<double>, p, sizeof(double), 2, stream);
+      return launch_rows(cell_forward_kernel<double>, p, sizeof(double), false, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -241,9 +240,9 @@ cudaError_t launch_onlstm_cell_forward(const OnlstmCellParams& p, cudaStream_t s
 cudaError_t launch_onlstm_cell_backward(const OnlstmCellBackwardParams& p, cudaStream_t stream) {
   switch (p.dtype) {
     case DType::Float32:
-      return launch_rows(cell_backward_kernel<float>, p, sizeof(float), 6, stream);
+      return launch_rows(cell_backward_kernel<float>, p, sizeof(float), true, stream);
     case DType::Float64:
-      return launch_rows(cell_backward_kernel<double>, p, sizeof(double), 6, stream);
+      return launch_rows(cell_backward_kernel<double>, p, sizeof(double), true, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -20,15 +20,16 @@ void check_cuda(const at::Tensor& t, const char* op, const char* name) {
   CMP_CHECK(t.is_cuda(), op, name, " must be a CUDA tensor, got ", t.device());
 }
 
-// The cell kernels keep `arrays` vectors of m = hidden / chunk values per batch row in shared
-// memory (2 forward, 6 backward). Past the device's opt-in limit the launch itself would fail with a
-// bare "invalid argument"; say what is too large instead.
-void check_shared_memory(const at::Tensor& t, int64_t hidden, int64_t chunk, int64_t arrays,
+// Past the device's opt-in shared-memory limit the launch itself would fail with a bare "invalid
+// argument"; say what is too large instead.
+void check_shared_memory(const at::Tensor& t, int64_t hidden, int64_t chunk, bool backward,
                          const char* op) {
   int limit = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                         t.get_device()));
-  const int64_t masters = hidden / chunk, need = arrays * masters * t.element_size();
+  const int64_t masters = hidden / chunk;
+  const auto need = static_cast<int64_t>(
+      compressor::onlstm_shared_bytes(hidden, chunk, t.element_size(), backward));
   CMP_CHECK(need <= limit, op, "hidden/chunk_size = ", masters, " master units need ", need,
             " bytes of shared memory per block, more than this GPU's ", limit,
             "; use a larger chunk_size (or run on the CPU)");
@@ -89,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> onlstm_cell_cuda(const at::Tensor
   ol::check_cell(xg, hg, c_prev, chunk);
   check_cuda(c_prev, "onlstm_cell", "c_prev");
   const c10::cuda::CUDAGuard guard(c_prev.device());
-  check_shared_memory(c_prev, c_prev.size(1), chunk, 2, "onlstm_cell");
+  check_shared_memory(c_prev, c_prev.size(1), chunk, false, "onlstm_cell");
   auto h = at::empty_like(c_prev), c = at::empty_like(c_prev);
   auto dist = at::empty({c_prev.size(0), 2}, c_prev.options());
   cell_forward(xg, &hg, c_prev, h, c, dist, nullptr, chunk);
@@ -102,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> onlstm_cell_backward_cuda(
   ol::check_cell_backward(grad_h, grad_c, grad_dist, gates, c_prev, c, chunk);
   check_cuda(c_prev, "onlstm_cell_backward", "c_prev");
   const c10::cuda::CUDAGuard guard(c_prev.device());
-  check_shared_memory(c_prev, c_prev.size(1), chunk, 6, "onlstm_cell_backward");
+  check_shared_memory(c_prev, c_prev.size(1), chunk, true, "onlstm_cell_backward");
   auto grad_gates = at::empty_like(gates), grad_c_prev = at::empty_like(c_prev);
   cell_backward(grad_h, grad_c, grad_dist, gates, c_prev, c, grad_gates, grad_c_prev, chunk, false);
   return {grad_gates, grad_c_prev};
@@ -129,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> onlstm_sequence_cuda(
   ol::check_sequence(xg, w_hh, b_hh, h0, c0, chunk, "onlstm_sequence");
   check_cuda(xg, "onlstm_sequence", "xg");
   const c10::cuda::CUDAGuard guard(xg.device());
-  check_shared_memory(xg, w_hh.size(1), chunk, 2, "onlstm_sequence");
+  check_shared_memory(xg, w_hh.size(1), chunk, false, "onlstm_sequence");
   return ol::sequence_forward(xg, w_hh, b_hh, h0, c0, chunk, cuda_steps());
 }
 
@@ -143,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> onlstm_sequence_backw
   // the shared checks leave out's device to the final at::cat, which fails less clearly
   CMP_CHECK_DEVICE(out, gates.device(), "onlstm_sequence_backward", "out");
   const c10::cuda::CUDAGuard guard(gates.device());
-  check_shared_memory(gates, w_hh.size(1), chunk, 6, "onlstm_sequence_backward");
+  check_shared_memory(gates, w_hh.size(1), chunk, true, "onlstm_sequence_backward");
   return ol::sequence_backward(grad_out, grad_cells, grad_dist, w_hh, h0, c0, out, cells, gates,
                                cuda_steps());
 }

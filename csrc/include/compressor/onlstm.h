@@ -3,6 +3,7 @@
 // Row layout of the gates (D hidden, m = D / chunk, G = 4D + 2m):
 //   [master in (m) | master forget (m) | o (D) | c (D) | i (D) | f (D)].
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <cuda_runtime.h>
 
@@ -39,6 +40,13 @@ struct OnlstmCellBackwardParams {
   bool activated;
   DType dtype;
 };
+
+// Shared memory per block (one block per batch row): the forward keeps 2 and the backward 6
+// vectors of m = hidden / chunk values of `elem` bytes. The launcher sizes its launch with this
+// and the binding checks it against the device's limit, so both use the same formula.
+inline size_t onlstm_shared_bytes(int64_t hidden, int64_t chunk, size_t elem, bool backward) {
+  return elem * (backward ? 6u : 2u) * static_cast<size_t>(hidden / chunk);
+}
 
 cudaError_t launch_onlstm_cell_forward(const OnlstmCellParams& p, cudaStream_t stream);
 cudaError_t launch_onlstm_cell_backward(const OnlstmCellBackwardParams& p, cudaStream_t stream);
