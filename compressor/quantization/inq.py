@@ -235,28 +235,38 @@ class INQ:
     def _retrain(self, stage: int, steps: int) -> None:
         cfg = self.config
         frozen = {n: self.state.frozen[n] for n in self.params}
-        values = {n: p.detach().clone() for n, p in self.params.items()}
-        hooks = [p.register_hook(lambda g, m=frozen[n]: g.masked_fill(m, 0))
-                 for n, p in self.params.items()]
+        # Fully frozen tensors (every one after the last stage) are left out of autograd and the
+        # optimizer instead of having their gradient masked and their values written back.
+        partly = {n: p for n, p in self.params.items() if not bool(frozen[n].all())}
+        done = [p for n, p in self.params.items() if n not in partly and p.requires_grad]
+        values = {n: p.detach().clone() for n, p in partly.items()}
 
         @torch.no_grad()
         def restore(_step: int) -> None:
-            for n, p in self.params.items():
+            for n, p in partly.items():
                 p.copy_(torch.where(frozen[n], values[n], p))
 
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
-                                  weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        tc = TrainConfig(steps=steps, batch_size=cfg.batch_size, seed=cfg.seed * 1000 + stage,
-                         eval_every=steps + 1)
+        for p in done:
+            p.requires_grad_(False)
+        hooks = [p.register_hook(lambda g, m=frozen[n]: g.masked_fill(m, 0))
+                 for n, p in partly.items()]
         try:
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            if not trainable:  # nothing left to move: retraining would be a no-op
+                return
+            if cfg.optimizer == "sgd":
+                opt = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay)
+            else:
+                opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            tc = TrainConfig(steps=steps, batch_size=cfg.batch_size,
+                             seed=cfg.seed * 1000 + stage, eval_every=steps + 1)
             train(self.model, self.data, tc, after_step=restore, optimizer=opt)
         finally:
             for h in hooks:
                 h.remove()
+            for p in done:
+                p.requires_grad_(True)
 
 
 def inq_(model: nn.Module, data: Dataset, config: INQConfig,
