@@ -43,7 +43,7 @@ def pruned(shape, sparsity: float, gen: torch.Generator) -> torch.Tensor:
 
 
 def conv_rows(net, layer, channels, size, batch, sparsities, gen) -> list[dict]:
-    from compressor.sparse.packing import conv_offsets, csr_from_dense
+    from compressor.formats.csr import conv_offsets, csr_from_dense
 
     x = torch.randn(batch, channels, size, size, device="cuda", generator=gen)
     dense_w = torch.randn(channels, channels, 3, 3, device="cuda", generator=gen)
@@ -65,7 +65,7 @@ def conv_rows(net, layer, channels, size, batch, sparsities, gen) -> list[dict]:
 
 
 def linear_rows(batch, sparsities, gen) -> list[dict]:
-    from compressor.sparse.packing import csr_from_dense
+    from compressor.formats.csr import csr_from_dense
 
     out_f, in_f = LINEAR
     x = torch.randn(batch, in_f, device="cuda", generator=gen)

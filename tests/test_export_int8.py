@@ -11,12 +11,12 @@ from torch import nn
 
 from compressor.errors import CompressorError
 from compressor.export import ExportConfig, to_onnx
-from compressor.quantization import Int8Config, Int8FakeQuant, fold_batchnorm, quantize_int8
-from compressor.quantization.int8 import (
+from compressor.formats.int8_codes import (
     activation_quant_params,
     fake_quant_uint8,
     weight_quant_params,
 )
+from compressor.quantization import Int8Config, Int8FakeQuant, fold_batchnorm, quantize_int8
 from tests.export_standins import magnitude_prune_
 
 

@@ -6,9 +6,9 @@ from torch import nn
 
 from compressor.data import load_dataset
 from compressor.errors import CompressorError
+from compressor.formats.pow2_levels import quantize_to_levels
 from compressor.quantization import pow2_exponents, pow2_levels, pow2_quantize
 from compressor.quantization.inq import INQ, INQConfig, inq_, quantizable_parameters
-from compressor.quantization.pow2 import quantize_to_levels
 
 # ---- the quantizer -------------------------------------------------------------------------------
 

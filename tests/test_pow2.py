@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor.errors import CompressorError
+from compressor.formats.pow2_codes import pack_pow2, packed_nbytes, unpack_pow2
+from compressor.formats.pow2_levels import pow2_exponents, pow2_quantize
 from compressor.nn import Pow2Conv2d, Pow2Linear
 from compressor.ops import pow2_linear, reference
-from compressor.quantization.packing import pack_pow2, packed_nbytes, unpack_pow2
-from compressor.quantization.pow2 import pow2_exponents, pow2_quantize
 from tests.conftest import require_kernel
 
 BITS = [2, 3, 4, 5]

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor.errors import CompressorError
+from compressor.formats.csr import conv_offsets, csr_from_dense
 from compressor.nn import SparseConv2d
 from compressor.ops import reference, sparse_conv2d
-from compressor.sparse.packing import conv_offsets, csr_from_dense
 from tests.conftest import require_kernel
 
 # (cin, cout, kernel, stride, padding, dilation, groups, hw, batch)

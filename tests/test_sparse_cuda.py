@@ -1,7 +1,7 @@
 """CUDA sparse conv2d / linear kernels against dense F.conv2d / F.linear in float64 on the CPU.
 
 The CSR tensors are built here with plain torch ops, following the op contract in csrc/ops.cpp, so
-these tests do not depend on compressor.sparse.packing. Every test skips without a CUDA device.
+these tests do not depend on compressor.formats.csr. Every test skips without a CUDA device.
 """
 
 import pytest

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor.errors import CompressorError
+from compressor.formats.csr import csr_from_dense
 from compressor.nn import SparseLinear
 from compressor.ops import reference
-from compressor.sparse.packing import csr_from_dense
 from tests.conftest import require_kernel
 
 

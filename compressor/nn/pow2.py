@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn.modules.utils import _pair, _single
 
 from compressor.errors import CompressorError
+from compressor.formats.pow2_codes import check_n1, pack_pow2, padded_in_features, unpack_pow2
+from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
 from compressor.ops.pow2 import pow2_linear
-from compressor.quantization.packing import check_n1, pack_pow2, padded_in_features, unpack_pow2
-from compressor.quantization.pow2 import check_bits, pow2_exponents, quantize_to_levels
 
 
 class _Pow2Packed(nn.Module):

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.formats.csr import conv_offsets, csr_from_dense, dense_from_csr, sparsity
 from compressor.ops.sparse import sparse_conv2d, sparse_linear
-from compressor.sparse.packing import conv_offsets, csr_from_dense, dense_from_csr, sparsity
 
 _CSR = ("values", "col_idx", "row_ptr")
 

@@ -2,7 +2,7 @@
 
 The kernels decode each weight in registers from its 4-bit code (sign + exponent index) and the
 per-layer n1; no float copy of the weight is ever made. Inference only. Format and contract:
-compressor/quantization/packing.py and the pow2 block of csrc/ops.cpp.
+compressor/formats/pow2_codes.py and the pow2 block of csrc/ops.cpp.
 
 CPU paths: AVX-512, AVX2 or scalar, the best one the build's -march allows; the environment
 variable COMPRESSOR_POW2_ISA=avx2|scalar forces a slower one (tests check every path with it).
@@ -25,8 +25,8 @@ def _check_tensor(t, name: str) -> None:
 
 
 def _check_packed(codes, nonzero, in_features: int, bits: int, n1: int, device):
-    from compressor.quantization.packing import check_n1, padded_in_features
-    from compressor.quantization.pow2 import check_bits
+    from compressor.formats.pow2_codes import check_n1, padded_in_features
+    from compressor.formats.pow2_levels import check_bits
 
     check_bits(bits)
     check_n1(n1)

@@ -71,9 +71,9 @@ def pow2_linear(input: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor,
 
     codes: uint8 (N, K_pad/2); nonzero: uint8 (N, K_pad/8) for bits=5, empty otherwise;
     bias: (N,) or None; K = in_features. Returns (M, N) in input's dtype.
-    Format: compressor/quantization/packing.py.
+    Format: compressor/formats/pow2_codes.py.
     """
-    from compressor.quantization.packing import unpack_pow2
+    from compressor.formats.pow2_codes import unpack_pow2
 
     weight = unpack_pow2(codes, nonzero, in_features, bits, n1).to(input.dtype)
     return torch.nn.functional.linear(input, weight, None if bias is None else bias.to(input.dtype))

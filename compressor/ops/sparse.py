@@ -1,6 +1,6 @@
 """Direct sparse convolution and sparse linear (Park et al., ICLR 2017): typed wrappers.
 
-Weights come packed as CSR by output row; see compressor.sparse.packing for how to build them.
+Weights come packed as CSR by output row; see compressor.formats.csr for how to build them.
 Inference only: there is no backward (train with masks on dense kernels, then convert).
 """
 
@@ -39,7 +39,7 @@ def sparse_conv2d(input, values, col_offsets, row_ptr, bias=None, *, input_hw, k
     """F.conv2d(input, W, bias, stride, padding, dilation, groups) with W in offset-CSR form.
 
     input (N, Cin, H, W), any strides; values (nnz,) same dtype; col_offsets, row_ptr int32 from
-    compressor.sparse.packing.conv_offsets for this input_hw == (H, W). Returns (N, Cout, Ho, Wo).
+    compressor.formats.csr.conv_offsets for this input_hw == (H, W). Returns (N, Cout, Ho, Wo).
     """
     if not isinstance(input, torch.Tensor) or input.dim() != 4:
         raise ValueError("sparse_conv2d: input must be a 4-dim (N, C, H, W) tensor")

@@ -2,7 +2,8 @@
 
 from torch import nn
 
-from compressor.quantization.pow2 import check_bits
+from compressor.formats.pow2_levels import check_bits
+from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
 
 
 def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = None) -> nn.Module:
@@ -13,9 +14,6 @@ def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = Non
     layer's own max picks n1, which is the same for weights INQ already quantized. ON-LSTM keeps
     its (power-of-two valued) float weights: no packed recurrent kernel exists yet.
     """
-    # compressor.nn imports compressor.quantization, so this import cannot be at the top.
-    from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
-
     check_bits(bits)
     n1 = n1 or {}
     for name, child in list(model.named_children()):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from compressor.data import Dataset
 from compressor.errors import CompressorError
-from compressor.quantization.pow2 import check_bits, pow2_exponents, quantize_to_levels
+from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
 from compressor.train import TrainConfig, evaluate, train
 
 # Modules whose "weight*" parameters INQ quantizes by default (matched by class name so ON-LSTM,

@@ -1,17 +1,7 @@
-"""Direct sparse convolution / linear: packing, performance model, model conversion.
+"""Direct sparse convolution / linear for whole models: the measured performance model and the
+conversion that swaps pruned layers for sparse ones only where they were measured faster."""
 
-convert and PerfModel load lazily: compressor.nn imports compressor.sparse.packing, and the
-converter imports compressor.nn, so eager imports here would be circular.
-"""
-
-import importlib
+from compressor.sparse.converter import Decision, convert, report
+from compressor.sparse.perf_model import PerfModel
 
 __all__ = ["Decision", "PerfModel", "convert", "report"]
-_HOME = {"Decision": "converter", "convert": "converter", "report": "converter",
-         "PerfModel": "perf_model"}
-
-
-def __getattr__(name: str):
-    if name not in _HOME:
-        raise AttributeError(f"module 'compressor.sparse' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"compressor.sparse.{_HOME[name]}"), name)

@@ -11,7 +11,7 @@ Padding columns K..K_pad are zero weights. 5 bits/weight: >= 6x smaller than fp3
 import torch
 
 from compressor.errors import CompressorError
-from compressor.quantization.pow2 import check_bits, exponent_count
+from compressor.formats.pow2_levels import check_bits, exponent_count
 
 # Every decoded exponent must be a normal float32 exponent (the kernels build floats from bits).
 MIN_N1, MAX_N1 = -119, 127
