@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
-from compressor.train import TrainConfig, evaluate, train
+from compressor.io import load_checked, save_checked
+from compressor.train import Callback, TrainConfig, evaluate, fit
 
 # Modules whose "weight*" parameters INQ quantizes by default (matched by class name so ON-LSTM,
 # which lives in compressor.nn.onlstm, needs no import here).
@@ -145,8 +146,10 @@ class INQ:
     """Runs INQ on `model` (in place) with `data`; `run()` returns the per-stage history."""
 
     def __init__(self, model: nn.Module, data: Dataset, config: INQConfig,
-                 checkpoint: str | os.PathLike | None = None, progress: bool = True):
+                 checkpoint: str | os.PathLike | None = None, progress: bool = True,
+                 loss_fn=None):
         self.model, self.data, self.config = model, data, config
+        self.loss_fn = loss_fn
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress = progress
         self.params = quantizable_parameters(model, config)
@@ -208,19 +211,13 @@ class INQ:
         payload = {"config": _config_key(self.config), "stage": s.stage, "n1": s.n1,
                    "frozen": s.frozen, "pruned": s.pruned, "history": s.history,
                    "model": self.model.state_dict()}
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint)  # a killed run never leaves a half-written checkpoint
+        save_checked(self.checkpoint, payload)  # atomic and checksummed
 
     def _load(self) -> "_State | None":
         if self.checkpoint is None or not self.checkpoint.exists():
             return None
-        try:
-            ckpt = torch.load(self.checkpoint, weights_only=True, map_location="cpu")
-        except Exception as exc:  # corrupt or foreign file
-            raise CompressorError(f"INQ checkpoint {self.checkpoint} is unreadable ({exc}); "
-                                  "delete it to start over") from None
+        ckpt = load_checked(self.checkpoint, "INQ checkpoint",
+                            "delete it to start the quantization over")
         if ckpt.get("config") != _config_key(self.config) or set(ckpt["n1"]) != set(self.params):
             raise CompressorError(f"INQ checkpoint {self.checkpoint} was made by a different "
                                   "config or model; use another checkpoint path")
@@ -241,10 +238,11 @@ class INQ:
         done = [p for n, p in self.params.items() if n not in partly and p.requires_grad]
         values = {n: p.detach().clone() for n, p in partly.items()}
 
-        @torch.no_grad()
-        def restore(_step: int) -> None:
-            for n, p in partly.items():
-                p.copy_(torch.where(frozen[n], values[n], p))
+        class Restore(Callback):
+            @torch.no_grad()
+            def after_step(self, step: int) -> None:
+                for n, p in partly.items():
+                    p.copy_(torch.where(frozen[n], values[n], p))
 
         for p in done:
             p.requires_grad_(False)
@@ -259,9 +257,10 @@ class INQ:
                                       weight_decay=cfg.weight_decay)
             else:
                 opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            tc = TrainConfig(steps=steps, batch_size=cfg.batch_size,
-                             seed=cfg.seed * 1000 + stage, eval_every=steps + 1)
-            train(self.model, self.data, tc, after_step=restore, optimizer=opt)
+            tc = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                             seed=cfg.seed * 1000 + stage, eval_every=0)
+            fit(self.model, self.data, tc, optimizer=opt, callbacks=[Restore()],
+                loss_fn=self.loss_fn)
         finally:
             for h in hooks:
                 h.remove()
@@ -270,9 +269,11 @@ class INQ:
 
 
 def inq_(model: nn.Module, data: Dataset, config: INQConfig,
-         checkpoint: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
-    """Quantize `model` in place with INQ; returns [{stage, portion, quantized, test_acc}]."""
-    return INQ(model, data, config, checkpoint, progress).run()
+         checkpoint: str | os.PathLike | None = None, progress: bool = True,
+         loss_fn=None) -> list[dict]:
+    """Quantize `model` in place with INQ; returns [{stage, portion, quantized, test_acc}].
+    `loss_fn(output, target)` is the retraining loss (default: cross-entropy over the last dim)."""
+    return INQ(model, data, config, checkpoint, progress, loss_fn).run()
 
 
 def inq_exponents(model: nn.Module, config: INQConfig) -> dict[str, int]:
