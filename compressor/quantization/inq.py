@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from compressor.config import Config
 from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
@@ -41,41 +42,39 @@ PRESETS = {
 
 
 @dataclass
-class INQConfig:
+class INQConfig(Config):
     """One INQ run. `portions` are accumulated fractions of each layer's weights, ending at 1."""
 
-    bits: int = 5
-    portions: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
-    steps_per_stage: int = 300
-    final_steps: int = 0  # retraining of non-quantized parameters after the last stage
-    optimizer: str = "sgd"
+    bits: int = field(default=5, metadata={"help": "INQ weight bits, 2..5 (2 = ternary)"})
+    portions: tuple[float, ...] = field(default=(0.5, 0.75, 0.875, 1.0), metadata={
+        "help": "accumulated portions quantized per stage, comma-separated, ending at 1"})
+    steps_per_stage: int = field(default=300, metadata={"help": "retraining steps per stage"})
+    final_steps: int = field(default=0, metadata={
+        "help": "after the last stage, retrain biases with every weight frozen (0: the paper)"})
+    optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adam")})
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 60
     seed: int = 0
     keep_pruned_zeros: bool = True
-    param_names: tuple[str, ...] | None = None
-    module_types: tuple[str, ...] = field(default=SUPPORTED_MODULES)
+    param_names: tuple[str, ...] | None = field(default=None, metadata={"flag": False})
+    module_types: tuple[str, ...] = field(default=SUPPORTED_MODULES, metadata={"flag": False})
 
-    def __post_init__(self):
+    def validate(self) -> None:
         check_bits(self.bits)
-        self.portions = tuple(float(p) for p in self.portions)
         p = self.portions
         increasing = all(a < b for a, b in zip(p, p[1:], strict=False))
         if not p or any(not 0 < a <= 1 for a in p) or not increasing:
-            raise CompressorError(f"portions must increase strictly within (0, 1], got {p}")
+            raise CompressorError(f"INQConfig.portions must increase strictly within (0, 1], "
+                                  f"got {p}")
         if p[-1] != 1.0:
-            raise CompressorError(f"portions must end at 1.0 so every weight is quantized, got {p}")
-        if self.steps_per_stage < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise CompressorError("steps_per_stage must be >= 0, batch_size >= 1 and lr > 0")
-        if self.final_steps < 0:
-            raise CompressorError(f"final_steps must be >= 0, got {self.final_steps}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise CompressorError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.param_names is not None:
-            self.param_names = tuple(self.param_names)
-        self.module_types = tuple(self.module_types)
+            raise CompressorError(f"INQConfig.portions must end at 1.0 so every weight is "
+                                  f"quantized, got {p}")
+        self.require(self.steps_per_stage >= 0, "steps_per_stage", "must be >= 0")
+        self.require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self.require(self.lr > 0, "lr", "must be > 0")
+        self.require(self.final_steps >= 0, "final_steps", "must be >= 0")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "INQConfig":
