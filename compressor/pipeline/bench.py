@@ -1,10 +1,14 @@
 """Latency of a compressed model against its dense original, measured side by side in one run:
 whole model and per layer in PyTorch, and the two ONNX files in onnxruntime."""
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from compressor.export import verify
+from compressor.pipeline.modelfile import load_model
+from compressor.pruning import fold_masks
 from compressor.timing import paired_medians
 
 # Leaf modules whose time is worth a row: the ones holding a layer's weights.
@@ -81,3 +85,28 @@ def onnx_latency(dense_path: str, compressed_path: str, x: torch.Tensor, threads
     dense_s, compressed_s = verify.paired_median_latency(sessions, feed)
     return {"dense_s": dense_s, "compressed_s": compressed_s,
             "speedup": dense_s / max(compressed_s, 1e-12)}
+
+
+def benchmark(run_dir, final_model_path, data, batch_sizes, threads: int | None = None) -> dict:
+    """The run's benchmark: PyTorch dense vs final model and onnxruntime dense vs final file at
+    every batch size, plus per-layer times at the first batch size; all in this one call."""
+    threads = threads or torch.get_num_threads()
+    dense, _ = load_model(Path(run_dir) / "dense.pt")
+    final, _ = load_model(final_model_path)
+    for m in (dense, final):
+        fold_masks(m)
+    rows = []
+    for batch in batch_sizes:
+        x = data.x_test[:batch].contiguous()
+        t = torch_latency({"dense": dense, "compressed": final}, x)
+        o = onnx_latency(str(Path(run_dir) / "dense.onnx"), str(Path(run_dir) / "model.onnx"),
+                         x, threads)
+        rows.append({"batch": batch, "threads": threads,
+                     "torch_dense_ms": t["dense"]["median_s"] * 1e3,
+                     "torch_compressed_ms": t["compressed"]["median_s"] * 1e3,
+                     "torch_speedup": t["dense"]["median_s"] / t["compressed"]["median_s"],
+                     "ort_dense_ms": o["dense_s"] * 1e3,
+                     "ort_compressed_ms": o["compressed_s"] * 1e3, "ort_speedup": o["speedup"]})
+    layers = layer_latency(dense, final, data.x_test[:batch_sizes[0]].contiguous())
+    return {"whole_model": rows, "layers": layers, "layer_batch": batch_sizes[0],
+            "threads": threads}

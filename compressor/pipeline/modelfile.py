@@ -26,6 +26,7 @@ from compressor.errors import CompressorError
 from compressor.history import HISTORY_ATTRIBUTE, history, set_history
 from compressor.io import load_checked, save_checked
 from compressor.models import MODELS, build_model
+from compressor.pruning.masks import MASK_SUFFIX
 
 VERSION = 1
 _MODULE_INTERNALS = set(vars(nn.Module())) | {HISTORY_ATTRIBUTE}
@@ -200,9 +201,16 @@ def _replaced(model: nn.Module, fresh: nn.Module) -> dict:
 def save_model(path: str | os.PathLike, model: nn.Module, info: ModelFile) -> Path:
     """Write the model file atomically (checksummed)."""
     fresh = build(info.factory, info.kwargs)
+    state, mask_dtypes = {}, {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if key.endswith(MASK_SUFFIX) and value.is_floating_point():
+            mask_dtypes[key] = str(value.dtype).removeprefix("torch.")
+            value = value != 0  # 0/1 masks stored as bool: a byte, not four, per weight
+        state[key] = value
     payload = {"version": VERSION, "architecture": info.architecture(),
-               "replaced": _replaced(model, fresh),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "replaced": _replaced(model, fresh), "state_dict": state,
+               "mask_dtypes": mask_dtypes,
                "training": model.training,
                "metadata": {**info.metadata, "history": list(history(model))}}
     return save_checked(path, payload)
@@ -223,7 +231,9 @@ def load_model(path: str | os.PathLike, what: str = "model file") -> tuple[nn.Mo
     if version != VERSION:
         raise CompressorError(f"{what} {path} is not a compressor model file of version "
                               f"{VERSION} (found {version!r})")
-    arch, state = payload["architecture"], payload["state_dict"]
+    arch, state = payload["architecture"], dict(payload["state_dict"])
+    for key, dtype in payload.get("mask_dtypes", {}).items():
+        state[key] = state[key].to(getattr(torch, dtype))
     model = build(arch["factory"], arch["kwargs"])
     for name, desc in sorted(payload["replaced"].items(), key=lambda kv: kv[0].count(".")):
         prefix = f"{name}." if name else ""
