@@ -43,7 +43,8 @@ def run(args) -> int:
     print(format_info(info()), "\n")
     data = load_dataset(args.dataset)
     start = time.perf_counter()
-    model = build_model(args.model, data.feature_shape, data.num_classes)
+    model = build_model(args.model, feature_shape=data.feature_shape,
+                        num_classes=data.num_classes)
     train(model, data, TrainConfig(steps=args.steps, seed=args.seed), progress=True)
     _step("dense", model, data, start)
 

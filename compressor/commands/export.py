@@ -16,7 +16,7 @@ from compressor.train import batches
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", required=True, choices=MODELS, help="architecture")
+    parser.add_argument("--model", required=True, choices=sorted(MODELS), help="architecture")
     parser.add_argument("--dataset", default="digits", help="digits, mnist1d or an .npz path")
     parser.add_argument("--weights", help="state_dict file (torch.save); pruning masks in it "
                         "(<param>_mask, torch prune's <param>_orig) are folded")
@@ -81,7 +81,8 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise CompressorError(f"--batch-size must be >= 1, got {args.batch_size}")
     data = load_dataset(args.dataset)
-    model = build_model(args.model, data.feature_shape, data.num_classes)
+    model = build_model(args.model, feature_shape=data.feature_shape,
+                        num_classes=data.num_classes)
     if args.weights:
         load_weights(model, args.weights)
     model.eval()

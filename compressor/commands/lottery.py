@@ -23,7 +23,7 @@ def _rate_or_none(text: str):
 def add_arguments(parser):
     d = LotteryConfig()
     parser.add_argument("--dataset", default=d.dataset, help="digits, mnist1d or an .npz path")
-    parser.add_argument("--model", default=d.model, choices=MODELS)
+    parser.add_argument("--model", default=d.model, choices=sorted(MODELS))
     parser.add_argument("--rounds", type=int, default=d.rounds, help="pruning rounds")
     parser.add_argument("--rate", type=float, default=d.rate,
                         help="fraction of surviving weights pruned per round")

@@ -23,7 +23,7 @@ from compressor.train import TrainConfig, evaluate, train
 
 def add_arguments(parser):
     parser.add_argument("--dataset", default="mnist1d", help="digits, mnist1d or an .npz path")
-    parser.add_argument("--model", default="lenet", choices=MODELS)
+    parser.add_argument("--model", default="lenet", choices=sorted(MODELS))
     parser.add_argument("--schedule", default="one-shot", choices=["one-shot", "gradual", "nm"])
     parser.add_argument("--sparsity", type=float, default=0.8, help="fraction of weights pruned")
     parser.add_argument("--output-sparsity", type=float, default=None,
@@ -73,7 +73,8 @@ def _prune_and_finetune(model, data, args) -> None:
 def run(args) -> int:
     torch.manual_seed(args.seed)
     data = load_dataset(args.dataset)
-    model = build_model(args.model, data.feature_shape, data.num_classes)
+    model = build_model(args.model, feature_shape=data.feature_shape,
+                        num_classes=data.num_classes)
     train(model, data, TrainConfig(steps=args.steps, lr=args.lr, seed=args.seed), progress=True)
     dense = evaluate(model, data.x_test, data.y_test)
     _prune_and_finetune(model, data, args)

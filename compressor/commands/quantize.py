@@ -25,7 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--portions", default=None,
                         help="accumulated portions, comma separated (default 0.5,0.75,0.875,1)")
     parser.add_argument("--dataset", default="digits", help="digits, mnist1d or an .npz path")
-    parser.add_argument("--model", default="lenet", help=f"one of {MODELS}")
+    parser.add_argument("--model", default="lenet", help=f"one of {sorted(MODELS)}")
     parser.add_argument("--load", default=None, help="a dense state_dict (.pt) for --model")
     parser.add_argument("--steps", type=int, default=1000, help="dense training steps (no --load)")
     parser.add_argument("--steps-per-stage", type=int, default=200, help="INQ retraining steps")
@@ -48,7 +48,8 @@ def state_bytes(module: torch.nn.Module) -> int:
 
 def dense_model(args, data):
     torch.manual_seed(args.seed)
-    model = build_model(args.model, data.feature_shape, data.num_classes)
+    model = build_model(args.model, feature_shape=data.feature_shape,
+                        num_classes=data.num_classes)
     if args.load:
         if not Path(args.load).exists():
             raise CompressorError(f"--load {args.load} does not exist")
