@@ -98,7 +98,7 @@ def test_cli_exports_pruned_weights_with_masks(tmp_path, capsys):
     from compressor.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("lenet", (64,), 10)
+    model = build_model("lenet", feature_shape=(64,), num_classes=10)
     state = model.state_dict()
     state["1.weight_mask"] = (torch.rand_like(state["1.weight"]) > 0.9).float()
     torch.save(state, tmp_path / "w.pt")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compressor.data.shapes import shape_arrays
 from compressor.errors import CompressorError
 
 
@@ -93,6 +94,19 @@ def mnist1d(num_samples: int = 10_000, seed: int = 42, channel: bool = False) ->
                    i64(arrays["y_test"]))
 
 
+def shapes(num_samples: int = 8000, size: int = 16, seed: int = 0,
+           test_fraction: float = 0.25) -> Dataset:
+    """Generated 10-class shape images (compressor.data.shapes): (N, 3, size, size) in [0, 1];
+    the first test_fraction of the generated samples is the test split."""
+    if not 0 < test_fraction < 1:
+        raise CompressorError(f"shapes: test_fraction must be in (0, 1), got {test_fraction}")
+    x, y = shape_arrays(num_samples, size, seed, _cache_dir())
+    n_test = int(round(num_samples * test_fraction))
+    images = torch.from_numpy(x.astype(np.float32) / 255.0)
+    labels = torch.from_numpy(y)
+    return Dataset("shapes", images[n_test:], labels[n_test:], images[:n_test], labels[:n_test])
+
+
 def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """A user's .npz with arrays X (N, ...) float and y (N,) integer labels."""
     path = Path(path)
@@ -120,11 +134,11 @@ def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0)
     return _split(path.stem, x, y, test_fraction, seed)
 
 
-DATASETS = {"digits": digits, "mnist1d": mnist1d}
+DATASETS = {"digits": digits, "mnist1d": mnist1d, "shapes": shapes}
 
 
 def load_dataset(name: str, **kwargs) -> Dataset:
-    """'digits', 'mnist1d', or a path to an .npz file."""
+    """'digits', 'mnist1d', 'shapes', or a path to an .npz file."""
     if name in DATASETS:
         return DATASETS[name](**kwargs)
     if name.endswith(".npz"):

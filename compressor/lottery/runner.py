@@ -80,8 +80,8 @@ class LotteryRun:
         data = data if data is not None else _load_data(cfg)
         self.data = Dataset(data.name, *(t.to(self.device) for t in (
             data.x_train, data.y_train, data.x_test, data.y_test)))
-        self.model_fn = model_fn or (lambda: build_model(cfg.model, data.feature_shape,
-                                                         data.num_classes))
+        self.model_fn = model_fn or (lambda: build_model(
+            cfg.model, feature_shape=data.feature_shape, num_classes=data.num_classes))
         self.checkpoint_every = checkpoint_every or cfg.eval_every
         self.progress = progress and dist.is_main()
         self.state: dict = {}
