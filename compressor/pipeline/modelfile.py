@@ -122,10 +122,11 @@ def describe(module: nn.Module, where: str) -> dict:
                 f"{key!r} holds a {type(value).__name__}, not a plain value")
         attrs[key] = value
     return {"class": _class_path(module), "attrs": attrs, "caches": caches,
-            "params": {n: p.requires_grad for n, p in module._parameters.items()
-                       if p is not None},
-            "buffers": {n: n not in module._non_persistent_buffers_set
-                        for n, b in module._buffers.items() if b is not None},
+            # None entries (a Conv2d without bias) are kept: forward reads them as attributes
+            "params": {n: None if p is None else p.requires_grad
+                       for n, p in module._parameters.items()},
+            "buffers": {n: None if b is None else n not in module._non_persistent_buffers_set
+                        for n, b in module._buffers.items()},
             "children": {n: describe(c, f"{where}.{n}".strip("."))
                          for n, c in module._modules.items() if c is not None}}
 
@@ -159,12 +160,18 @@ def rebuild(desc: dict, state: dict, prefix: str, factory: str) -> nn.Module:
     for key, kind in desc["caches"]:
         module.__dict__[key] = {"dict": dict, "list": list, "set": set}[kind]()
     for name, requires_grad in desc["params"].items():
+        if requires_grad is None:
+            module.register_parameter(name, None)
+            continue
         like = state.get(prefix + name)
         if like is None:
             raise CompressorError(f"model file lacks tensor {prefix + name}")
         module.register_parameter(name, nn.Parameter(torch.empty_like(like),
                                                      requires_grad=requires_grad))
     for name, persistent in desc["buffers"].items():
+        if persistent is None:
+            module.register_buffer(name, None)
+            continue
         like = state.get(prefix + name)
         module.register_buffer(name, None if like is None else torch.empty_like(like),
                                persistent=persistent)
