@@ -41,6 +41,7 @@ class Runner:
         self.dir = Path(self.run_cfg.root) / self.run_cfg.name
         self.state = {"stages": {}}
         self.data = None
+        self.digest = ""
 
     # ----- bookkeeping
     def _stage_settings(self, stage: str) -> dict:
@@ -103,6 +104,7 @@ class Runner:
             else:
                 self.log(f"[{index}/{len(plan)}] {stage} ...")
                 start = time.perf_counter()
+                self.digest = digest  # names in-stage checkpoints after these settings
                 metrics, files = getattr(self, f"_{stage}")(latest)
                 metrics["seconds"] = round(time.perf_counter() - start, 2)
                 self._finish(stage, digest, metrics, files)
@@ -139,9 +141,11 @@ class Runner:
     def _quantize(self, latest):
         model, info = load_model(latest)
         cfg = self.s["inq"] if self.run_cfg.quantize == "inq" else self.s["int8"]
-        metrics = stages.quantize_stage(model, self.data, cfg, self.dir / "inq-checkpoint.pt",
-                                        progress=True)
-        return metrics, [self._save("quantize", model, info, test_acc=metrics["test_acc"])]
+        checkpoint = self.dir / f"inq-{self.digest[:12]}.pt"  # other settings: another file
+        metrics = stages.quantize_stage(model, self.data, cfg, checkpoint, progress=True)
+        files = [self._save("quantize", model, info, test_acc=metrics["test_acc"])]
+        checkpoint.unlink(missing_ok=True)  # the stage is done: its model file is what counts
+        return metrics, files
 
     def _sparsify(self, latest):
         model, info = load_model(latest)
