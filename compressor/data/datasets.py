@@ -15,6 +15,7 @@ import torch
 
 from compressor.data.shapes import shape_arrays
 from compressor.errors import CompressorError
+from compressor.io import atomic_write
 
 
 @dataclass
@@ -84,9 +85,7 @@ def mnist1d(num_samples: int = 10_000, seed: int = 42, channel: bool = False) ->
 
         made = make_dataset(ObjectView(args))
         arrays = {k: made[k] for k in ("x", "y", "x_test", "y_test")}
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+        atomic_write(cache, lambda f: np.savez(f, **arrays))  # a kill leaves no half file
     shape = (-1, 1, 40) if channel else (-1, 40)
     f32 = lambda a: torch.from_numpy(a.astype(np.float32).reshape(shape))  # noqa: E731
     i64 = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
