@@ -221,6 +221,11 @@ class MultiheadAttention(nn.Module):
             return out.squeeze(0), weights
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
+    def export_module(self) -> nn.Module:
+        """The export protocol: this module computes with standard torch ops only (its
+        projections export themselves), so it exports as it is."""
+        return self
+
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"dropout={self.dropout}, batch_first={self.batch_first}")

@@ -14,6 +14,7 @@ model, so a layer that cannot be converted is named in the error and the model i
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from torch import nn
 
@@ -26,6 +27,16 @@ from compressor.nn.transformer import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """The export protocol every compressed module follows: `export_module()` returns the
+    standard torch module (or self, when it computes with standard ops only) that ONNX export
+    writes in its place; compressor.export calls nothing else."""
+
+    def export_module(self) -> nn.Module: ...
+
 
 CONVERTERS = {
     nn.MultiheadAttention: MultiheadAttention,
