@@ -26,6 +26,7 @@ from compressor.errors import CompressorError
 from compressor.history import HISTORY_ATTRIBUTE, history, set_history
 from compressor.io import load_checked, save_checked
 from compressor.models import MODELS, build_model
+from compressor.pruning.masks import MASK_SUFFIX
 
 VERSION = 1
 _MODULE_INTERNALS = set(vars(nn.Module())) | {HISTORY_ATTRIBUTE}
@@ -121,10 +122,11 @@ def describe(module: nn.Module, where: str) -> dict:
                 f"{key!r} holds a {type(value).__name__}, not a plain value")
         attrs[key] = value
     return {"class": _class_path(module), "attrs": attrs, "caches": caches,
-            "params": {n: p.requires_grad for n, p in module._parameters.items()
-                       if p is not None},
-            "buffers": {n: n not in module._non_persistent_buffers_set
-                        for n, b in module._buffers.items() if b is not None},
+            # None entries (a Conv2d without bias) are kept: forward reads them as attributes
+            "params": {n: None if p is None else p.requires_grad
+                       for n, p in module._parameters.items()},
+            "buffers": {n: None if b is None else n not in module._non_persistent_buffers_set
+                        for n, b in module._buffers.items()},
             "children": {n: describe(c, f"{where}.{n}".strip("."))
                          for n, c in module._modules.items() if c is not None}}
 
@@ -158,12 +160,18 @@ def rebuild(desc: dict, state: dict, prefix: str, factory: str) -> nn.Module:
     for key, kind in desc["caches"]:
         module.__dict__[key] = {"dict": dict, "list": list, "set": set}[kind]()
     for name, requires_grad in desc["params"].items():
+        if requires_grad is None:
+            module.register_parameter(name, None)
+            continue
         like = state.get(prefix + name)
         if like is None:
             raise CompressorError(f"model file lacks tensor {prefix + name}")
         module.register_parameter(name, nn.Parameter(torch.empty_like(like),
                                                      requires_grad=requires_grad))
     for name, persistent in desc["buffers"].items():
+        if persistent is None:
+            module.register_buffer(name, None)
+            continue
         like = state.get(prefix + name)
         module.register_buffer(name, None if like is None else torch.empty_like(like),
                                persistent=persistent)
@@ -200,9 +208,16 @@ def _replaced(model: nn.Module, fresh: nn.Module) -> dict:
 def save_model(path: str | os.PathLike, model: nn.Module, info: ModelFile) -> Path:
     """Write the model file atomically (checksummed)."""
     fresh = build(info.factory, info.kwargs)
+    state, mask_dtypes = {}, {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if key.endswith(MASK_SUFFIX) and value.is_floating_point():
+            mask_dtypes[key] = str(value.dtype).removeprefix("torch.")
+            value = value != 0  # 0/1 masks stored as bool: a byte, not four, per weight
+        state[key] = value
     payload = {"version": VERSION, "architecture": info.architecture(),
-               "replaced": _replaced(model, fresh),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "replaced": _replaced(model, fresh), "state_dict": state,
+               "mask_dtypes": mask_dtypes,
                "training": model.training,
                "metadata": {**info.metadata, "history": list(history(model))}}
     return save_checked(path, payload)
@@ -223,7 +238,9 @@ def load_model(path: str | os.PathLike, what: str = "model file") -> tuple[nn.Mo
     if version != VERSION:
         raise CompressorError(f"{what} {path} is not a compressor model file of version "
                               f"{VERSION} (found {version!r})")
-    arch, state = payload["architecture"], payload["state_dict"]
+    arch, state = payload["architecture"], dict(payload["state_dict"])
+    for key, dtype in payload.get("mask_dtypes", {}).items():
+        state[key] = state[key].to(getattr(torch, dtype))
     model = build(arch["factory"], arch["kwargs"])
     for name, desc in sorted(payload["replaced"].items(), key=lambda kv: kv[0].count(".")):
         prefix = f"{name}." if name else ""
