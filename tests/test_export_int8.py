@@ -15,8 +15,8 @@ from compressor.formats.int8_codes import (
     fake_quant_uint8,
     weight_quant_params,
 )
+from compressor.pruning import PruneConfig, fold_masks, prune_
 from compressor.quantization import Int8Config, Int8FakeQuant, fold_batchnorm, quantize_int8
-from tests.export_standins import magnitude_prune_
 
 
 def trained_bn(model, shape):
@@ -93,7 +93,7 @@ def int8_cnn(prune=0.0):
 
     model = trained_bn(DigitsCNN(width=16), (1, 8, 8))
     if prune:
-        magnitude_prune_(model, prune)
+        fold_masks(prune_(model, PruneConfig(sparsity=prune)))
     torch.manual_seed(1)
     calibration = [torch.randn(32, 1, 8, 8) for _ in range(4)]
     return model, quantize_int8(model, calibration, Int8Config(calibration_batches=4))

@@ -121,6 +121,17 @@ class Pow2Linear(_Pow2Packed):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bits={self.bits}, n1={self.n1}, bias={self.bias is not None}")
 
+    def export_module(self) -> nn.Module:
+        """The export protocol: an nn.Linear holding the exact dequantized weights (the
+        exporter stores them as codes again)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.codes.device)
+        with torch.no_grad():
+            linear.weight.copy_(self.dequantized_weight())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
 
 class _Pow2ConvNd(_Pow2Packed):
     """What Pow2Conv1d and Pow2Conv2d share: construction, from_float, the dequantized weight."""
@@ -174,6 +185,18 @@ class _Pow2ConvNd(_Pow2Packed):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"groups={self.groups}, bits={self.bits}, n1={self.n1}, "
                 f"bias={self.bias is not None}")
+
+    def export_module(self) -> nn.Module:
+        """The export protocol: the nn.Conv1d / nn.Conv2d holding the exact dequantized
+        weights."""
+        conv = self._float_type(self.in_channels, self.out_channels, self.kernel_size,
+                                self.stride, self.padding, self.dilation, self.groups,
+                                bias=self.bias is not None, device=self.codes.device)
+        with torch.no_grad():
+            conv.weight.copy_(self.dequantized_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
 
 
 class Pow2Conv2d(_Pow2ConvNd):

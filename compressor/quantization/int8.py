@@ -83,6 +83,11 @@ class Int8FakeQuant(nn.Module):
             return F.linear(x, layer.weight, layer.bias)
         return layer(x)
 
+    def export_module(self) -> nn.Module:
+        """The export protocol: the float layer holding the dequantized weights (shared, not
+        copied); compressor.export adds the QDQ nodes from this module's codes and scales."""
+        return self.layer
+
     def extra_repr(self) -> str:
         return (f"act_scale={float(self.act_scale):.4g}, "
                 f"act_zero_point={int(self.act_zero_point)}")
