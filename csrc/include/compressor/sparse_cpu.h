@@ -97,6 +97,9 @@ inline Vec vdiv(Vec a, Vec b) { return _mm512_div_ps(a, b); }
 inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
 inline Vec vround(Vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT); }
 inline Vec vscale2(Vec p, Vec n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
+inline Vec vselect_lt(Vec x, Vec limit, Vec if_lt, Vec otherwise) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, limit, _CMP_LT_OQ), otherwise, if_lt);
+}
 #define COMPRESSOR_SPARSE_SIMD 1
 #elif defined(COMPRESSOR_SPARSE_AVX2)
 using Vec = __m256;
@@ -123,6 +126,9 @@ inline Vec vscale2(Vec p, Vec n) {
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
                                                           _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+inline Vec vselect_lt(Vec x, Vec limit, Vec if_lt, Vec otherwise) {
+  return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(x, limit, _CMP_LT_OQ));
 }
 #define COMPRESSOR_SPARSE_SIMD 1
 #endif
@@ -253,7 +259,10 @@ template <Act A>
 inline Vec act_vec(Vec v) {
   if constexpr (A == Act::ReLU) return vmax(vzero(), v);
   if constexpr (A == Act::ReLU6) return vmin(vset(6.f), vmax(vzero(), v));
-  if constexpr (A == Act::SiLU) return vdiv(v, vadd(vset(1.f), vexp(vsub(vzero(), v))));
+  // Below -87 silu is 0 to float precision; v * 0 there also makes silu(-inf) NaN, as in torch.
+  if constexpr (A == Act::SiLU)
+    return vselect_lt(v, vset(-87.f), vmul(v, vzero()),
+                      vdiv(v, vadd(vset(1.f), vexp(vsub(vzero(), v)))));
   return v;
 }
 
