@@ -67,7 +67,8 @@ def prune_and_finetune(model, data, sparsity: float, steps: int) -> None:
 
 def compressed_models(data, model_name: str, steps: int, bits: int):
     torch.manual_seed(0)
-    dense = build_model(model_name, data.feature_shape, data.num_classes)
+    dense = build_model(model_name, feature_shape=data.feature_shape,
+                        num_classes=data.num_classes)
     train(dense, data, TrainConfig(steps=steps))
     dense = fold_batchnorm(dense)
     pruned = fold_batchnorm(dense)

@@ -49,7 +49,8 @@ def run_seed(label: str, seed: int, stage_steps: int, final_steps: int, dense_sc
     dataset, model_name, dense_steps = MODELS[label]
     data = load_dataset(dataset)
     torch.manual_seed(seed)
-    dense = build_model(model_name, data.feature_shape, data.num_classes)
+    dense = build_model(model_name, feature_shape=data.feature_shape,
+                        num_classes=data.num_classes)
     train(dense, data, TrainConfig(steps=int(dense_steps * dense_scale), seed=seed))
     fp32 = evaluate(dense, data.x_test, data.y_test)
     rows = [{"model": label, "seed": seed, "weights": "fp32", "test_acc": fp32}]

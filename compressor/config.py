@@ -173,10 +173,12 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], only=None, exc
         target.add_argument(flag, metavar=metavar, **kwargs)
 
 
-def from_args(cls: type[Config], args: argparse.Namespace, base: dict | None = None):
-    """cls from `base` (e.g. a config file's table) overridden by the flags the user gave."""
+def from_args(cls: type[Config], args: argparse.Namespace, base: dict | None = None,
+              only=None):
+    """cls from `base` (e.g. a config file's table) overridden by the flags the user gave
+    (`only`: the fields this command exposes as flags for cls)."""
     values = dict(base or {})
-    for name in cls.field_names():
+    for name in cls.field_names() if only is None else only:
         given = getattr(args, name, None)
         if given is not None:
             values[name] = given

@@ -1,6 +1,5 @@
 """int8 post-training quantization, BatchNorm folding, and their QDQ export."""
 
-import json
 
 import numpy as np
 import onnx
@@ -180,12 +179,3 @@ def test_int8_conv1d_and_matmul_weights(tmp_path, exporter):
             for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_int8")}
     assert "MatMul" in {n.op_type for n in graph.node}  # both exporters write the head so
     assert sorted(axes.values()) == [0, 1]
-
-
-def test_cli_int8_export(tmp_path, capsys):
-    from compressor.cli import main
-
-    assert main(["export", "--model", "lenet", "--int8", "--calibration-batches", "2",
-                 "--out", str(tmp_path / "q.onnx"), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["quantized_layers"] == 3 and report["size_ratio"] > 3

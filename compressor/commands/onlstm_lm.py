@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from compressor.errors import CompressorError
-from compressor.nn import ONLSTM
+from compressor.models import LanguageModel
 
 WORDS = {
     "Det": ["the", "a"], "N": ["dog", "cat", "bird", "man", "woman", "child", "house", "park"],
@@ -80,19 +80,6 @@ class OnlstmLmConfig:
             raise CompressorError("onlstm-lm: --train-tokens must cover one batch of --bptt")
 
 
-class LanguageModel(nn.Module):
-    def __init__(self, vocab: int, cfg: OnlstmLmConfig):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, cfg.embedding)
-        self.rnn = ONLSTM(cfg.embedding, cfg.hidden, cfg.layers, chunk_size=cfg.chunk,
-                          dropconnect=cfg.dropconnect, dropout=cfg.dropout)
-        self.decoder = nn.Linear(cfg.hidden, vocab)
-
-    def forward(self, tokens, state=None):
-        out, state, distances = self.rnn(self.embed(tokens), state)
-        return self.decoder(out), state, distances
-
-
 def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     """(T, batch) columns of a token stream, as in the AWD-LSTM / ON-LSTM code."""
     usable = ids.numel() // batch * batch
@@ -102,7 +89,8 @@ def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
 def train_lm(cfg: OnlstmLmConfig, data: torch.Tensor, vocab: int, fused: bool, label: str):
     """Trains from cfg.seed; returns (per-step losses, model)."""
     torch.manual_seed(cfg.seed)
-    model = LanguageModel(vocab, cfg)
+    model = LanguageModel(vocab, cfg.embedding, cfg.hidden, cfg.chunk, cfg.layers, cfg.dropout,
+                          cfg.dropconnect)
     model.rnn.use_fused_kernels = fused
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     losses, state, pos = [], None, 0

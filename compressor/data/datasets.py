@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compressor.data.shapes import shape_arrays
 from compressor.errors import CompressorError
 
 
@@ -93,6 +94,24 @@ def mnist1d(num_samples: int = 10_000, seed: int = 42, channel: bool = False) ->
                    i64(arrays["y_test"]))
 
 
+def shapes(num_samples: int = 8000, size: int = 16, seed: int = 0,
+           test_fraction: float = 0.25) -> Dataset:
+    """Generated 10-class shape images (compressor.data.shapes): (N, 3, size, size) in [0, 1];
+    the first test_fraction of the generated samples is the test split."""
+    if not 0 < test_fraction < 1:
+        raise CompressorError(f"shapes: test_fraction must be in (0, 1), got {test_fraction}")
+    x, y = shape_arrays(num_samples, size, seed, _cache_dir())
+    n_test = int(round(num_samples * test_fraction))
+    images = torch.from_numpy(x.astype(np.float32) / 255.0)
+    labels = torch.from_numpy(y)
+    return Dataset("shapes", images[n_test:], labels[n_test:], images[:n_test], labels[:n_test])
+
+
+# More classes than this is almost surely a column of ids, not labels (it would build a huge
+# output layer); a user who needs more can raise it.
+MAX_CLASSES = 10_000
+
+
 def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """A user's .npz with arrays X (N, ...) float and y (N,) integer labels."""
     path = Path(path)
@@ -105,8 +124,11 @@ def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0)
                 raise CompressorError(f"data file {path} lacks array(s) {sorted(missing)}; "
                                       f"it has {sorted(f.files)} (expected X and y)")
             x, y = f["X"], f["y"]
-    except (OSError, ValueError) as exc:
-        raise CompressorError(f"data file {path} is not a readable .npz: {exc}") from None
+    except CompressorError:
+        raise
+    except Exception as exc:  # truncated zip, a .npy renamed .npz, pickled objects, ...
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise CompressorError(f"data file {path} is not a readable .npz ({reason})") from None
     if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
         raise CompressorError(f"data file {path}: X must be numeric with shape (N, features...), "
                               f"got {x.dtype} {x.shape}")
@@ -115,16 +137,26 @@ def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0)
                               f"got {y.dtype} {y.shape}")
     if len(x) < 2:
         raise CompressorError(f"data file {path}: needs at least 2 samples, got {len(x)}")
-    if y.min() < 0:
-        raise CompressorError(f"data file {path}: labels must be >= 0, got {y.min()}")
+    if y.min() < 0 or y.max() >= MAX_CLASSES:
+        bad = int(np.flatnonzero((y < 0) | (y >= MAX_CLASSES))[0])
+        raise CompressorError(f"data file {path}: labels must be in 0..{MAX_CLASSES - 1} "
+                              f"(class indices), got y[{bad}] = {y[bad]}")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        raise CompressorError(f"data file {path}: X holds NaN or inf (first in sample "
+                              f"{int(np.flatnonzero(~finite)[0])}); clean the data first")
+    n_test = int(round(len(x) * test_fraction))
+    if n_test < 1 or n_test >= len(x):
+        raise CompressorError(f"data file {path}: {len(x)} samples are too few for a train and "
+                              f"a non-empty test split of {test_fraction:.0%}")
     return _split(path.stem, x, y, test_fraction, seed)
 
 
-DATASETS = {"digits": digits, "mnist1d": mnist1d}
+DATASETS = {"digits": digits, "mnist1d": mnist1d, "shapes": shapes}
 
 
 def load_dataset(name: str, **kwargs) -> Dataset:
-    """'digits', 'mnist1d', or a path to an .npz file."""
+    """'digits', 'mnist1d', 'shapes', or a path to an .npz file."""
     if name in DATASETS:
         return DATASETS[name](**kwargs)
     if name.endswith(".npz"):

@@ -13,6 +13,7 @@ import onnx
 import torch
 from torch import nn
 
+from compressor.config import Config
 from compressor.errors import CompressorError
 from compressor.export import verify
 from compressor.export.encode import ENCODINGS, compact_initializers
@@ -24,7 +25,7 @@ MAX_IR_VERSION = 10  # onnxruntime refuses IR > 13; 10 is the level we verified 
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(Config):
     """opset: ONNX opset (>= 17). exporter: 'dynamo' (torch.export based, the default; pinned by
     tests) or 'torchscript' (legacy). encodings: compact encodings allowed for fp32 weights.
     rtol/atol: outputs must satisfy max|ort − torch| <= atol + rtol · max|torch| (int8 QDQ models
@@ -33,30 +34,26 @@ class ExportConfig:
     measure_latency: time the compact and the dense file in onnxruntime. dynamic_batch: dim 0 of
     every input is dynamic in the file (random inputs are then checked with another batch size)."""
 
-    opset: int = 18
-    exporter: str = "dynamo"
-    encodings: tuple = ENCODINGS
+    opset: int = field(default=18, metadata={"help": "ONNX opset"})
+    exporter: str = field(default="dynamo", metadata={"choices": EXPORTERS})
+    encodings: tuple[str, ...] = field(default=ENCODINGS, metadata={
+        "choices": ENCODINGS, "help": "compact weight encodings allowed, comma-separated"})
     rtol: float = 1e-4
     atol: float = 1e-5
     int8_rtol: float = 2e-2
     random_inputs: int = 2
-    threads: int = 1
+    threads: int = field(default=1, metadata={"help": "CPU threads for timing"})
     measure_latency: bool = True
     seed: int = 0
     dynamic_batch: bool = False
 
-    def __post_init__(self):
-        if self.opset < 17:
-            raise CompressorError(f"ExportConfig: opset must be >= 17, got {self.opset}")
-        if self.exporter not in EXPORTERS:
-            raise CompressorError(f"ExportConfig: exporter must be one of {EXPORTERS}, got "
-                                  f"{self.exporter!r}")
-        unknown = set(self.encodings) - set(ENCODINGS)
-        if unknown:
-            raise CompressorError(f"ExportConfig: unknown encodings {sorted(unknown)}; choose "
-                                  f"from {ENCODINGS}")
-        if self.random_inputs < 0 or self.threads < 1:
-            raise CompressorError("ExportConfig: random_inputs must be >= 0 and threads >= 1")
+    def validate(self) -> None:
+        highest = onnx.defs.onnx_opset_version()
+        self.require(17 <= self.opset <= highest, "opset", f"must be in 17..{highest}")
+        for name in ("rtol", "atol", "int8_rtol"):
+            self.require(getattr(self, name) >= 0, name, "must be >= 0")
+        self.require(self.random_inputs >= 0, "random_inputs", "must be >= 0")
+        self.require(self.threads >= 1, "threads", "must be >= 1")
 
 
 @dataclass

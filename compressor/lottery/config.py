@@ -2,8 +2,9 @@
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 
+from compressor.config import Config
 from compressor.errors import CompressorError
 from compressor.pruning.selection import check_rate
 
@@ -13,7 +14,7 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
-class LotteryConfig:
+class LotteryConfig(Config):
     """Iterative magnitude pruning: train `steps`, prune `rate` of the surviving weights
     (`output_rate` for the output layer; `strategy` 'layerwise' or 'global'), rewind survivors to
     their value at step `rewind_step` (0 = the original init θ0), retrain; `rounds` times.
@@ -22,11 +23,13 @@ class LotteryConfig:
 
     dataset: str = "mnist1d"
     model: str = "lenet"
-    rounds: int = 8
-    rate: float = 0.2
-    output_rate: float | None = 0.1
-    strategy: str = "layerwise"
-    rewind_step: int = 0
+    rounds: int = field(default=8, metadata={"help": "pruning rounds"})
+    rate: float = field(default=0.2, metadata={"help": "fraction of survivors pruned a round"})
+    output_rate: float | None = field(default=0.1, metadata={
+        "help": "the output layer's rate ('none': same as --rate)"})
+    strategy: str = field(default="layerwise", metadata={"choices": STRATEGIES})
+    rewind_step: int = field(default=0, metadata={
+        "help": "rewind survivors to their value at this step (0: the init)"})
     steps: int = 2000
     batch_size: int = 60
     optimizer: str = "adam"
@@ -35,15 +38,14 @@ class LotteryConfig:
     weight_decay: float = 0.0
     seed: int = 0
     eval_every: int = 100
-    controls: tuple[str, ...] = CONTROLS
+    controls: tuple[str, ...] = field(default=CONTROLS, metadata={"choices": CONTROLS})
     exclude: tuple[str, ...] = ()
     num_samples: int = 10_000
 
-    def __post_init__(self):
+    def validate(self) -> None:
         check_rate(self.rate, "rate")
         if self.output_rate is not None:
             check_rate(self.output_rate, "output_rate")
-        self.controls, self.exclude = tuple(self.controls), tuple(self.exclude)
         checks = [
             (self.rounds >= 0, f"rounds must be >= 0, got {self.rounds}"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
@@ -76,11 +78,6 @@ class LotteryConfig:
         digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
         return (f"{self.model}-{self.dataset.replace('/', '_')}-{self.strategy}-p{self.rate:g}"
                 f"-k{self.rewind_step}-s{self.seed}-{digest[:10]}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "LotteryConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def describe_difference(old: dict, new: dict) -> str:

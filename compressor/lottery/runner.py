@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from compressor.data import Dataset, load_dataset
 from compressor.errors import CompressorError
+from compressor.io import load_checked, save_checked, write_json_atomic
 from compressor.lottery import distributed as dist
-from compressor.lottery.checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from compressor.lottery.config import LotteryConfig, describe_difference
 from compressor.lottery.records import job_record
 from compressor.lottery.trainer import JobState, load_model_state, run_job
@@ -80,8 +80,8 @@ class LotteryRun:
         data = data if data is not None else _load_data(cfg)
         self.data = Dataset(data.name, *(t.to(self.device) for t in (
             data.x_train, data.y_train, data.x_test, data.y_test)))
-        self.model_fn = model_fn or (lambda: build_model(cfg.model, data.feature_shape,
-                                                         data.num_classes))
+        self.model_fn = model_fn or (lambda: build_model(
+            cfg.model, feature_shape=data.feature_shape, num_classes=data.num_classes))
         self.checkpoint_every = checkpoint_every or cfg.eval_every
         self.progress = progress and dist.is_main()
         self.state: dict = {}
@@ -95,14 +95,15 @@ class LotteryRun:
 
     def _save_state(self) -> None:
         if dist.is_main():
-            save_atomic(self.state, self._state_path())
-            write_json_atomic({"config": self.cfg.identity(), "records": self.state["records"]},
-                              self.dir / "records.json")
+            save_checked(self._state_path(), self.state)
+            write_json_atomic(self.dir / "records.json",
+                              {"config": self.cfg.identity(), "records": self.state["records"]})
 
     def _open(self) -> None:
         """Load or create state.pt; a different config in the directory is an error."""
         if self._state_path().exists():
-            self.state = load_checkpoint(self._state_path(), "the run")
+            self.state = load_checked(self._state_path(), "lottery checkpoint",
+                                      f"delete {self.dir} to start the run over")
             if self.state.get("config") != self.cfg.identity():
                 raise CompressorError(
                     f"run dir {self.dir} holds a run with a different config "
@@ -115,7 +116,7 @@ class LotteryRun:
                       "init": _clone_state(model), "rewind": None, "masks": {}, "names": names}
         if dist.is_main():
             self.dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.cfg.identity(), self.dir / "config.json")
+            write_json_atomic(self.dir / "config.json", self.cfg.identity())
             self._save_state()
         dist.barrier()
 
@@ -151,7 +152,8 @@ class LotteryRun:
         """A fresh JobState, or the in-flight one when this job was interrupted."""
         path = self._inflight_path()
         if path.exists():
-            saved = load_checkpoint(path, "the interrupted round (it restarts from its start)")
+            saved = load_checked(path, "lottery checkpoint",
+                                 "delete it to restart the interrupted round from its start")
             if saved.get("job") == index:
                 load_model_state(model, saved["model"])
                 return JobState(saved["step"], saved["curve"], saved["optimizer"],
@@ -162,9 +164,9 @@ class LotteryRun:
     def _checkpoint(self, index: int):
         def write(model: nn.Module, state: JobState) -> None:
             if dist.is_main():
-                save_atomic({"job": index, "model": _clone_state(model), "step": state.step,
-                             "curve": state.curve, "optimizer": state.optimizer,
-                             "extras": state.extras}, self._inflight_path())
+                save_checked(self._inflight_path(), {
+                    "job": index, "model": _clone_state(model), "step": state.step,
+                    "curve": state.curve, "optimizer": state.optimizer, "extras": state.extras})
         return write
 
     def _capture_rewind(self, step: int, model: nn.Module, state: JobState) -> None:
@@ -176,6 +178,7 @@ class LotteryRun:
         self.state["records"].append(job_record(job.round, job.variant, model, state.curve,
                                                 self.state["names"]))
         if job.variant == "ticket":
+            self.state["ticket"] = {"round": job.round, "model": _clone_state(model)}
             if job.round == 0 and self.cfg.rewind_step > 0:
                 self.state["rewind"] = state.extras["rewind"]
             self._prune(model)
@@ -189,6 +192,15 @@ class LotteryRun:
             prune_global(model, self.cfg.rate, list(rates))
         else:
             prune_layerwise(model, rates)
+
+    def build_ticket(self) -> nn.Module:
+        """The last finished round's ticket: its architecture, trained weights and masks."""
+        saved = self.state.get("ticket")
+        if saved is None:
+            raise CompressorError(f"lottery run {self.dir} has no finished round yet")
+        model = _seeded(self.cfg.seed, self.model_fn)
+        load_model_state(model, saved["model"])
+        return model
 
     # ----- the run
     def run(self) -> list[dict]:

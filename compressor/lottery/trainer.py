@@ -4,7 +4,6 @@ continues with the same batches, so a killed and resumed job ends bit-identical.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -12,8 +11,8 @@ from compressor.data import Dataset
 from compressor.lottery import distributed as dist
 from compressor.lottery.config import LotteryConfig
 from compressor.pruning import load_state_dict
-from compressor.pruning.masks import MaskKeeper
-from compressor.train import batches, evaluate
+from compressor.pruning.masks import HoldMasks
+from compressor.train import Callback, TrainConfig, evaluate, fit, make_optimizer
 
 
 @dataclass
@@ -26,18 +25,33 @@ class JobState:
     extras: dict = field(default_factory=dict)
 
 
-def make_optimizer(model: nn.Module, cfg: LotteryConfig) -> torch.optim.Optimizer:
-    # foreach: one fused call per state tensor kind instead of a Python loop over parameters,
-    # which dominates the step time of small models on CPU.
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, foreach=True)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            foreach=True)
+def train_config(cfg: LotteryConfig) -> TrainConfig:
+    return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                       optimizer=cfg.optimizer, momentum=cfg.momentum,
+                       weight_decay=cfg.weight_decay, seed=cfg.seed, eval_every=cfg.eval_every)
 
 
-def _test_acc(model: nn.Module, data: Dataset, device) -> float:
-    return evaluate(model, data.x_test.to(device), data.y_test.to(device))
+class _JobCallbacks(Callback):
+    """A lottery job's extras: the rewind capture, progress and mid-job checkpoints."""
+
+    def __init__(self, model, opt, state: JobState, checkpoint, checkpoint_every: int,
+                 total: int, on_step=None, bar=None):
+        self.model, self.opt, self.state = model, opt, state
+        self.checkpoint, self.every, self.total = checkpoint, checkpoint_every, total
+        self.on_step, self.bar = on_step, bar
+
+    def after_step(self, step: int) -> None:
+        self.state.step = step
+        if self.on_step is not None:
+            self.on_step(step, self.model, self.state)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_step_end(self, step: int) -> None:
+        # After the curve has this step's point, so a resumed job has the same curve.
+        if step % self.every == 0 and step < self.total:
+            self.state.optimizer = self.opt.state_dict()
+            self.checkpoint(self.model, self.state)
 
 
 def run_job(model: nn.Module, data: Dataset, cfg: LotteryConfig, state: JobState,
@@ -47,33 +61,18 @@ def run_job(model: nn.Module, data: Dataset, cfg: LotteryConfig, state: JobState
     """Train from state.step to cfg.steps; `checkpoint(model, state)` every `checkpoint_every`
     steps; the curve gets the test accuracy at the start and every eval_every steps."""
     device = next(model.parameters()).device
-    opt = make_optimizer(model, cfg)
+    tc = train_config(cfg)
+    opt = make_optimizer(model.parameters(), tc)
     if state.optimizer is not None:
         opt.load_state_dict(state.optimizer)
-    keeper = MaskKeeper(model)  # masks are fixed within a job
-    trained = dist.wrap(model)
-    loss_fn = nn.CrossEntropyLoss()
     if not state.curve:
-        state.curve.append({"step": state.step, "test_acc": _test_acc(model, data, device)})
-    stream = batches(data, cfg.batch_size, cfg.seed, start_step=state.step)
-    model.train()
-    for step in range(state.step + 1, cfg.steps + 1):
-        x, y = dist.shard(*next(stream))
-        opt.zero_grad(set_to_none=True)
-        loss_fn(trained(x.to(device)), y.to(device)).backward()
-        keeper.grads()
-        opt.step()
-        keeper.weights()
-        state.step = step
-        if on_step is not None:
-            on_step(step, model, state)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            state.curve.append({"step": step, "test_acc": _test_acc(model, data, device)})
-        if bar is not None:
-            bar.update(1)
-        if step % checkpoint_every == 0 and step < cfg.steps:
-            state.optimizer = opt.state_dict()
-            checkpoint(model, state)
+        state.curve.append({"step": state.step, "test_acc": evaluate(
+            model, data.x_test.to(device), data.y_test.to(device))})
+    extras = _JobCallbacks(model, opt, state, checkpoint, checkpoint_every, cfg.steps,
+                           on_step, bar)
+    fit(model, data, tc, optimizer=opt, start_step=state.step, curve=state.curve,
+        callbacks=[HoldMasks(model, opt), extras], forward=dist.wrap(model),
+        prepare=dist.shard)
     state.optimizer = None
     return state
 

@@ -63,29 +63,47 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _needs_channel(feature_shape) -> tuple[int, int]:
-    if len(feature_shape) == 1:
-        return 1, feature_shape[0]
-    if len(feature_shape) == 2:
-        return feature_shape[0], feature_shape[1]
-    raise CompressorError(f"conv1d models need (C, L) or (L,) inputs, got {feature_shape}")
+def _needs_channel(name: str, feature_shape) -> tuple[int, int]:
+    shape = tuple(int(v) for v in feature_shape)
+    if len(shape) == 1:
+        return 1, shape[0]
+    if len(shape) == 2:
+        return shape
+    raise CompressorError(f"{name}: feature_shape must be (C, L) or (L,), got {shape}")
 
 
-def build_model(name: str, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A model by name for data of `feature_shape` (without the batch dim)."""
-    if name == "lenet":
-        return lenet_300_100(math.prod(feature_shape), num_classes)
-    if name.startswith("conv") and name[4:].isdigit():
-        channels, length = _needs_channel(feature_shape)
-        return nn.Sequential(nn.Unflatten(1, (channels, length)) if len(feature_shape) == 1
-                             else nn.Identity(),
-                             ConvNet1d(int(name[4:]), channels, length, num_classes))
-    if name == "digits_cnn":
-        if feature_shape not in ((1, 8, 8), (64,)):
-            raise CompressorError(f"digits_cnn needs 8x8 inputs, got {feature_shape}")
-        return nn.Sequential(nn.Unflatten(1, (1, 8, 8)) if feature_shape == (64,)
-                             else nn.Identity(), DigitsCNN(num_classes))
-    raise CompressorError(f"unknown model {name!r}: use one of {MODELS}")
+def lenet(*, num_classes: int = 10, feature_shape=(40,)) -> nn.Sequential:
+    """LeNet-300-100 on the flattened input."""
+    return lenet_300_100(math.prod(int(v) for v in feature_shape), num_classes)
 
 
-MODELS = ["lenet", "conv2", "conv4", "conv6", "digits_cnn"]
+def _conv_net(depth: int, num_classes: int, feature_shape, width: int) -> nn.Sequential:
+    channels, length = _needs_channel(f"conv{depth}", feature_shape)
+    unflatten = (nn.Unflatten(1, (channels, length)) if len(tuple(feature_shape)) == 1
+                 else nn.Identity())
+    return nn.Sequential(unflatten, ConvNet1d(depth, channels, length, num_classes, width))
+
+
+def conv2(*, num_classes: int = 10, feature_shape=(40,), width: int = 32) -> nn.Sequential:
+    """Conv-2 for 1-D signals (L,) or (C, L)."""
+    return _conv_net(2, num_classes, feature_shape, width)
+
+
+def conv4(*, num_classes: int = 10, feature_shape=(40,), width: int = 32) -> nn.Sequential:
+    """Conv-4 for 1-D signals (L,) or (C, L)."""
+    return _conv_net(4, num_classes, feature_shape, width)
+
+
+def conv6(*, num_classes: int = 10, feature_shape=(40,), width: int = 32) -> nn.Sequential:
+    """Conv-6 for 1-D signals (L,) or (C, L)."""
+    return _conv_net(6, num_classes, feature_shape, width)
+
+
+def digits_cnn(*, num_classes: int = 10, feature_shape=(1, 8, 8),
+               width: int = 32) -> nn.Sequential:
+    """DigitsCNN for 8x8 digits, (1, 8, 8) or flattened (64,)."""
+    shape = tuple(int(v) for v in feature_shape)
+    if shape not in ((1, 8, 8), (64,)):
+        raise CompressorError(f"digits_cnn: feature_shape must be (1, 8, 8) or (64,), got {shape}")
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)) if shape == (64,) else nn.Identity(),
+                         DigitsCNN(num_classes, width))

@@ -5,7 +5,7 @@ parameter; `fold_masks(model)` multiplies masks in and removes all mask machiner
 `has_masks(model)`; `get_masks(model)` -> {qualified param name: mask}.
 """
 
-from compressor.pruning.api import PruneConfig, prune
+from compressor.pruning.api import PruneConfig, parse_nm, prune, prune_, prune_and_finetune_
 from compressor.pruning.criteria import (
     prune_global,
     prune_layerwise,
@@ -13,13 +13,12 @@ from compressor.pruning.criteria import (
     random_masks_like,
 )
 from compressor.pruning.masks import (
-    MaskKeeper,
+    HoldMasks,
     apply_masks,
     fold_masks,
     get_masks,
     has_masks,
     load_state_dict,
-    mask_optimizer,
     set_mask,
     sparsity,
 )
@@ -28,9 +27,9 @@ from compressor.pruning.schedules import Gradual, GradualPruner, Iterative, OneS
 from compressor.pruning.selection import layer_rates, prunable_parameters
 
 __all__ = [
-    "Gradual", "GradualPruner", "Iterative", "MaskKeeper", "OneShot", "PruneConfig", "apply_masks",
+    "Gradual", "GradualPruner", "HoldMasks", "Iterative", "OneShot", "PruneConfig", "apply_masks",
     "fold_masks", "get_masks", "has_masks", "is_nm_sparse", "layer_rates", "load_state_dict",
-    "mask_optimizer", "nm_mask", "prunable_parameters", "prune", "prune_global",
-    "prune_layerwise", "prune_nm", "prune_to_sparsity", "random_masks_like", "set_mask",
-    "sparsity",
+    "nm_mask", "parse_nm", "prunable_parameters", "prune", "prune_", "prune_and_finetune_",
+    "prune_global", "prune_layerwise", "prune_nm", "prune_to_sparsity", "random_masks_like",
+    "set_mask", "sparsity",
 ]

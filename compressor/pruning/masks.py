@@ -2,22 +2,20 @@
 
 A mask has the parameter's dtype and shape and holds 0/1. The parameter itself stays a plain
 nn.Parameter (so optimizers, state_dicts and other helpers see the usual names) with its pruned
-entries set to exactly zero. Three mechanisms keep them zero:
-
-- a forward pre-hook re-applies the masks when the parameter changed since it was last masked
-  (tracked by the tensor version counter, so a module called many times per forward, or
-  gradient accumulation, never sees an in-place change of a tensor autograd saved);
-- `mask_optimizer` zeroes masked gradients before each step, re-masks after it and clears the
-  optimizer state (momentum, Adam moments) at pruned positions, so weight decay and stale
-  momentum cannot resurrect a pruned weight;
-- `apply_masks` can be called at any time (the lottery trainer calls it after every step).
+entries set to exactly zero. One mechanism keeps them zero while training: `HoldMasks`, a
+callback of compressor.train.fit (or called by hand around `optimizer.step()`), which zeroes
+masked gradients before the step, clears per-weight optimizer state (momentum, Adam moments) at
+pruned positions and re-masks the weights after it, so weight decay and stale momentum cannot
+resurrect a pruned weight. `apply_masks(model)` re-applies every mask at any other time (after a
+load or a manual edit).
 """
 
 import torch
 from torch import nn
 
+from compressor.train import Callback
+
 MASK_SUFFIX = "_mask"
-_VERSIONS = "_pruning_mask_versions"
 
 
 def masked_param_names(module: nn.Module) -> list[str]:
@@ -28,21 +26,9 @@ def masked_param_names(module: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def _mask_module(module: nn.Module, force: bool = False) -> None:
-    versions = module.__dict__.setdefault(_VERSIONS, {})
+def _mask_module(module: nn.Module) -> None:
     for name in masked_param_names(module):
-        param = module._parameters[name]
-        if force or versions.get(name) != param._version:
-            param.mul_(module._buffers[name + MASK_SUFFIX])
-            versions[name] = param._version
-
-
-def _mask_pre_hook(module: nn.Module, args) -> None:
-    _mask_module(module)
-
-
-def _has_hook(module: nn.Module) -> bool:
-    return any(hook is _mask_pre_hook for hook in module._forward_pre_hooks.values())
+        module._parameters[name].mul_(module._buffers[name + MASK_SUFFIX])
 
 
 def set_mask(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
@@ -59,9 +45,7 @@ def set_mask(module: nn.Module, param_name: str, mask: torch.Tensor) -> None:
         module._buffers[buffer_name].copy_(mask)
     else:
         module.register_buffer(buffer_name, mask.clone())
-    if not _has_hook(module):
-        module.register_forward_pre_hook(_mask_pre_hook)
-    _mask_module(module, force=True)
+    _mask_module(module)
 
 
 def iter_masked(model: nn.Module):
@@ -83,7 +67,7 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 def apply_masks(model: nn.Module) -> nn.Module:
     """Zero every pruned entry now (after an optimizer step, a load, a manual edit)."""
     for module in model.modules():
-        _mask_module(module, force=True)
+        _mask_module(module)
     return model
 
 
@@ -93,12 +77,9 @@ def fold_masks(model: nn.Module) -> nn.Module:
     for module in model.modules():
         names = masked_param_names(module)
         if names:
-            _mask_module(module, force=True)
+            _mask_module(module)
         for name in names:
             del module._buffers[name + MASK_SUFFIX]
-        for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _mask_pre_hook]:
-            del module._forward_pre_hooks[key]
-        module.__dict__.pop(_VERSIONS, None)
     return model
 
 
@@ -119,63 +100,41 @@ def load_state_dict(model: nn.Module, state_dict: dict, strict: bool = True):
     return result
 
 
-class MaskKeeper:
-    """The fast path for a training loop whose masks do not change: (param, mask) pairs found
-    once; `grads()` before the optimizer step, `weights()` after it. With gradients masked and
-    optimizer state starting at zero, pruned weights get exactly zero updates under SGD
-    (momentum, weight decay) and Adam; `weights()` also undoes anything else that touched them."""
+class HoldMasks(Callback):
+    """Keeps pruned weights at exactly zero through optimizer steps.
 
-    def __init__(self, model: nn.Module):
-        self.entries = [(module, name, module._parameters[name],
-                         module._buffers[name + MASK_SUFFIX]) for _, module, name in
-                        iter_masked(model)]
+    With masked gradients and optimizer state cleared at pruned positions, pruned weights get
+    exactly zero updates under SGD (momentum, weight decay) and Adam; re-masking after the step
+    also undoes anything else that touched them. `dynamic=True` looks the masks up at every
+    step, for schedules that add or change masks while training (gradual pruning)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 dynamic: bool = False):
+        self.model, self.optimizer, self.dynamic = model, optimizer, dynamic
+        self.entries = self._entries()
+
+    def _entries(self):
+        return [(module._parameters[name], module._buffers[name + MASK_SUFFIX])
+                for _, module, name in iter_masked(self.model)]
 
     @torch.no_grad()
-    def grads(self) -> None:
-        for _, _, param, mask in self.entries:
+    def after_backward(self, step: int = 0) -> None:
+        if self.dynamic:
+            self.entries = self._entries()
+        for param, mask in self.entries:
             if param.grad is not None:
                 param.grad.mul_(mask)
 
     @torch.no_grad()
-    def weights(self) -> None:
-        for module, name, param, mask in self.entries:
+    def after_step(self, step: int = 0) -> None:
+        if self.dynamic:
+            self.entries = self._entries()
+        state = self.optimizer.state if self.optimizer is not None else {}
+        for param, mask in self.entries:
             param.mul_(mask)
-            module.__dict__.setdefault(_VERSIONS, {})[name] = param._version
-
-
-def _param_masks(model: nn.Module) -> dict[int, torch.Tensor]:
-    return {id(module._parameters[name]): module._buffers[name + MASK_SUFFIX]
-            for _, module, name in iter_masked(model)}
-
-
-def mask_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
-    """Keep `model`'s masks through `optimizer.step()`: mask gradients before the step, re-mask
-    weights and clear per-weight optimizer state at pruned positions after it. Masks are looked
-    up at every step, so masks added or changed later (gradual pruning) are honoured.
-    Returns the two hook handles (call `.remove()` on them to detach)."""
-
-    def before(opt, args, kwargs):
-        masks = _param_masks(model)
-        for group in opt.param_groups:
-            for param in group["params"]:
-                mask = masks.get(id(param))
-                if mask is not None and param.grad is not None:
-                    param.grad.mul_(mask)
-
-    @torch.no_grad()
-    def after(opt, args, kwargs):
-        masks = _param_masks(model)
-        for group in opt.param_groups:
-            for param in group["params"]:
-                mask = masks.get(id(param))
-                if mask is None:
-                    continue
-                for value in opt.state.get(param, {}).values():
-                    if torch.is_tensor(value) and value.shape == param.shape:
-                        value.mul_(mask)
-        apply_masks(model)
-
-    return (optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after))
+            for value in state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value.mul_(mask)
 
 
 def sparsity(model: nn.Module) -> dict[str, float]:

@@ -8,6 +8,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.pruning.criteria import prune_to_sparsity
 from compressor.pruning.selection import check_rate
+from compressor.train import Callback
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Gradual:
                 and ((step - self.begin_step) % self.frequency == 0 or step == self.end_step))
 
 
-class GradualPruner:
+class GradualPruner(Callback):
     """Call after each optimizer step: on pruning steps, bring every layer to its scheduled
     sparsity. Per-layer targets scale the schedule: layer l reaches `final[l]` at end_step."""
 
@@ -89,6 +90,6 @@ class GradualPruner:
         s_i = self.schedule.initial_sparsity
         return {name: min(s_i, f) + (f - min(s_i, f)) * fraction for name, f in self.final.items()}
 
-    def __call__(self, step: int) -> None:
+    def after_step(self, step: int) -> None:
         if self.schedule.is_pruning_step(step):
             prune_to_sparsity(self.model, self.targets(step), self.criterion)

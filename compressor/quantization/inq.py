@@ -21,10 +21,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from compressor.config import Config
 from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
-from compressor.train import TrainConfig, evaluate, train
+from compressor.io import load_checked, save_checked
+from compressor.train import Callback, TrainConfig, evaluate, fit
 
 # Modules whose "weight*" parameters INQ quantizes by default (matched by class name so ON-LSTM,
 # which lives in compressor.nn.onlstm, needs no import here).
@@ -40,41 +42,39 @@ PRESETS = {
 
 
 @dataclass
-class INQConfig:
+class INQConfig(Config):
     """One INQ run. `portions` are accumulated fractions of each layer's weights, ending at 1."""
 
-    bits: int = 5
-    portions: tuple[float, ...] = (0.5, 0.75, 0.875, 1.0)
-    steps_per_stage: int = 300
-    final_steps: int = 0  # retraining of non-quantized parameters after the last stage
-    optimizer: str = "sgd"
+    bits: int = field(default=5, metadata={"help": "INQ weight bits, 2..5 (2 = ternary)"})
+    portions: tuple[float, ...] = field(default=(0.5, 0.75, 0.875, 1.0), metadata={
+        "help": "accumulated portions quantized per stage, comma-separated, ending at 1"})
+    steps_per_stage: int = field(default=300, metadata={"help": "retraining steps per stage"})
+    final_steps: int = field(default=0, metadata={
+        "help": "after the last stage, retrain biases with every weight frozen (0: the paper)"})
+    optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adam")})
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 60
     seed: int = 0
     keep_pruned_zeros: bool = True
-    param_names: tuple[str, ...] | None = None
-    module_types: tuple[str, ...] = field(default=SUPPORTED_MODULES)
+    param_names: tuple[str, ...] | None = field(default=None, metadata={"flag": False})
+    module_types: tuple[str, ...] = field(default=SUPPORTED_MODULES, metadata={"flag": False})
 
-    def __post_init__(self):
+    def validate(self) -> None:
         check_bits(self.bits)
-        self.portions = tuple(float(p) for p in self.portions)
         p = self.portions
         increasing = all(a < b for a, b in zip(p, p[1:], strict=False))
         if not p or any(not 0 < a <= 1 for a in p) or not increasing:
-            raise CompressorError(f"portions must increase strictly within (0, 1], got {p}")
+            raise CompressorError(f"INQConfig.portions must increase strictly within (0, 1], "
+                                  f"got {p}")
         if p[-1] != 1.0:
-            raise CompressorError(f"portions must end at 1.0 so every weight is quantized, got {p}")
-        if self.steps_per_stage < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise CompressorError("steps_per_stage must be >= 0, batch_size >= 1 and lr > 0")
-        if self.final_steps < 0:
-            raise CompressorError(f"final_steps must be >= 0, got {self.final_steps}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise CompressorError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.param_names is not None:
-            self.param_names = tuple(self.param_names)
-        self.module_types = tuple(self.module_types)
+            raise CompressorError(f"INQConfig.portions must end at 1.0 so every weight is "
+                                  f"quantized, got {p}")
+        self.require(self.steps_per_stage >= 0, "steps_per_stage", "must be >= 0")
+        self.require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self.require(self.lr > 0, "lr", "must be > 0")
+        self.require(self.final_steps >= 0, "final_steps", "must be >= 0")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "INQConfig":
@@ -145,8 +145,10 @@ class INQ:
     """Runs INQ on `model` (in place) with `data`; `run()` returns the per-stage history."""
 
     def __init__(self, model: nn.Module, data: Dataset, config: INQConfig,
-                 checkpoint: str | os.PathLike | None = None, progress: bool = True):
+                 checkpoint: str | os.PathLike | None = None, progress: bool = True,
+                 loss_fn=None):
         self.model, self.data, self.config = model, data, config
+        self.loss_fn = loss_fn
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress = progress
         self.params = quantizable_parameters(model, config)
@@ -208,19 +210,13 @@ class INQ:
         payload = {"config": _config_key(self.config), "stage": s.stage, "n1": s.n1,
                    "frozen": s.frozen, "pruned": s.pruned, "history": s.history,
                    "model": self.model.state_dict()}
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint)  # a killed run never leaves a half-written checkpoint
+        save_checked(self.checkpoint, payload)  # atomic and checksummed
 
     def _load(self) -> "_State | None":
         if self.checkpoint is None or not self.checkpoint.exists():
             return None
-        try:
-            ckpt = torch.load(self.checkpoint, weights_only=True, map_location="cpu")
-        except Exception as exc:  # corrupt or foreign file
-            raise CompressorError(f"INQ checkpoint {self.checkpoint} is unreadable ({exc}); "
-                                  "delete it to start over") from None
+        ckpt = load_checked(self.checkpoint, "INQ checkpoint",
+                            "delete it to start the quantization over")
         if ckpt.get("config") != _config_key(self.config) or set(ckpt["n1"]) != set(self.params):
             raise CompressorError(f"INQ checkpoint {self.checkpoint} was made by a different "
                                   "config or model; use another checkpoint path")
@@ -241,10 +237,11 @@ class INQ:
         done = [p for n, p in self.params.items() if n not in partly and p.requires_grad]
         values = {n: p.detach().clone() for n, p in partly.items()}
 
-        @torch.no_grad()
-        def restore(_step: int) -> None:
-            for n, p in partly.items():
-                p.copy_(torch.where(frozen[n], values[n], p))
+        class Restore(Callback):
+            @torch.no_grad()
+            def after_step(self, step: int) -> None:
+                for n, p in partly.items():
+                    p.copy_(torch.where(frozen[n], values[n], p))
 
         for p in done:
             p.requires_grad_(False)
@@ -259,9 +256,10 @@ class INQ:
                                       weight_decay=cfg.weight_decay)
             else:
                 opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            tc = TrainConfig(steps=steps, batch_size=cfg.batch_size,
-                             seed=cfg.seed * 1000 + stage, eval_every=steps + 1)
-            train(self.model, self.data, tc, after_step=restore, optimizer=opt)
+            tc = TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                             seed=cfg.seed * 1000 + stage, eval_every=0)
+            fit(self.model, self.data, tc, optimizer=opt, callbacks=[Restore()],
+                loss_fn=self.loss_fn)
         finally:
             for h in hooks:
                 h.remove()
@@ -270,9 +268,11 @@ class INQ:
 
 
 def inq_(model: nn.Module, data: Dataset, config: INQConfig,
-         checkpoint: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
-    """Quantize `model` in place with INQ; returns [{stage, portion, quantized, test_acc}]."""
-    return INQ(model, data, config, checkpoint, progress).run()
+         checkpoint: str | os.PathLike | None = None, progress: bool = True,
+         loss_fn=None) -> list[dict]:
+    """Quantize `model` in place with INQ; returns [{stage, portion, quantized, test_acc}].
+    `loss_fn(output, target)` is the retraining loss (default: cross-entropy over the last dim)."""
+    return INQ(model, data, config, checkpoint, progress, loss_fn).run()
 
 
 def inq_exponents(model: nn.Module, config: INQConfig) -> dict[str, int]:

@@ -11,12 +11,13 @@ Rounding is half-to-even and scales divide, as ONNX QuantizeLinear specifies.
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from compressor.config import Config
 from compressor.errors import CompressorError
 from compressor.formats.int8_codes import (
     activation_quant_params,
@@ -30,7 +31,7 @@ OBSERVERS = ("minmax", "percentile")
 
 
 @dataclass
-class Int8Config:
+class Int8Config(Config):
     """calibration_batches: how many batches to observe; observer: 'minmax' (range of everything
     seen) or 'percentile' (mean over batches of the `percentile` / 100 − `percentile` quantiles,
     which ignores rare outliers); fold_bn: fold BatchNorm into the layer before it first;
@@ -40,22 +41,15 @@ class Int8Config:
     DigitsCNN against 0.4% with reduced range), so the default keeps the exported model exact
     on every CPU; set False for ARM or VNNI targets."""
 
-    calibration_batches: int = 8
-    observer: str = "minmax"
+    calibration_batches: int = field(default=8, metadata={"help": "batches observed"})
+    observer: str = field(default="minmax", metadata={"choices": OBSERVERS})
     percentile: float = 99.99
     fold_bn: bool = True
     reduce_range: bool = True
 
-    def __post_init__(self):
-        if self.calibration_batches < 1:
-            raise CompressorError(f"Int8Config: calibration_batches must be >= 1, got "
-                                  f"{self.calibration_batches}")
-        if self.observer not in OBSERVERS:
-            raise CompressorError(f"Int8Config: observer must be one of {OBSERVERS}, got "
-                                  f"{self.observer!r}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise CompressorError(f"Int8Config: percentile must be in (50, 100], got "
-                                  f"{self.percentile}")
+    def validate(self) -> None:
+        self.require(self.calibration_batches >= 1, "calibration_batches", "must be >= 1")
+        self.require(50.0 < self.percentile <= 100.0, "percentile", "must be in (50, 100]")
 
 
 class Int8FakeQuant(nn.Module):

@@ -17,10 +17,10 @@ class Decision:
     converted: bool
 
 
-def _layer_inputs(model: nn.Module, example_inputs) -> dict[str, torch.Tensor]:
+def _layer_inputs(model: nn.Module, example_inputs, filter_fn=None) -> dict[str, torch.Tensor]:
     seen, hooks = {}, []
     for name, mod in model.named_modules():
-        if type(mod) in (nn.Conv2d, nn.Linear):
+        if type(mod) in (nn.Conv2d, nn.Linear) and (filter_fn is None or filter_fn(mod, name)):
             hooks.append(mod.register_forward_pre_hook(
                 lambda m, args, name=name: seen.setdefault(name, args[0].detach())))
     with torch.no_grad():
@@ -36,7 +36,8 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
-            perf_model: PerfModel | None = None) -> tuple[nn.Module, list[Decision]]:
+            perf_model: PerfModel | None = None,
+            filter_fn=None) -> tuple[nn.Module, list[Decision]]:
     """Replace each Conv2d/Linear whose sparse twin was measured faster on its example input.
 
     Returns (model, decisions). The converted model is then timed against the dense one on
@@ -45,7 +46,7 @@ def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     perf = perf_model or PerfModel()
-    inputs = _layer_inputs(model, example_inputs)
+    inputs = _layer_inputs(model, example_inputs, filter_fn)
     decisions, originals = [], {}
     for name, x in inputs.items():
         dense = model.get_submodule(name)

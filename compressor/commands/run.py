@@ -1,0 +1,60 @@
+"""`compressor run [config.toml] [--flag ...]`: the whole pipeline into <root>/<name>/ with a
+report (report.md, plots, metrics.json, every stage's model file and the ONNX files).
+
+Flags override the file; the same idea has the same flag as in the single commands (--steps is
+the dense training's, --finetune-steps the fine-tuning's). Rerun the same command to resume.
+"""
+
+from compressor.commands.common import set_threads
+from compressor.config import add_flags
+from compressor.errors import CompressorError
+from compressor.pipeline.config import RunConfig, build_pipeline, read_toml
+from compressor.pipeline.inputs import DataConfig, ModelConfig
+from compressor.pipeline.run import Runner
+from compressor.pruning import PruneConfig
+from compressor.quantization import INQConfig
+from compressor.train import TrainConfig
+
+TRAIN_FLAGS = ("steps", "batch_size", "lr", "optimizer", "seed", "eval_every")
+PRUNE_FLAGS = ("sparsity", "scope", "criterion", "schedule", "nm", "exclude", "output_sparsity")
+INQ_FLAGS = ("bits", "portions", "steps_per_stage", "final_steps")
+
+
+def add_arguments(parser):
+    parser.add_argument("config", nargs="?", default=None, help="a TOML file (optional)")
+    add_flags(parser, RunConfig, group="run")
+    add_flags(parser, DataConfig, group="data")
+    add_flags(parser, ModelConfig, group="model")
+    add_flags(parser, TrainConfig, only=TRAIN_FLAGS, group="dense training")
+    parser.add_argument("--finetune-steps", type=int, default=None, metavar="N",
+                        help="fine-tuning steps after pruning (default: half of --steps)")
+    add_flags(parser, PruneConfig, only=PRUNE_FLAGS, group="pruning")
+    add_flags(parser, INQConfig, only=INQ_FLAGS, group="INQ")
+
+
+def _given(args, names) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def overrides(args) -> dict[str, dict]:
+    out = {"run": _given(args, RunConfig.field_names()),
+           "data": _given(args, DataConfig.field_names()),
+           "model": _given(args, ModelConfig.field_names()),
+           "train": _given(args, TRAIN_FLAGS),
+           "prune_config": _given(args, PRUNE_FLAGS),
+           "inq": _given(args, INQ_FLAGS)}
+    if args.finetune_steps is not None:
+        if args.finetune_steps < 0:
+            raise CompressorError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+        out["finetune"] = {"steps": args.finetune_steps}
+    return out
+
+
+def run(args, defaults: dict | None = None) -> int:
+    table = {**(defaults or {}), **read_toml(args.config)}
+    pipeline = build_pipeline(table, overrides(args), args.config or "the command line")
+    args.threads = pipeline.run.threads
+    set_threads(args)
+    report = Runner(pipeline).run()
+    print(f"report: {report}")
+    return 0

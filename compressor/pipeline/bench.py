@@ -1,0 +1,112 @@
+"""Latency of a compressed model against its dense original, measured side by side in one run:
+whole model and per layer in PyTorch, and the two ONNX files in onnxruntime."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compressor.export import verify
+from compressor.pipeline.modelfile import load_model
+from compressor.pruning import fold_masks
+from compressor.timing import paired_medians
+
+# Leaf modules whose time is worth a row: the ones holding a layer's weights.
+_LAYER_HINTS = ("Conv", "Linear", "Sparse", "Pow2", "Int8", "LSTM", "Attention", "Embedding")
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    out = {}
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if name and any(h in kind for h in _LAYER_HINTS) and not any(
+                name.startswith(done + ".") for done in out):
+            out[name] = module
+    return out
+
+
+def _inputs(model: nn.Module, names, x: torch.Tensor) -> dict[str, tuple]:
+    seen, handles = {}, []
+    for name in names:
+        module = model.get_submodule(name)
+        handles.append(module.register_forward_pre_hook(
+            lambda m, args, name=name: seen.setdefault(name, args)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def torch_latency(models: dict[str, nn.Module], x: torch.Tensor, repeat: int = 15) -> dict:
+    """{name: median seconds} of each model on x, samples interleaved."""
+    for model in models.values():
+        model.eval()
+    with torch.no_grad():
+        timed = paired_medians([lambda m=m: m(x) for m in models.values()], warmup=3,
+                               repeat=repeat, min_seconds=0.02)
+    return {name: {"median_s": med, "spread": spread} for name, med, spread in
+            zip(models, timed.medians, timed.spreads, strict=True)}
+
+
+def layer_latency(dense: nn.Module, compressed: nn.Module, x: torch.Tensor,
+                  repeat: int = 7) -> list[dict]:
+    """Per layer of the compressed model: its time and the same-named dense layer's time, each
+    on the input it receives in its own model's forward."""
+    layers = _layers(compressed)
+    got = _inputs(compressed, layers, x)
+    dense_modules = dict(dense.named_modules())
+    dense_in = _inputs(dense, [n for n in layers if n in dense_modules], x)
+    rows = []
+    with torch.no_grad():
+        for name, module in layers.items():
+            if name not in got:
+                continue  # not called on this input
+            fns = [lambda m=module, a=got[name]: m(*a)]
+            twin = dense_modules.get(name)
+            if twin is not None and name in dense_in:
+                fns.insert(0, lambda m=twin, a=dense_in[name]: m(*a))
+            timed = paired_medians(fns, warmup=2, repeat=repeat, min_seconds=0.005)
+            row = {"layer": name, "kind": type(module).__name__,
+                   "compressed_ms": timed.medians[-1] * 1e3}
+            if len(fns) == 2:
+                row["dense_ms"] = timed.medians[0] * 1e3
+                row["speedup"] = timed.medians[0] / max(timed.medians[1], 1e-12)
+            rows.append(row)
+    return rows
+
+
+def onnx_latency(dense_path: str, compressed_path: str, x: torch.Tensor, threads: int) -> dict:
+    """Median seconds of the dense and the compressed ONNX file in onnxruntime, interleaved."""
+    sessions = [verify.session(dense_path, threads), verify.session(compressed_path, threads)]
+    feed = verify.feeds(sessions[1], (x,))
+    dense_s, compressed_s = verify.paired_median_latency(sessions, feed)
+    return {"dense_s": dense_s, "compressed_s": compressed_s,
+            "speedup": dense_s / max(compressed_s, 1e-12)}
+
+
+def benchmark(run_dir, final_model_path, data, batch_sizes, threads: int | None = None) -> dict:
+    """The run's benchmark: PyTorch dense vs final model and onnxruntime dense vs final file at
+    every batch size, plus per-layer times at the first batch size; all in this one call."""
+    threads = threads or torch.get_num_threads()
+    dense, _ = load_model(Path(run_dir) / "dense.pt")
+    final, _ = load_model(final_model_path)
+    for m in (dense, final):
+        fold_masks(m)
+    rows = []
+    for batch in batch_sizes:
+        x = data.x_test[:batch].contiguous()
+        t = torch_latency({"dense": dense, "compressed": final}, x)
+        o = onnx_latency(str(Path(run_dir) / "dense.onnx"), str(Path(run_dir) / "model.onnx"),
+                         x, threads)
+        rows.append({"batch": batch, "threads": threads,
+                     "torch_dense_ms": t["dense"]["median_s"] * 1e3,
+                     "torch_compressed_ms": t["compressed"]["median_s"] * 1e3,
+                     "torch_speedup": t["dense"]["median_s"] / t["compressed"]["median_s"],
+                     "ort_dense_ms": o["dense_s"] * 1e3,
+                     "ort_compressed_ms": o["compressed_s"] * 1e3, "ort_speedup": o["speedup"]})
+    layers = layer_latency(dense, final, data.x_test[:batch_sizes[0]].contiguous())
+    return {"whole_model": rows, "layers": layers, "layer_batch": batch_sizes[0],
+            "threads": threads}

@@ -1,0 +1,123 @@
+"""report.md, metrics.json and the plots of a `compressor run` directory, from what the stages
+measured (state) and the files they wrote (sizes are measured here, from the files)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+from compressor.io import write_json_atomic, write_text_atomic  # noqa: E402
+
+MODEL_FILES = ("dense.pt", "pruned.pt", "quantized.pt", "sparse.pt", "dense.onnx", "model.onnx")
+ACCURACY_STAGES = ("train", "prune", "quantize", "sparsify")
+
+
+def sizes(run_dir: Path) -> dict[str, int]:
+    return {name: (run_dir / name).stat().st_size for name in MODEL_FILES
+            if (run_dir / name).exists()}
+
+
+def _bar(path: Path, labels, values, ylabel: str, title: str, fmt: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bars = ax.bar(labels, values, color="C0")
+    ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _latency_plot(path: Path, bench: dict) -> Path:
+    rows = bench["whole_model"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), squeeze=False)
+    for ax, row in zip(axes[0], rows, strict=True):
+        labels = ["PyTorch\ndense", "PyTorch\nours", "ORT\ndense", "ORT\nours"]
+        values = [row["torch_dense_ms"], row["torch_compressed_ms"], row["ort_dense_ms"],
+                  row["ort_compressed_ms"]]
+        bars = ax.bar(labels, values, color=["C7", "C0", "C7", "C2"])
+        ax.bar_label(bars, [f"{v:.2f}" for v in values], fontsize=7)
+        ax.set_title(f"batch {row['batch']}, {row['threads']} threads", fontsize=9)
+        ax.set_ylabel("ms (median)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _layer_plot(path: Path, layers: list[dict]) -> Path:
+    rows = [r for r in layers if "dense_ms" in r]
+    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(rows) + 1.2))
+    y = range(len(rows))
+    ax.barh([i + 0.2 for i in y], [r["dense_ms"] for r in rows], 0.4, label="dense", color="C7")
+    ax.barh([i - 0.2 for i in y], [r["compressed_ms"] for r in rows], 0.4, label="compressed",
+            color="C0")
+    ax.set_yticks(list(y), [f"{r['layer']} ({r['kind']})" for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per call (median)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _table(rows: list[list], header: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def write_report(run_dir: Path, state: dict, config: dict) -> Path:
+    run_dir = Path(run_dir)
+    done = state["stages"]
+    files = sizes(run_dir)
+    accuracy = [(s, done[s]["metrics"]["test_acc"]) for s in ACCURACY_STAGES
+                if s in done and "test_acc" in done[s]["metrics"]]
+    metrics = {"stages": {k: v["metrics"] for k, v in done.items()}, "sizes": files,
+               "accuracy": dict(accuracy), "config": config}
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    plots = [_bar(run_dir / "accuracy.png", [a for a, _ in accuracy], [v for _, v in accuracy],
+                  "test accuracy", "accuracy after each stage", "{:.3f}"),
+             _bar(run_dir / "size.png", list(files), [b / 1024 for b in files.values()], "KiB",
+                  "size of each stage's file", "{:.0f}")]
+    source = config["data"]["data"] or config["data"]["dataset"]
+    lines = [f"# compressor run `{config['name']}`", "",
+             f"Model `{config['model']['model']}` on `{source}`; "
+             f"pruning: {config['prune']}, quantization: {config['quantize']}.", "",
+             "## Accuracy per stage", ""]
+    lines += _table([[s, f"{a:.4f}"] for s, a in accuracy], ["stage", "test accuracy"])
+    lines += ["", "## Size per file", ""]
+    dense = files.get("dense.pt")
+    lines += _table([[n, f"{b:,}", f"{dense / b:.2f}x" if dense and n.endswith(".pt") else
+                      (f"{files['dense.onnx'] / b:.2f}x" if "dense.onnx" in files else "")]
+                     for n, b in files.items()], ["file", "bytes", "smaller than dense by"])
+    bench = done.get("bench", {}).get("metrics")
+    if bench:
+        plots.append(_latency_plot(run_dir / "latency.png", bench))
+        lines += ["", "## Latency, whole model (measured side by side in this run)", ""]
+        lines += _table([[r["batch"], r["threads"], f"{r['torch_dense_ms']:.3f}",
+                          f"{r['torch_compressed_ms']:.3f}", f"{r['torch_speedup']:.2f}x",
+                          f"{r['ort_dense_ms']:.3f}", f"{r['ort_compressed_ms']:.3f}",
+                          f"{r['ort_speedup']:.2f}x"] for r in bench["whole_model"]],
+                        ["batch", "threads", "PyTorch dense ms", "PyTorch ours ms", "speedup",
+                         "ORT dense ms", "ORT ours ms", "speedup"])
+        if bench["layers"]:
+            plots.append(_layer_plot(run_dir / "layers.png", bench["layers"]))
+            lines += ["", f"## Latency per layer (PyTorch, batch {bench['layer_batch']})", ""]
+            lines += _table([[r["layer"], r["kind"], f"{r.get('dense_ms', float('nan')):.3f}",
+                              f"{r['compressed_ms']:.3f}",
+                              f"{r['speedup']:.2f}x" if "speedup" in r else "-"]
+                             for r in bench["layers"]],
+                            ["layer", "runs as", "dense ms", "ours ms", "speedup"])
+    sparsify = done.get("sparsify", {}).get("metrics", {}).get("layers")
+    if sparsify:
+        lines += ["", "## Sparse-kernel decisions (measured on this machine)", ""]
+        lines += _table([[n, f"{r['sparsity']:.2f}", f"{r['speedup']:.2f}x", r["action"]]
+                         for n, r in sparsify.items()],
+                        ["layer", "sparsity", "measured sparse/dense", "decision"])
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "Files: " + ", ".join(f"`{n}`" for n in files) + ", `metrics.json`."]
+    return write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")

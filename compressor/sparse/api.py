@@ -1,0 +1,80 @@
+"""`sparsify_(model, SparsifyConfig, example_inputs, filter_fn)`: run pruned layers on the
+sparse kernels where this machine measured them faster, in place.
+
+Power-of-two layers (from INQ) are candidates too: their decoded weights keep their zeros, so a
+pruned-then-quantized layer may run faster as CSR; a layer that stays dense keeps its packed
+codes."""
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from compressor.config import Config
+from compressor.history import record
+from compressor.nn.pow2 import Pow2Conv2d, Pow2Linear
+from compressor.sparse.converter import convert
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+@dataclass
+class SparsifyConfig(Config):
+    """min_speedup: a layer is swapped only when its sparse kernel measured at least this much
+    faster than dense on its example input."""
+
+    min_speedup: float = field(default=1.05, metadata={
+        "help": "swap a layer only when measured at least this much faster"})
+
+    def validate(self) -> None:
+        self.require(self.min_speedup > 0, "min_speedup", "must be > 0")
+
+
+def _float_twin(module: nn.Module) -> nn.Module:
+    """nn.Linear / nn.Conv2d holding a Pow2 module's exact dequantized weights."""
+    weight = module.dequantized_weight().detach().float()
+    if isinstance(module, Pow2Linear):
+        plain = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
+    else:
+        plain = nn.Conv2d(weight.shape[1] * module.groups, weight.shape[0], weight.shape[2:],
+                          stride=module.stride, padding=module.padding,
+                          dilation=module.dilation, groups=module.groups,
+                          bias=module.bias is not None)
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if module.bias is not None:
+            plain.bias.copy_(module.bias.detach().float())
+    return plain
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_inputs=None,
+              filter_fn: FilterFn | None = None) -> nn.Module:
+    """Swap each selected Conv2d / Linear (and Pow2 layer) whose sparse twin measured faster on
+    `example_inputs`; the whole model is then checked not slower than before. A failure leaves
+    the model as it was."""
+    config = config or SparsifyConfig()
+    if example_inputs is None:
+        raise ValueError("sparsify_ needs example_inputs: decisions are measured on them")
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    work = copy.deepcopy(model).eval()
+    pow2 = {n: m for n, m in work.named_modules() if isinstance(m, (Pow2Linear, Pow2Conv2d))}
+    for name, module in pow2.items():
+        _swap(work, name, _float_twin(module))
+    work, decisions = convert(work, inputs, config.min_speedup, filter_fn=filter_fn)
+    for name, module in pow2.items():
+        if not any(d.name == name and d.converted for d in decisions):
+            _swap(work, name, module)  # stays dense: keep the packed codes
+    layers = {d.name: {"action": "sparse" if d.converted else "kept dense",
+                       "sparsity": round(d.sparsity, 4), "speedup": round(d.speedup, 3)}
+              for d in decisions}
+    model.__dict__.update({k: v for k, v in work.__dict__.items()
+                           if k != "_compressor_history"})
+    record(model, "sparsify", config, layers)
+    return model
