@@ -4,6 +4,9 @@ fallback when the extension is missing. Each twin states its shapes; keep them o
 
 import torch
 
+from compressor.errors import CompressorError
+from compressor.formats.csr import check_csr
+
 # ---- cumax -------------------------------------------------------------------------------------
 
 
@@ -32,23 +35,38 @@ def _csr_rows(row_ptr: torch.Tensor, nnz: int) -> torch.Tensor:
     return torch.repeat_interleave(rows, counts, output_size=nnz)
 
 
-def sparse_conv2d(input, values, col_offsets, row_ptr, bias, input_hw, kernel_size, stride,
-                  padding, dilation, groups):
-    """F.conv2d with a CSR weight whose columns are offsets into the padded input.
+ACTIVATIONS = ("none", "relu", "relu6", "silu")
 
-    input (N, Cin, H, W) with (H, W) == input_hw; values (nnz,) float; col_offsets (nnz,) int,
-    = c_local*Hp*Wp + r*dilation_h*Wp + s*dilation_w with Hp, Wp the padded input size; row_ptr
-    (Cout + 1,); bias (Cout,) or None. Returns (N, Cout, Ho, Wo).
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """The fused epilogue's activation: none, relu, relu6 or silu."""
+    fns = {"none": lambda t: t, "relu": torch.relu, "relu6": torch.nn.functional.relu6,
+           "silu": torch.nn.functional.silu}
+    if activation not in fns:
+        raise CompressorError(f"sparse_conv2d: activation must be one of {', '.join(fns)}, "
+                              f"got {activation!r}")
+    return fns[activation](x)
+
+
+def sparse_conv2d(input, values, col_idx, row_ptr, bias, kernel_size, stride, padding, dilation,
+                  groups, residual=None, activation="none"):
+    """act(F.conv2d(input, W, bias, ...) + residual) with W (Cout, Cin/groups, kh, kw) in CSR.
+
+    input (N, Cin, H, W); values (nnz,) float; col_idx (nnz,) int32, the flattened columns
+    c*kh*kw + r*kw + s, strictly increasing within a row; row_ptr (Cout + 1,) int32; bias (Cout,)
+    or None; residual (N, Cout, Ho, Wo) or None. Returns (N, Cout, Ho, Wo). The weight is checked
+    as the kernels check it (compressor.formats.csr.check_csr).
     """
-    (kh, kw), (dh, dw) = kernel_size, dilation
-    hp, wp = input_hw[0] + 2 * padding[0], input_hw[1] + 2 * padding[1]
+    kh, kw = kernel_size
     cout, cin_g = row_ptr.numel() - 1, input.shape[1] // groups
-    offs = col_offsets.long()
-    c, r, s = offs // (hp * wp), offs % (hp * wp) // wp // dh, offs % wp // dw
-    weight = torch.zeros(cout, cin_g, kh, kw, dtype=values.dtype, device=values.device)
-    weight.index_put_((_csr_rows(row_ptr, values.numel()), c, r, s), values, accumulate=True)
-    return torch.nn.functional.conv2d(input, weight, bias, tuple(stride), tuple(padding),
-                                      tuple(dilation), groups)
+    if not torch.compiler.is_compiling():
+        check_csr("sparse_conv2d", values, col_idx, row_ptr, cin_g * kh * kw)
+    weight = torch.zeros(cout, cin_g * kh * kw, dtype=input.dtype, device=values.device)
+    weight[_csr_rows(row_ptr, values.numel()), col_idx.long()] = values.to(input.dtype)
+    out = torch.nn.functional.conv2d(input, weight.view(cout, cin_g, kh, kw),
+                                     None if bias is None else bias.to(input.dtype), tuple(stride),
+                                     tuple(padding), tuple(dilation), groups)
+    return activate(out if residual is None else out + residual, activation)
 
 
 def sparse_linear(input, values, col_idx, row_ptr, bias):
