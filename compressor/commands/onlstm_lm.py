@@ -6,11 +6,12 @@ distances induce for one sentence (Shen et al. 2019, unsupervised parsing)."""
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from compressor.config import Config, add_flags, from_args
 from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.models import LanguageModel
@@ -53,27 +54,34 @@ def make_corpus(tokens: int, seed: int) -> list[str]:
     return words
 
 
+FLAGS = ("steps", "batch", "bptt", "hidden", "chunk", "layers", "seed", "train_tokens",
+         "tolerance")
+
+
 @dataclass
-class OnlstmLmConfig:
-    steps: int = 400
-    batch: int = 16
-    bptt: int = 35
+class OnlstmLmConfig(Config):
+    steps: int = field(default=400, metadata={"help": "training steps"})
+    batch: int = field(default=16, metadata={"help": "windows per step"})
+    bptt: int = field(default=35, metadata={"help": "tokens per window"})
     embedding: int = 32
-    hidden: int = 64
-    chunk: int = 4
-    layers: int = 2
+    hidden: int = field(default=64, metadata={"help": "hidden units per layer"})
+    chunk: int = field(default=4, metadata={"help": "ON-LSTM chunk size (divides --hidden)"})
+    layers: int = field(default=2, metadata={"help": "ON-LSTM layers"})
     lr: float = 3e-3
     dropout: float = 0.1
     dropconnect: float = 0.2
-    train_tokens: int = 60_000
-    seed: int = 0
-    tolerance: float = 1e-3
+    train_tokens: int = field(default=60_000, metadata={"help": "tokens of training text"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    tolerance: float = field(default=1e-3, metadata={
+        "help": "largest allowed |fused - reference| training loss"})
 
-    def __post_init__(self):
+    def validate(self) -> None:
         for name in ("steps", "batch", "bptt", "embedding", "hidden", "chunk", "layers",
                      "train_tokens"):
             if getattr(self, name) <= 0:
-                raise CompressorError(f"onlstm-lm: --{name} must be positive")
+                raise CompressorError(f"onlstm-lm: --{name.replace('_', '-')} must be positive, "
+                                      f"got {getattr(self, name)}")
+        self.require(self.tolerance >= 0, "tolerance", "must be >= 0")
         if self.hidden % self.chunk:
             raise CompressorError(f"onlstm-lm: --hidden {self.hidden} must be a multiple of "
                                   f"--chunk {self.chunk}")
@@ -127,19 +135,12 @@ def tree_from_distances(words: list[str], dist: list[float]):
 
 
 def add_arguments(parser):
-    defaults = OnlstmLmConfig()
-    for name in ("steps", "batch", "bptt", "hidden", "chunk", "layers", "seed", "train_tokens"):
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=int, default=getattr(defaults, name))
-    parser.add_argument("--tolerance", type=float, default=defaults.tolerance,
-                        help="largest allowed |fused - reference| training loss")
+    add_flags(parser, OnlstmLmConfig, only=FLAGS)
     parser.add_argument("--no-compare", action="store_true", help="skip the reference run")
 
 
 def run(args) -> int:
-    cfg = OnlstmLmConfig(steps=args.steps, batch=args.batch, bptt=args.bptt, hidden=args.hidden,
-                         chunk=args.chunk, layers=args.layers, seed=args.seed,
-                         train_tokens=args.train_tokens, tolerance=args.tolerance)
+    cfg = from_args(OnlstmLmConfig, args, only=FLAGS)
     train_words = make_corpus(cfg.train_tokens, seed=1000 + cfg.seed)
     valid_words = make_corpus(cfg.train_tokens // 10, seed=2000 + cfg.seed)
     vocab = {w: i for i, w in enumerate(sorted(set(train_words) | set(valid_words)))}

@@ -7,21 +7,25 @@ from compressor.commands.common import (
     add_output,
     add_threads,
     check_out,
+    check_patterns,
     read_input,
+    reject_momentum,
+    reject_nm_ignored,
     set_threads,
     write_output,
 )
 from compressor.config import add_flags, from_args
 from compressor.pipeline.stages import accuracy, prune_stage
-from compressor.pruning import PruneConfig
+from compressor.pruning import PruneConfig, prunable_parameters
 from compressor.train import TrainConfig
+
+FINETUNE_STEPS = 200
 
 
 def add_arguments(parser):
     add_input(parser)
     add_flags(parser, PruneConfig, group="pruning")
-    add_flags(parser, TrainConfig, group="fine-tuning")
-    parser.set_defaults(steps=None)
+    add_flags(parser, TrainConfig, group="fine-tuning", defaults={"steps": FINETUNE_STEPS})
     add_data_override(parser)
     add_output(parser)
     add_threads(parser)
@@ -29,10 +33,13 @@ def add_arguments(parser):
 
 def run(args) -> int:
     prune_cfg = from_args(PruneConfig, args)
-    train_cfg = from_args(TrainConfig, args, base={"steps": 200})
+    train_cfg = from_args(TrainConfig, args, base={"steps": FINETUNE_STEPS})
+    reject_nm_ignored(args, prune_cfg.nm)
+    reject_momentum(args, train_cfg.optimizer)
     check_out(args)
     set_threads(args)
     model, info, data, data_cfg = read_input(args)
+    check_patterns(model, prune_cfg.exclude, "--exclude", prunable_parameters(model))
     before = accuracy(model, data)
     metrics = prune_stage(model, data, prune_cfg, train_cfg, progress=True)
     what = f"N:M {prune_cfg.nm}" if prune_cfg.nm else f"{prune_cfg.sparsity:.0%} {prune_cfg.scope}"

@@ -57,7 +57,7 @@ class RunConfig(Config):
         "choices": STAGES, "help": "run this stage alone (earlier ones must be done)"})
     batch_sizes: tuple[int, ...] = field(default=(1, 16), metadata={
         "help": "batch sizes the benchmark measures"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (None: all)"})
 
     def validate(self) -> None:
         self.require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),

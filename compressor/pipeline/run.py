@@ -20,6 +20,7 @@ from compressor.errors import CompressorError
 from compressor.io import check_writable, load_checked, save_checked, write_json_atomic
 from compressor.pipeline import stages
 from compressor.pipeline.bench import benchmark
+from compressor.pipeline.checkpoint import data_digest
 from compressor.pipeline.config import Pipeline
 from compressor.pipeline.inputs import load_data, new_model
 from compressor.pipeline.modelfile import load_model, save_model
@@ -40,13 +41,15 @@ class Runner:
         self.run_cfg, self.s = pipeline.run, pipeline.sections
         self.dir = Path(self.run_cfg.root) / self.run_cfg.name
         self.state = {"stages": {}}
-        self.data = None
+        self.data, self.data_digest = None, ""
         self.digest = ""
 
     # ----- bookkeeping
     def _stage_settings(self, stage: str) -> dict:
         s, r = self.s, self.run_cfg
-        return {"train": {k: s[k].to_dict() for k in ("data", "model", "train")},
+        # the data's content, not only its name: an edited .npz must not keep the old stages
+        return {"train": {**{k: s[k].to_dict() for k in ("data", "model", "train")},
+                          "data_digest": self.data_digest},
                 "prune": {"method": r.prune, "prune": s["prune_config"].to_dict(),
                           "finetune": s["finetune"].to_dict(), "lottery": s["lottery"].to_dict()},
                 "quantize": {"method": r.quantize, "inq": s["inq"].to_dict(),
@@ -89,6 +92,7 @@ class Runner:
     def run(self) -> Path:
         self._open()
         self.data = load_data(self.s["data"])
+        self.data_digest = data_digest(self.data)
         plan = self._planned()
         only = self.run_cfg.only
         latest = None  # the model file the next stage starts from

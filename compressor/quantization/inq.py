@@ -25,7 +25,7 @@ from compressor.config import Config
 from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
-from compressor.io import load_checked, save_checked
+from compressor.io import content_digest, load_checked, save_checked
 from compressor.train import Callback, TrainConfig, evaluate, fit
 
 # Modules whose "weight*" parameters INQ quantizes by default (matched by class name so ON-LSTM,
@@ -152,6 +152,10 @@ class INQ:
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress = progress
         self.params = quantizable_parameters(model, config)
+        # what the result depends on besides the config: a checkpoint of other data or other
+        # starting weights must not be resumed
+        self.origin = content_digest({"model": model.state_dict(), "data": [
+            data.x_train, data.y_train, data.x_test, data.y_test]})
         self.state = self._load() or self._fresh_state()
 
     def _fresh_state(self) -> _State:
@@ -207,8 +211,8 @@ class INQ:
         if self.checkpoint is None:
             return
         s = self.state
-        payload = {"config": _config_key(self.config), "stage": s.stage, "n1": s.n1,
-                   "frozen": s.frozen, "pruned": s.pruned, "history": s.history,
+        payload = {"config": _config_key(self.config), "origin": self.origin, "stage": s.stage,
+                   "n1": s.n1, "frozen": s.frozen, "pruned": s.pruned, "history": s.history,
                    "model": self.model.state_dict()}
         save_checked(self.checkpoint, payload)  # atomic and checksummed
 
@@ -220,6 +224,9 @@ class INQ:
         if ckpt.get("config") != _config_key(self.config) or set(ckpt["n1"]) != set(self.params):
             raise CompressorError(f"INQ checkpoint {self.checkpoint} was made by a different "
                                   "config or model; use another checkpoint path")
+        if ckpt.get("origin") != self.origin:
+            raise CompressorError(f"INQ checkpoint {self.checkpoint} was made from other data or "
+                                  "other starting weights; use another checkpoint path")
         self.model.load_state_dict(ckpt["model"])
         return _State(ckpt["stage"], dict(ckpt["n1"]), dict(ckpt["frozen"]),
                       dict(ckpt["pruned"]), list(ckpt["history"]))
