@@ -5,12 +5,14 @@ Flags override the file; the same idea has the same flag as in the single comman
 the dense training's, --finetune-steps the fine-tuning's). Rerun the same command to resume.
 """
 
+from pathlib import Path
+
 from compressor.commands.common import reject_given, reject_nm_ignored, set_threads
 from compressor.config import add_flags
 from compressor.errors import CompressorError
-from compressor.io import check_cache_writable
+from compressor.io import check_cache_writable, check_writable
 from compressor.pipeline.config import RunConfig, build_pipeline, read_toml
-from compressor.pipeline.inputs import DataConfig, ModelConfig
+from compressor.pipeline.inputs import DataConfig, ModelConfig, load_data, new_model
 from compressor.pipeline.run import Runner
 from compressor.pruning import PruneConfig
 from compressor.quantization import INQConfig
@@ -79,10 +81,13 @@ def run(args, defaults: dict | None = None) -> int:
     table = {**(defaults or {}), **file_table}
     pipeline = build_pipeline(table, overrides(args), args.config or "the command line")
     check_ignored(args, file_table, pipeline)
+    check_writable(Path(pipeline.run.root) / pipeline.run.name, "--root/--name", directory=True)
     if "sparsify" not in pipeline.run.skip:
         check_cache_writable()  # sparsify caches its measured timings there
     args.threads = pipeline.run.threads
     set_threads(args)
-    report = Runner(pipeline).run()
+    data = load_data(pipeline.sections["data"])
+    new_model(pipeline.sections["model"], data, pipeline.sections["data"])  # fits, before any work
+    report = Runner(pipeline, data=data).run()
     print(f"report: {report}")
     return 0

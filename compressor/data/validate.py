@@ -120,6 +120,7 @@ def cached(path: Path, keys: tuple[str, ...], make: Callable[[], dict[str, np.nd
             return arrays
         except CompressorError as exc:
             print(f"compressor: {exc}; regenerating it", file=sys.stderr)
+    check_writable(path.parent, "the cache directory (COMPRESSOR_CACHE)", directory=True)
     arrays = make()
     check(arrays)
     write_cache(path, arrays)

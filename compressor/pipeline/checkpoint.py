@@ -20,6 +20,8 @@ from compressor.io import content_digest, load_checked, save_checked
 from compressor.train import Callback, FitResult, TrainConfig, fit, make_optimizer
 
 FIX = "delete it to train from the start"
+WHAT = {"train": "training settings", "data": "data", "architecture": "architecture",
+        "start": "starting weights (seed)"}
 
 
 def data_digest(data: Dataset) -> str:
@@ -51,7 +53,7 @@ def _resume(path: Path, key: dict, model: nn.Module, opt) -> tuple[int, list]:
     saved = load_checked(path, "training checkpoint", FIX)
     if not isinstance(saved, dict) or "key" not in saved:
         raise CompressorError(f"training checkpoint {path} is not a training checkpoint; {FIX}")
-    differs = [name for name in key if saved["key"].get(name) != key[name]]
+    differs = [WHAT[name] for name in key if saved["key"].get(name) != key[name]]
     if differs:
         raise CompressorError(f"training checkpoint {path} was made with other {', '.join(differs)}"
                               f" (a checkpoint resumes only the run that wrote it); {FIX} or "

@@ -36,12 +36,13 @@ def _digest(*parts) -> str:
 
 
 class Runner:
-    def __init__(self, pipeline: Pipeline, log=print):
+    def __init__(self, pipeline: Pipeline, log=print, data=None):
+        """`data`: the run's data when the caller has loaded (and checked) it already."""
         self.p, self.log = pipeline, log
         self.run_cfg, self.s = pipeline.run, pipeline.sections
         self.dir = Path(self.run_cfg.root) / self.run_cfg.name
         self.state = {"stages": {}}
-        self.data, self.data_digest = None, ""
+        self.data, self.data_digest = data, ""
         self.digest = ""
 
     # ----- bookkeeping
@@ -90,8 +91,9 @@ class Runner:
 
     # ----- the run
     def run(self) -> Path:
+        if self.data is None:  # before the run directory is made: bad data writes nothing
+            self.data = load_data(self.s["data"])
         self._open()
-        self.data = load_data(self.s["data"])
         self.data_digest = data_digest(self.data)
         plan = self._planned()
         only = self.run_cfg.only
