@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -52,6 +53,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def read_json_cache(path: str | os.PathLike, what: str = "cache file"):
+    """The JSON content of a cache file, or None when it is missing or unreadable: a cache is
+    derived data, so a damaged one is reported in one line and rebuilt, never trusted."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        print(f"compressor: {what} {path} is unreadable ({type(exc).__name__}); rebuilding it",
+              file=sys.stderr)
+        return None
 
 
 def save_torch_atomic(path: str | os.PathLike, obj) -> Path:

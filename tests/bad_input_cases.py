@@ -392,6 +392,8 @@ CASES += [
     ("run-value-batch-sizes", [*R, "--batch-sizes", "0"], "batch_sizes must be positive", None),
     ("run-value-threads", [*R, "--threads", "0"], "threads must be >= 1", None),
     ("run-value-skip-train", [*R, "--skip", "train"], "cannot contain 'train'", None),
+    ("run-value-only-skipped", [*R, "--only", "bench", "--skip", "bench"],
+     "only names a stage this run skips", None),
     ("run-value-skip-unknown", [*R, "--skip", "deploy"], "skip must be one of", None),
     ("run-value-name", [*R, "--name", "a/b"], "name must be a plain directory name", None),
     ("run-value-toml-missing", ["run", "{t}/none.toml", "--root", "{t}/runs"], "does not exist",

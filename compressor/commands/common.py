@@ -54,7 +54,7 @@ def check_batch_size(args) -> int:
 # ---- paths -----------------------------------------------------------------------------
 
 def _same(a, b) -> bool:
-    return os.path.abspath(a) == os.path.abspath(b)
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def check_outputs(args, outputs: dict[str, str | None], inputs: tuple[str, ...] = ("input",)

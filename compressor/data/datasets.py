@@ -63,9 +63,14 @@ KEYS = ("x", "y", "x_test", "y_test")
 
 
 def _check_mnist1d(arrays: dict, path) -> None:
+    where = f"cached dataset {path}"
     for split in ("", "_test"):
-        x = features(arrays["x" + split], f"cached dataset {path}", "x" + split)
-        labels(arrays["y" + split], len(x), f"cached dataset {path}", "y" + split)
+        x = features(arrays["x" + split], where, "x" + split)
+        if arrays["y" + split].shape != (len(x),):
+            raise CompressorError(f"{where}: y{split} has shape {arrays['y' + split].shape}, "
+                                  f"expected ({len(x)},)")
+    y = np.concatenate([arrays["y"], arrays["y_test"]])
+    labels(y, len(y), where)
 
 
 def mnist1d(num_samples: int = 10_000, seed: int = 42, channel: bool = False) -> Dataset:

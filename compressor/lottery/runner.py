@@ -96,8 +96,13 @@ class LotteryRun:
     def _save_state(self) -> None:
         if dist.is_main():
             save_checked(self._state_path(), self.state)
-            write_json_atomic(self.dir / "records.json",
-                              {"config": self.cfg.identity(), "records": self.state["records"]})
+            self._write_records()
+
+    def _write_records(self) -> None:
+        """records.json, for people and plots: derived from the checked state, never read back
+        into it."""
+        write_json_atomic(self.dir / "records.json",
+                          {"config": self.cfg.identity(), "records": self.state["records"]})
 
     def _origin(self, init: dict) -> str:
         """Digest of what the config does not name: the data's content and the architecture
@@ -122,6 +127,8 @@ class LotteryRun:
                 raise CompressorError(
                     f"run dir {self.dir} holds a run on other data or another architecture "
                     "(same settings, different content); delete it or choose another run dir")
+            if dist.is_main():  # a damaged records.json is rebuilt from the checked state
+                self._write_records()
             return
         names = list(self._rates(model))  # fails early on a model with nothing to prune
         self.state = {"config": self.cfg.identity(), "origin": origin, "records": [], "done": 0,

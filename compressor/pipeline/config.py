@@ -67,6 +67,8 @@ class RunConfig(Config):
         self.require(self.threads is None or self.threads >= 1, "threads", "must be >= 1")
         self.require("train" not in self.skip, "skip", "cannot contain 'train' (every later "
                      "stage starts from the dense model)")
+        off = set(self.skip) | {s for s in ("prune", "quantize") if getattr(self, s) == "none"}
+        self.require(self.only not in off, "only", "names a stage this run skips")
 
 
 @dataclass

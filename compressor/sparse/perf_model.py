@@ -8,7 +8,6 @@ slower) kernel is measured afresh instead of judged by stale times.
 """
 
 import hashlib
-import json
 import os
 import platform
 import statistics
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from compressor import _extension
+from compressor.io import cache_dir, read_json_cache, write_json_atomic
 
 # Bump when the sparse kernels change in a way a cached timing should not survive; a rebuilt
 # extension file (another size or mtime) also starts a fresh cache.
@@ -35,7 +35,7 @@ def kernel_build() -> str:
 
 
 def cache_path() -> Path:
-    root = Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+    root = cache_dir()
     machine = f"{platform.node()}-{platform.machine()}-{platform.processor()}"
     machine += f"-torch{torch.__version__}-{kernel_build()}"
     digest = hashlib.sha1(machine.encode()).hexdigest()[:12]
@@ -62,7 +62,8 @@ class PerfModel:
 
     def __init__(self, path: Path | None = None):
         self.path = path or cache_path()
-        self.table = json.loads(self.path.read_text()) if self.path.exists() else {}
+        table = read_json_cache(self.path, "timing cache")
+        self.table = table if isinstance(table, dict) else {}
 
     @staticmethod
     def signature(dense: torch.nn.Module, sparse_sparsity: float, x: torch.Tensor) -> str:
@@ -85,7 +86,4 @@ class PerfModel:
         return self.table[key]
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.table, indent=1))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.table)
