@@ -218,6 +218,9 @@ CASES += [(f"{cmd}-data-{what}", [cmd, "{d}/dense.pt", "--data", f"{{d}}/{f}", *
 P, L, Q = (["prune", "{d}/dense.pt"], ["lottery", "{d}/dense.pt"], ["quantize", "{d}/dense.pt"])
 OUT = ["--out", "{t}/o.pt"]
 CASES += [
+    ("prune-model-quantized", ["prune", "{d}/q.pt", *OUT], "q.pt is already quantized", None),
+    ("quantize-model-quantized", ["quantize", "{d}/q.pt", "--method", "int8", *OUT],
+     "q.pt is already quantized", None),
     ("prune-path-in-is-out", [*P, "--out", "{d}/dense.pt"], "is the input file", None),
     ("prune-path-proc", [*P, "--out", f"{PROC}.pt"], "cannot write in", None),
     ("prune-path-suffix", [*P, "--out", "{t}/o.onnx"], "--out must end in .pt", None),

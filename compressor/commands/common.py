@@ -11,6 +11,7 @@ import torch
 
 from compressor.config import add_flags, flag_name, from_args
 from compressor.errors import CompressorError
+from compressor.history import history
 from compressor.io import check_writable
 from compressor.pipeline.inputs import DataConfig, check_fits, data_of
 from compressor.pipeline.modelfile import ModelFile, load_model, save_model
@@ -149,6 +150,14 @@ def read_input(args):
             raise CompressorError(f"{exc} (the data of --dataset/--data must fit the model of "
                                   f"{args.input})") from None
     return model, info, data, data_cfg
+
+
+def reject_quantized(model: torch.nn.Module, path, command: str) -> None:
+    """Pruning and quantizing work on float weights: a quantized model file is an error naming
+    the order, not an obscure failure (or a warning and a wrong result) deep inside."""
+    if any(entry.get("stage") == "quantize" for entry in history(model)):
+        raise CompressorError(f"{path} is already quantized; {command} the model file it was "
+                              "quantized from (prune before quantize, quantize once)")
 
 
 def write_output(path, model, info: ModelFile, data_cfg: DataConfig, **metadata) -> None:

@@ -11,6 +11,7 @@ from compressor.commands.common import (
     read_input,
     reject_momentum,
     reject_nm_ignored,
+    reject_quantized,
     set_threads,
     write_output,
 )
@@ -39,6 +40,7 @@ def run(args) -> int:
     check_out(args)
     set_threads(args)
     model, info, data, data_cfg = read_input(args)
+    reject_quantized(model, args.input, "prune")
     check_patterns(model, prune_cfg.exclude, "--exclude", prunable_parameters(model))
     before = accuracy(model, data)
     metrics = prune_stage(model, data, prune_cfg, train_cfg, progress=True)

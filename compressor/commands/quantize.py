@@ -13,6 +13,7 @@ from compressor.commands.common import (
     read_input,
     reject_given,
     reject_momentum,
+    reject_quantized,
     set_threads,
     write_output,
 )
@@ -65,6 +66,7 @@ def run(args) -> int:
     check_outputs(args, {"--out": ".pt", "--checkpoint": None})
     set_threads(args)
     model, info, data, data_cfg = read_input(args)
+    reject_quantized(model, args.input, "quantize")
     before = accuracy(model, data)
     metrics = quantize_stage(model, data, config, checkpoint=args.checkpoint, progress=True)
     label = f"INQ {config.bits}-bit" if args.method == "inq" else "int8"
