@@ -196,7 +196,6 @@ def test_schedules():
     assert agp.sparsity_at(0) == 0 and agp.sparsity_at(1100) == pytest.approx(0.9)
     assert agp.sparsity_at(600) == pytest.approx(0.9 * (1 - 0.5**3))
     assert agp.is_pruning_step(300) and not agp.is_pruning_step(350)
-    assert P.Iterative(0.2, 3).sparsity_at(2) == pytest.approx(0.36)
     model = lenet()
     pruner = P.GradualPruner(model, agp, {"0.weight": 0.9, "2.weight": 0.9, "4.weight": 0.45})
     for step in range(0, 1101, 100):
