@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from compressor.models import MODELS, build_model
+from compressor.nn import ONLSTM
 
 TOKENS = {"bert", "gpt", "lstm_lm", "onlstm_lm"}
 SMALL = {
     "resnet18": dict(width=8, feature_shape=(3, 32, 32), num_classes=7),
     "resnet50": dict(width=8, feature_shape=(3, 32, 32), num_classes=7),
     "vgg16": dict(width=8, hidden=32, pool=1, feature_shape=(3, 32, 32), num_classes=7),
-    "vgg16_bn": dict(width=8, hidden=32, pool=2, feature_shape=(3, 32, 32), num_classes=7),
+    "vgg16_bn": dict(width=8, hidden=32, pool=1, feature_shape=(3, 32, 32), num_classes=7),
     "mobilenet_v2": dict(width_mult=0.25, feature_shape=(3, 16, 16), num_classes=7),
     "resnet_small": dict(width=8, feature_shape=(3, 16, 16)),
     "vit": dict(dim=32, depth=2, heads=4, mlp_dim=48, feature_shape=(3, 16, 16)),
@@ -84,6 +85,8 @@ def _zero(module: nn.Module, slot: str, kept: list[int]) -> None:
         gone = _removed(kept, h) + 2 * h  # the candidate (g) gate rows
         for name in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}", f"bias_hh_l{k}"):
             getattr(module, name)[gone] = 0
+    elif isinstance(module, ONLSTM) and slot.startswith("hidden_l"):
+        _zero_onlstm_chunks(module, int(slot[len("hidden_l"):]), kept)
     elif slot == "heads":  # nn.MultiheadAttention or its prunable twin: the value rows
         heads = module.num_heads
         d = module.in_proj_weight.shape[0] // 3 // heads
@@ -94,6 +97,24 @@ def _zero(module: nn.Module, slot: str, kept: list[int]) -> None:
         gone = _removed(kept, module.out_proj.weight.shape[0])
         module.out_proj.weight[gone] = 0
         module.out_proj.bias[gone] = 0
+
+
+def _zero_onlstm_chunks(module: ONLSTM, k: int, kept: list[int]) -> None:
+    """A removed chunk: master logits at -1e4 (softmax gives it exactly 0, so cumax over the
+    other chunks is the smaller model's) and candidate rows zeroed (its cells stay 0)."""
+    d, c = module.hidden_size, module.chunk_size
+    n = d // c
+    units = _removed(kept, d)
+    chunks = torch.unique(units // c)
+    w_ih, w_hh, b_ih, b_hh = module.layer_weights(k)
+    master = torch.cat([chunks, n + chunks])
+    candidate = 2 * n + d + units
+    for rows in (master, candidate):
+        w_ih[rows] = 0
+        w_hh[rows] = 0
+        b_hh[rows] = 0
+        b_ih[rows] = 0
+    b_ih[master] = -1e4
 
 
 def masked_dense(dense: nn.Module, result: dict) -> nn.Module:

@@ -122,8 +122,9 @@ def describe(module: nn.Module, where: str) -> dict:
                 f"{key!r} holds a {type(value).__name__}, not a plain value")
         attrs[key] = value
     return {"class": _class_path(module), "attrs": attrs, "caches": caches,
-            "params": {n: p.requires_grad for n, p in module._parameters.items()
-                       if p is not None},
+            # None marks an absent parameter (a conv without bias), which the module expects
+            "params": {n: None if p is None else p.requires_grad
+                       for n, p in module._parameters.items()},
             "buffers": {n: n not in module._non_persistent_buffers_set
                         for n, b in module._buffers.items() if b is not None},
             "children": {n: describe(c, f"{where}.{n}".strip("."))
@@ -159,6 +160,9 @@ def rebuild(desc: dict, state: dict, prefix: str, factory: str) -> nn.Module:
     for key, kind in desc["caches"]:
         module.__dict__[key] = {"dict": dict, "list": list, "set": set}[kind]()
     for name, requires_grad in desc["params"].items():
+        if requires_grad is None:
+            module.register_parameter(name, None)
+            continue
         like = state.get(prefix + name)
         if like is None:
             raise CompressorError(f"model file lacks tensor {prefix + name}")

@@ -25,8 +25,9 @@ STAGE = "structured"
 @dataclass
 class StructuredConfig(Config):
     """ratio: fraction of each group's channels removed (layerwise) or of all prunable
-    channels (global); ratios: fnmatch pattern over group/layer names -> its own ratio
-    (layerwise); round_to: kept channel counts rounded to a multiple (SIMD widths);
+    channels (global, where no group loses more than max_ratio of its own); ratios: fnmatch
+    pattern over group/layer names -> its own ratio (layerwise); round_to: kept channel
+    counts rounded to a multiple (SIMD widths);
     iterations: prune steps to reach the ratio, each followed by finetune_steps of training
     (needs data); taylor_batches x batch_size examples score the Taylor criterion;
     leaf_modules: submodules kept as black boxes (their channels are left as they are);
@@ -36,6 +37,7 @@ class StructuredConfig(Config):
     criterion: str = field(default="l1", metadata={"choices": CRITERIA})
     scope: str = field(default="layerwise", metadata={"choices": SCOPES})
     ratios: dict[str, float] = field(default_factory=dict, metadata={"flag": False})
+    max_ratio: float = field(default=0.9, metadata={"help": "global: most a group may lose"})
     round_to: int = field(default=1, metadata={"help": "kept channels rounded to a multiple"})
     iterations: int = field(default=1, metadata={"help": "prune/fine-tune rounds"})
     finetune_steps: int = field(default=0, metadata={"help": "training steps after each round"})
@@ -55,6 +57,7 @@ class StructuredConfig(Config):
                                       f"got {value!r}")
         self.require(not (self.ratios and self.scope == "global"), "ratios",
                      "needs scope='layerwise'")
+        self.require(0 <= self.max_ratio < 1, "max_ratio", "must be in [0, 1)")
         self.require(self.round_to >= 1, "round_to", "must be >= 1")
         self.require(self.iterations >= 1, "iterations", "must be >= 1")
         self.require(self.finetune_steps >= 0, "finetune_steps", "must be >= 0")
@@ -115,8 +118,9 @@ def _round(model, plan, cfg, data, originals, fraction, it) -> dict:
                           cfg.seed + it)
     scores, used = class_scores(plan, model, cfg.criterion, cfg.normalize, cfg.seed + it,
                                 per_slot)
-    removed = select(plan, scores, _targets(plan, cfg, originals, fraction), cfg.round_to,
-                     cfg.scope)
+    targets = _targets(plan, cfg, originals, fraction)
+    floors = {name: max(1, n0 - int(cfg.max_ratio * n0)) for name, n0 in originals.items()}
+    removed = select(plan, scores, targets, cfg.round_to, cfg.scope, floors)
     pruned, changes = apply(model, plan, removed)
     inputs = plan.analysis.inputs
     verify(plan, removed, analyse(pruned, inputs, cfg.leaf_modules))

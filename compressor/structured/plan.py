@@ -121,9 +121,10 @@ def _rounded(keep: int, n: int, multiple: int, width: int) -> int:
 
 
 def select(plan: Plan, scores: dict[int, float], targets: dict[str, int], multiple: int,
-           scope: str) -> set[int]:
+           scope: str, floors: dict[str, int] | None = None) -> set[int]:
     """Roots to remove so that each group keeps targets[name] classes (layerwise), or, global,
-    the lowest-scored classes over all groups until sum(targets) remain (channel-weighted)."""
+    the lowest-scored classes over all groups until sum(targets) remain (channel-weighted),
+    no group going below floors[name] classes."""
     removed = set()
     if scope == "global":
         total_keep = sum(targets[grp.name] * grp.width for grp in plan.groups)
@@ -131,9 +132,13 @@ def select(plan: Plan, scores: dict[int, float], targets: dict[str, int], multip
                          for r in grp.classes), key=lambda t: t[0])
         kept_channels = sum(len(grp.classes) * grp.width for grp in plan.groups)
         drop: dict[str, set] = {grp.name: set() for grp in plan.groups}
+        floors = floors or {}
+        quota = {grp.name: len(grp.classes) - floors.get(grp.name, 1) for grp in plan.groups}
         for _, name, root, width in ranked:
             if kept_channels - width < total_keep:
                 break
+            if len(drop[name]) >= quota[name]:
+                continue
             drop[name].add(root)
             kept_channels -= width
         targets = {grp.name: len(grp.classes) - len(drop[grp.name]) for grp in plan.groups}
