@@ -82,9 +82,16 @@ class _Pow2Packed(nn.Module):
     def _weight_shape(self) -> tuple[int, ...]:
         return (self.codes.shape[0], self._k)
 
-    def _float_weight(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, self._mode)
+
+    def run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        """forward(x) as `mode` would compute it ("decoded" needs the module in that mode)."""
+        raise NotImplementedError
+
+    def _float_weight(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         """The float weight in x's dtype: the buffer, rebuilt if the codes changed since."""
-        if self._mode != "decoded":
+        if mode != "decoded":
             w = pow2_decode(self.codes, self.nonzero, self._k, self.bits, self.n1)
             return w.reshape(self._weight_shape()).to(x.dtype)
         # Eager only: traced graphs (compile, export) take the buffer as it is at trace time.
@@ -98,7 +105,7 @@ class _Pow2Packed(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The float weight (what nn.Linear / nn.Conv*d would hold), for code that reads it."""
-        return self._float_weight(torch.zeros((), device=self.codes.device))
+        return self._float_weight(torch.zeros((), device=self.codes.device), self._mode)
 
     def _set_weight(self, weight2d: torch.Tensor, n1: int | None) -> None:
         """Quantize (a no-op for weights already on the levels) and pack a 2-D float weight."""
@@ -114,9 +121,9 @@ class _Pow2Packed(nn.Module):
     def _weight2d(self) -> torch.Tensor:
         return unpack_pow2(self.codes, self.nonzero, self._k, self.bits, self.n1)
 
-    def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x2d: torch.Tensor, mode: str) -> torch.Tensor:
         """x (..., K) @ W^T + b on the codes (modes "codes" and "codes_int8")."""
-        op = pow2_linear_int8 if self._mode == "codes_int8" else pow2_linear
+        op = pow2_linear_int8 if mode == "codes_int8" else pow2_linear
         return op(x2d, self.codes, self.nonzero, self.bias, self._k, self.bits, self.n1)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -167,10 +174,10 @@ class Pow2Linear(_Pow2Packed):
         """The float32 weight (out, in): exact powers of two and zeros."""
         return self._weight2d()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._mode == "decoded":
-            return F.linear(x, self._float_weight(x), self._bias_like(x))
-        return self._matmul(x)
+    def run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode == "decoded":
+            return F.linear(x, self._float_weight(x, mode), self._bias_like(x))
+        return self._matmul(x, mode)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -226,7 +233,7 @@ class _Pow2ConvNd(_Pow2Packed):
             raise CompressorError(f"{type(self).__name__} expects (N, {self.in_channels}, "
                                   f"{layout}) input, got shape {tuple(x.shape)}")
 
-    def _unfold_conv2d(self, x: torch.Tensor, kernel_size, stride, padding,
+    def _unfold_conv2d(self, x: torch.Tensor, mode: str, kernel_size, stride, padding,
                        dilation) -> torch.Tensor:
         """Ungrouped zero-padded conv of x (N, C, H, W) as unfold + the kernel on the codes."""
         n, _, h, w = x.shape
@@ -234,7 +241,7 @@ class _Pow2ConvNd(_Pow2Packed):
         ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         cols = F.unfold(x, kernel_size, dilation, padding, stride)
-        out = self._matmul(cols.transpose(1, 2))  # (N, L, C*kh*kw) @ W^T, W viewed (O, -1)
+        out = self._matmul(cols.transpose(1, 2), mode)  # (N, L, C*kh*kw) @ W^T, W viewed (O, -1)
         return out.transpose(1, 2).reshape(n, self.out_channels, ho, wo)
 
     def extra_repr(self) -> str:
@@ -250,12 +257,13 @@ class Pow2Conv2d(_Pow2ConvNd):
     _float_type = nn.Conv2d
     _to_tuple = staticmethod(_pair)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         self._check_input(x, 4, "H, W")
-        if self._mode == "decoded" or self.groups != 1:
-            return F.conv2d(x, self._float_weight(x), self._bias_like(x), self.stride,
+        if mode == "decoded" or self.groups != 1:
+            return F.conv2d(x, self._float_weight(x, mode), self._bias_like(x), self.stride,
                             self.padding, self.dilation, self.groups)
-        return self._unfold_conv2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        return self._unfold_conv2d(x, mode, self.kernel_size, self.stride, self.padding,
+                                   self.dilation)
 
 
 class Pow2Conv1d(_Pow2ConvNd):
@@ -264,11 +272,11 @@ class Pow2Conv1d(_Pow2ConvNd):
     _float_type = nn.Conv1d
     _to_tuple = staticmethod(_single)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         self._check_input(x, 3, "L")
-        if self._mode == "decoded" or self.groups != 1:
-            return F.conv1d(x, self._float_weight(x), self._bias_like(x), self.stride,
+        if mode == "decoded" or self.groups != 1:
+            return F.conv1d(x, self._float_weight(x, mode), self._bias_like(x), self.stride,
                             self.padding, self.dilation, self.groups)
-        out = self._unfold_conv2d(x.unsqueeze(2), (1, self.kernel_size[0]), (1, self.stride[0]),
-                                  (0, self.padding[0]), (1, self.dilation[0]))
+        out = self._unfold_conv2d(x.unsqueeze(2), mode, (1, self.kernel_size[0]),
+                                  (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]))
         return out.squeeze(2)

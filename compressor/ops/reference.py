@@ -159,11 +159,13 @@ def pow2_int8_rows(input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     x = input.float()
     amax = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])
     finite = torch.isfinite(amax)
-    inv = 127.0 / amax
+    # Tensor / tensor: `127.0 / amax` would be amax.reciprocal() * 127 (1 ulp off a division).
+    c127 = torch.full_like(amax, 127.0)
+    inv = c127 / amax
     usable = finite & torch.isfinite(inv)
     q = torch.round(x * torch.where(usable, inv, 0.0)[:, None]).clamp(-127, 127)
     q = torch.where(usable[:, None], q, torch.zeros_like(q))
-    return q, torch.where(usable, amax / 127.0, 0.0), finite
+    return q, torch.where(usable, amax / c127, 0.0), finite
 
 
 def pow2_linear_int8(input: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor,

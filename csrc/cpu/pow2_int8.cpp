@@ -73,6 +73,13 @@ at::Tensor pow2_linear_int8_cpu(const at::Tensor& input, const at::Tensor& codes
   const int64_t rows = input.size(0), n_out = codes.size(0);
   at::Tensor out = at::empty({rows, n_out}, input.options());
   if (out.numel() == 0) return out;
+  if (in_features == 0) {  // no inputs to quantize: y = bias, as F.linear gives
+    if (bias.has_value())
+      out.copy_(bias->expand({rows, n_out}));
+    else
+      out.zero_();
+    return out;
+  }
   const float* b = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   const float* x = input.data_ptr<float>();
   const uint8_t* cp = codes.data_ptr<uint8_t>();
