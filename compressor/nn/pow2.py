@@ -46,7 +46,7 @@ class _Pow2Packed(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_rows), requires_grad=False) if bias else None
         # The decoded weight (out, K), or empty when the mode computes on the codes. Not saved.
         self.register_buffer("decoded", torch.zeros(0), persistent=False)
-        self._mode, self._decoded_from = "decoded", None
+        self._mode, self._decoded_from = "decoded", ()
         self._refresh_decoded()
 
     @property
@@ -65,11 +65,17 @@ class _Pow2Packed(nn.Module):
         self._mode = value
         self._refresh_decoded()
 
-    def _codes_key(self) -> tuple:
-        """Changes whenever the codes do: replaced buffers, in-place edits, a new n1."""
-        return (self.n1, self.codes.device,
-                *((t.data_ptr(), 0 if t.is_inference() else t._version)
-                  for t in (self.codes, self.nonzero)))
+    def _codes_state(self) -> tuple:
+        """What the decoded buffer was built from: the code tensors themselves (replaced
+        buffers), their version counters (in-place edits; inference tensors have none) and n1.
+        Read straight from _buffers: this runs on every eager call and must cost ~nothing."""
+        codes, nonzero = self._buffers["codes"], self._buffers["nonzero"]
+        return (codes, nonzero, -1 if codes.is_inference() else codes._version,
+                -1 if nonzero.is_inference() else nonzero._version, self.n1)
+
+    def _stale(self) -> bool:
+        now, then = self._codes_state(), self._decoded_from
+        return (now[0] is not then[0] or now[1] is not then[1] or now[2:] != then[2:])
 
     def _refresh_decoded(self) -> None:
         if self._mode != "decoded":
@@ -77,7 +83,7 @@ class _Pow2Packed(nn.Module):
         else:
             w = pow2_decode(self.codes, self.nonzero, self._k, self.bits, self.n1)
             self.decoded = w.reshape(self._weight_shape())
-        self._decoded_from = self._codes_key()
+        self._decoded_from = self._codes_state()
 
     def _weight_shape(self) -> tuple[int, ...]:
         return (self.codes.shape[0], self._k)
@@ -95,12 +101,14 @@ class _Pow2Packed(nn.Module):
             w = pow2_decode(self.codes, self.nonzero, self._k, self.bits, self.n1)
             return w.reshape(self._weight_shape()).to(x.dtype)
         # Eager only: traced graphs (compile, export) take the buffer as it is at trace time.
-        if not torch.compiler.is_compiling() and self._codes_key() != self._decoded_from:
+        if not torch.compiler.is_compiling() and self._stale():
             self._refresh_decoded()
-        return self.decoded.to(x.dtype)
+        w = self._buffers["decoded"]
+        return w if w.dtype == x.dtype else w.to(x.dtype)
 
     def _bias_like(self, x: torch.Tensor) -> torch.Tensor | None:
-        return None if self.bias is None else self.bias.to(x.dtype)
+        b = self._parameters.get("bias")
+        return b if b is None or b.dtype == x.dtype else b.to(x.dtype)
 
     @property
     def weight(self) -> torch.Tensor:
