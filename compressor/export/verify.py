@@ -80,12 +80,13 @@ def max_error(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[flo
     return err, scale
 
 
-def random_like(example: torch.Tensor, gen: torch.Generator, other_batch: bool = False
+def random_like(example: torch.Tensor, gen: torch.Generator, grow: tuple[int, ...] = ()
                 ) -> torch.Tensor:
-    """A random input of the example's dtype, in its value range, of its shape (with dim 0 one
-    larger when `other_batch`, to exercise a dynamic batch dim)."""
-    if other_batch and example.dim() > 0:
-        example = torch.cat([example, example[:1]])
+    """A random input of the example's dtype, in its value range, of its shape with each dim
+    in `grow` one longer (to exercise dynamic dims)."""
+    for dim in grow:
+        if dim < example.dim():
+            example = torch.cat([example, example.narrow(dim, 0, 1)], dim=dim)
     if example.is_floating_point():
         spread = float(example.float().std()) if example.numel() > 1 else 1.0
         noise = torch.randn(example.shape, generator=gen) * max(spread, 1e-3)
