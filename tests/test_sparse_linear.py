@@ -128,10 +128,10 @@ def _bad_weights():
     neg[0], high[-1] = -1, 20
     back[2], back[3] = back[3], back[2] - 1
     start[0] = 1
-    return [("col_idx must lie in \\[0, 20\\)", (values, neg, row_ptr)),
-            ("col_idx must lie in \\[0, 20\\)", (values, high, row_ptr)),
+    return [("col_idx entries must lie in \\[0, 20\\)", (values, neg, row_ptr)),
+            ("col_idx entries must lie in \\[0, 20\\)", (values, high, row_ptr)),
             ("row_ptr must be non-decreasing", (values, col, back)),
-            ("row_ptr must start at 0", (values, col, start)),
+            ("row_ptr must run from 0", (values, col, start)),
             ("col_idx and row_ptr must be int32", (values, col.long(), row_ptr)),
             ("col_idx has \\d+ entries but values has", (values[1:], col, row_ptr))]
 
