@@ -107,8 +107,8 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
         if bench["layers"]:
             plots.append(_layer_plot(run_dir / "layers.png", bench["layers"]))
             lines += ["", f"## Latency per layer (PyTorch, batch {bench['layer_batch']})", ""]
-            lines += ["A fused block (conv + BatchNorm + activation, + residual) has no dense layer of "
-                      "its name: its time is compared in the decisions below.", ""]
+            lines += ["A fused block (conv + BatchNorm + activation, + residual) has no dense "
+                      "layer of its name: its time is compared in the decisions below.", ""]
             lines += _table([[r["layer"], r["kind"],
                               f"{r['dense_ms']:.3f}" if "dense_ms" in r else "-",
                               f"{r['compressed_ms']:.3f}",
