@@ -167,6 +167,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], only=None, exc
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         inner = f"default: {shown}"
         if f.metadata.get("choices") is not None:
+            # listed in the help, checked by the config (not by argparse): one flag can serve two
+            # configs whose choices differ (--criterion for unstructured and structured pruning)
             inner = f"one of {', '.join(map(str, f.metadata['choices']))}; {inner}"
         help_text = f.metadata.get("help", "")
         help_text = f"{help_text} ({inner})" if help_text else inner
@@ -174,8 +176,6 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], only=None, exc
         if tp is bool:
             target.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
-        if f.metadata.get("choices") is not None and typing.get_origin(tp) is not tuple:
-            kwargs["choices"] = list(f.metadata["choices"])
         metavar = {int: "N", float: "X"}.get(tp, f.name.upper())
         target.add_argument(flag, metavar=metavar, **kwargs)
 

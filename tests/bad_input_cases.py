@@ -164,7 +164,7 @@ CASES = [
     ("train-value-model", [*TRAIN, "--model", "nosuch", "--out", "{t}/m.pt"],
      "unknown model 'nosuch'", None),
     ("train-value-optimizer", [*TRAIN, "--optimizer", "lbfgs", "--out", "{t}/m.pt"],
-     "invalid choice: 'lbfgs'", None),
+     "optimizer must be one of ['adam', 'sgd'], got 'lbfgs'", None),
     ("train-value-unknown-flag", [*TRAIN, "--nope", "--out", "{t}/m.pt"],
      "unrecognized arguments: --nope", None),
     ("train-value-every-alone", [*TRAIN, "--checkpoint-every", "5", "--out", "{t}/m.pt"],
@@ -199,7 +199,8 @@ IN_COMMANDS = {"prune": ["--steps", "1", "--out", "{t}/o.pt"],
                            "{t}/o.pt"],
                "quantize": ["--steps-per-stage", "1", "--out", "{t}/o.pt"],
                "sparsify": ["--out", "{t}/o.pt"], "export": ["--out", "{t}/o.onnx"],
-               "bench": ["--baseline", "{d}/dense.pt"]}
+               "bench": ["--baseline", "{d}/dense.pt"],
+               "robustness": ["--steps", "2", "--checkpoints", "0,1", "--out-dir", "{t}/rob"]}
 CASES += [(f"{cmd}-model-{f}", [cmd, f"{{d}}/{f}", *rest], e, None)
           for cmd, rest in IN_COMMANDS.items() for f, e in MODEL_FILES]
 CASES += [(f"verify-model-{f}", ["verify", "{d}/garbage.onnx", f"{{d}}/{f}"], e, None)
@@ -240,7 +241,13 @@ CASES += [
     ("prune-value-global-output", [*P, "--scope", "global", "--output-sparsity", "0.2", *OUT],
      "must be 'layerwise'", None),
     ("prune-value-momentum", [*P, "--momentum", "0.5", *OUT], "--momentum has no effect", None),
-    ("prune-value-criterion", [*P, "--criterion", "taylor", *OUT], "invalid choice: 'taylor'",
+    ("prune-value-criterion", [*P, "--criterion", "taylor", *OUT],
+     "criterion must be one of ['magnitude', 'random'], got 'taylor'", None),
+    ("prune-value-structured-sparsity", [*P, "--structured", "--sparsity", "0.5", *OUT],
+     "--sparsity has no effect with --structured", None),
+    ("prune-value-ratio-unstructured", [*P, "--ratio", "0.5", *OUT],
+     "--ratio has no effect without --structured", None),
+    ("prune-value-structured-ratio", [*P, "--structured", "--ratio", "1.5", *OUT], "ratio",
      None),
     ("lottery-path-root-file", [*L, "--root", "{d}/file", *OUT],
      "--root {d}/file exists and is not a directory", None),
@@ -365,6 +372,22 @@ CASES += [
     ("bench-model-onnx-garbage", [*B, "--baseline", "{d}/dense.pt", "--onnx", "{d}/garbage.onnx",
                                   "--dense-onnx", "{d}/garbage.onnx"], "onnxruntime cannot run",
      None),
+]
+RB = ["robustness", "{d}/dense.pt", "--steps", "2", "--checkpoints", "0,1"]
+CASES += [
+    ("robustness-path-out-dir-file", [*RB, "--out-dir", "{d}/file"], "exists and is not a dir",
+     None),
+    ("robustness-path-out-dir-proc", [*RB, "--out-dir", PROC], "cannot write in", None),
+    ("robustness-value-checkpoints", [*RB, "--checkpoints", "0,5", "--out-dir", "{t}/r"],
+     "is after the last training step", None),
+    ("robustness-value-checkpoints-neg", [*RB, "--checkpoints", "-1", "--out-dir", "{t}/r"],
+     "checkpoints must be one or more steps >= 0", None),
+    ("robustness-value-trials", [*RB, "--trials", "0", "--out-dir", "{t}/r"],
+     "trials must be >= 1", None),
+    ("robustness-value-momentum", [*RB, "--momentum", "0.5", "--out-dir", "{t}/r"],
+     "--momentum has no effect", None),
+    ("robustness-data-nan", [*RB, "--data", "{d}/nan.npz", "--out-dir", "{t}/r"],
+     "X[3, 1] = nan", None),
 ]
 R = ["run", "--root", "{t}/runs", "--steps", "1"]
 CASES += [

@@ -53,25 +53,27 @@ def overrides(args) -> dict[str, dict]:
     return out
 
 
-# section -> (stage, the method that reads it); flags of a section given for another method
+# section -> (stage, the methods that read it); flags of a section given for another method
 # (or for a skipped stage) would be ignored
-SECTION_METHOD = {"prune_config": ("prune", "magnitude"), "finetune": ("prune", "magnitude"),
-                  "lottery": ("prune", "lottery"), "inq": ("quantize", "inq"),
-                  "int8": ("quantize", "int8")}
-FLAGS_OF = {"prune_config": PRUNE_FLAGS + ("finetune_steps",), "inq": INQ_FLAGS}
+SECTION_METHODS = {"prune_config": ("prune", ("magnitude",)),
+                   "structured": ("prune", ("structured",)),
+                   "finetune": ("prune", ("magnitude", "structured")),
+                   "lottery": ("prune", ("lottery",)), "inq": ("quantize", ("inq",)),
+                   "int8": ("quantize", ("int8",))}
+FLAGS_OF = {"prune_config": PRUNE_FLAGS, "finetune": ("finetune_steps",), "inq": INQ_FLAGS}
 
 
 def check_ignored(args, file_table: dict, pipeline) -> None:
     """Settings the run would not use are errors, not silence: a TOML section of a method not
     chosen, flags of a method not chosen or of a skipped stage."""
     r = pipeline.run
-    for section, (stage, method) in SECTION_METHOD.items():
+    for section, (stage, methods) in SECTION_METHODS.items():
         chosen = getattr(r, stage)
-        if chosen != method and section in file_table:
+        if chosen not in methods and section in file_table:
             raise CompressorError(f"[{section}] in {args.config} has no effect with {stage} = "
-                                  f"{chosen!r} (it configures {stage} = {method!r})")
-        if section in FLAGS_OF and (chosen != method or stage in r.skip):
-            why = f"--{stage} {chosen}" if chosen != method else f"--skip {stage}"
+                                  f"{chosen!r} (it configures {stage} = {' or '.join(methods)})")
+        if section in FLAGS_OF and (chosen not in methods or stage in r.skip):
+            why = f"--{stage} {chosen}" if chosen not in methods else f"--skip {stage}"
             reject_given(args, FLAGS_OF[section], f"with {why}")
     reject_nm_ignored(args, pipeline.sections["prune_config"].nm)
 

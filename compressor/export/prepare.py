@@ -41,7 +41,8 @@ def fold_prune_masks(model: nn.Module) -> tuple[nn.Module, list[str]]:
 
 def _int8_spec(name: str, module: Int8FakeQuant) -> QuantSpec:
     return QuantSpec(name, module.weight_int8.cpu().numpy(), module.weight_scale.cpu().numpy(),
-                     float(module.act_scale), int(module.act_zero_point))
+                     float(module.act_scale), int(module.act_zero_point),
+                     float(module.out_scale), int(module.out_zero_point))
 
 
 def _export_children(parent: nn.Module, prefix: str, changes: list, specs: list) -> None:

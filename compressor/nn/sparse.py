@@ -153,7 +153,7 @@ class SparseLinear(_CsrModule):
                            device=self.values.device)
         with torch.no_grad():
             linear.weight.copy_(dense_from_csr(self.values, self.col_idx, self.row_ptr,
-                                               linear.weight.shape))
+                                               linear.weight.shape, sorted_rows=False))
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear

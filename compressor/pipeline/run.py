@@ -52,6 +52,7 @@ class Runner:
         return {"train": {**{k: s[k].to_dict() for k in ("data", "model", "train")},
                           "data_digest": self.data_digest},
                 "prune": {"method": r.prune, "prune": s["prune_config"].to_dict(),
+                          "structured": s["structured"].to_dict(),
                           "finetune": s["finetune"].to_dict(), "lottery": s["lottery"].to_dict()},
                 "quantize": {"method": r.quantize, "inq": s["inq"].to_dict(),
                              "int8": s["int8"].to_dict()},
@@ -138,6 +139,9 @@ class Runner:
             cfg = self.s["lottery"].replace(dataset=self.s["data"].source(), model=info.factory)
             model, metrics = stages.lottery_stage(info, self.data, cfg, self.dir / "lottery",
                                                   progress=True)
+        elif self.run_cfg.prune == "structured":
+            metrics = stages.structured_stage(model, self.data, self.s["structured"],
+                                              self.s["finetune"], progress=True)
         else:
             metrics = stages.prune_stage(model, self.data, self.s["prune_config"],
                                          self.s["finetune"], progress=True)

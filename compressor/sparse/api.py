@@ -72,7 +72,9 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
         if not any(d.name == name and d.converted for d in decisions):
             _swap(work, name, module)  # stays dense: keep the packed codes
     layers = {d.name: {"action": "sparse" if d.converted else "kept dense",
-                       "sparsity": round(d.sparsity, 4), "speedup": round(d.speedup, 3)}
+                       "sparsity": round(d.sparsity, 4), "speedup": round(d.speedup, 3),
+                       "dense_ms": round(d.dense_ms, 4), "sparse_ms": round(d.sparse_ms, 4),
+                       "fused": d.fused}
               for d in decisions}
     model.__dict__.update({k: v for k, v in work.__dict__.items()
                            if k != "_compressor_history"})
