@@ -43,7 +43,7 @@ def pruned(shape, sparsity: float, gen: torch.Generator) -> torch.Tensor:
 
 
 def conv_rows(net, layer, channels, size, batch, sparsities, gen) -> list[dict]:
-    from compressor.formats.csr import conv_offsets, csr_from_dense
+    from compressor.formats.csr import csr_from_dense
 
     x = torch.randn(batch, channels, size, size, device="cuda", generator=gen)
     dense_w = torch.randn(channels, channels, 3, 3, device="cuda", generator=gen)
@@ -52,8 +52,7 @@ def conv_rows(net, layer, channels, size, batch, sparsities, gen) -> list[dict]:
     for sparsity in sparsities:
         weight = pruned(dense_w.shape, sparsity, gen)
         values, col, row_ptr = csr_from_dense(weight)
-        offsets = conv_offsets(col, (3, 3), (size, size), (1, 1), (1, 1))
-        args = (x, values, offsets, row_ptr, None, (size, size), (3, 3), (1, 1), (1, 1), (1, 1), 1)
+        args = (x, values, col, row_ptr, None, (3, 3), (1, 1), (1, 1), (1, 1), 1)
         sparse_s = timed(partial(torch.ops.compressor.sparse_conv2d, *args))
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             err = (torch.ops.compressor.sparse_conv2d(*args) - F.conv2d(x, weight, None, 1, 1))

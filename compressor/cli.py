@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": ("bench", "latency of a model file against its dense baseline"),
     "run": ("run", "the whole pipeline with a report (config.toml and/or flags)"),
     "demo": ("demo", "the main job: `compressor run` on a built-in CNN, report in runs/"),
+    "robustness": ("robustness", "per-layer re-initialisation robustness, heatmap, budgets"),
     "onlstm-lm": ("onlstm_lm", "train a small ON-LSTM language model, fused vs reference"),
 }
 

@@ -167,8 +167,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], only=None, exc
         if tp is bool:
             target.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
-        if f.metadata.get("choices") is not None and typing.get_origin(tp) is not tuple:
-            kwargs["choices"] = list(f.metadata["choices"])
+        if f.metadata.get("choices") is not None:
+            # listed in the help, checked by the config: one flag can serve two configs whose
+            # choices differ (--criterion for unstructured and structured pruning)
+            kwargs["help"] += f"; one of {', '.join(map(str, f.metadata['choices']))}"
         metavar = {int: "N", float: "X"}.get(tp, f.name.upper())
         target.add_argument(flag, metavar=metavar, **kwargs)
 

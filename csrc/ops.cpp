@@ -9,12 +9,14 @@ TORCH_LIBRARY(compressor, m) {
   m.def("cumax_backward(Tensor grad, Tensor x) -> Tensor");
 
   // ---- sparse conv2d / linear (direct sparse convolution) ----
-  // Weight (Cout, Cin/groups, kh, kw) in CSR by output channel: row_ptr int32 (Cout+1), values
-  // float32 (nnz), col_offsets int32 (nnz) = c_local*Hp*Wp + r*dil_h*Wp + s*dil_w with
-  // Hp = H + 2*pad_h, Wp = W + 2*pad_w for (H, W) = input_hw. Inference only.
-  m.def("sparse_conv2d(Tensor input, Tensor values, Tensor col_offsets, Tensor row_ptr, Tensor? bias, "
-        "int[2] input_hw, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-        "int groups) -> Tensor");
+  // Weight (Cout, Cin/groups, kh, kw) in CSR by output channel: row_ptr int32 (Cout+1) from 0 to
+  // nnz, non-decreasing; values float32 (nnz); col_idx int32 (nnz), the flattened column
+  // c*kh*kw + r*kw + s, in [0, Cin/groups*kh*kw) and strictly increasing within a row. The op
+  // turns columns into input offsets itself. Output act(conv + bias + residual), residual
+  // (N, Cout, Ho, Wo) optional, activation one of none, relu, relu6, silu. Inference only.
+  m.def("sparse_conv2d(Tensor input, Tensor values, Tensor col_idx, Tensor row_ptr, Tensor? bias, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+        "Tensor? residual=None, str activation=\"none\") -> Tensor");
   // input (M, K), weight (N_out, K) in CSR -> (M, N_out).
   m.def("sparse_linear(Tensor input, Tensor values, Tensor col_idx, Tensor row_ptr, Tensor? bias) -> Tensor");
 
@@ -30,6 +32,12 @@ TORCH_LIBRARY(compressor, m) {
   //   n1 must be in -119..127 (every decoded exponent is a normal float32 one); see
   //   /work/wt/pow2-contract-changes.md.
   m.def("pow2_linear(Tensor input, Tensor codes, Tensor nonzero, Tensor? bias, int in_features, int bits, int n1) -> Tensor");
+  // The same codes (bits <= 4) with each input row quantized to int8 at run time, as torch's
+  // dynamic int8 Linear does: amax = max|x| of the row, q = round_half_even(x * (127 / amax))
+  // clamped to +-127 (q = 0 when 127 / amax overflows), W = W_int * 2^(n1 - 6) with W_int in
+  // {0, +-1, ..., +-64}; y = float(q @ W_int^T) * ((amax / 127) * 2^(n1 - 6)) + bias, float32; a
+  // row holding NaN or inf gives NaN. in_features <= 131072. CPU only.
+  m.def("pow2_linear_int8(Tensor input, Tensor codes, Tensor nonzero, Tensor? bias, int in_features, int bits, int n1) -> Tensor");
 
   // ---- ON-LSTM fused cell ----
   // gates = xg + hg, width 4D + 2m (m = D / chunk_size): [master in | master forget | o | c | i | f].

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from compressor.cli import main
 from compressor.errors import CompressorError
 from compressor.export import ExportConfig, to_onnx
 from compressor.ops import cumax
@@ -75,37 +74,12 @@ def test_exporter_failure_names_the_failing_submodule(tmp_path):
         to_onnx(model, torch.randn(2, 4), tmp_path / "m.onnx", FAST)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"opset": 16}, "opset must be >= 17"),
+@pytest.mark.parametrize("kwargs,match", [({"opset": 16}, r"opset must be in 17\.\."),
                                           ({"exporter": "x"}, "exporter must be one of"),
-                                          ({"encodings": ("zip",)}, "unknown encodings")])
+                                          ({"encodings": ("zip",)}, "encodings must be one of")])
 def test_config_errors(kwargs, match):
     with pytest.raises(CompressorError, match=match):
         ExportConfig(**kwargs)
-
-
-def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
-    assert main(["export", "--model", "lenet", "--out", str(tmp_path / "m.txt")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "must end in .onnx" in err
-    bad = tmp_path / "w.pt"
-    bad.write_text("not a checkpoint")
-    assert main(["export", "--model", "lenet", "--weights", str(bad),
-                 "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "is not a weights-only torch file" in capsys.readouterr().err
-
-
-def test_cli_exports_pruned_weights_with_masks(tmp_path, capsys):
-    from compressor.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("lenet", feature_shape=(64,), num_classes=10)
-    state = model.state_dict()
-    state["1.weight_mask"] = (torch.rand_like(state["1.weight"]) > 0.9).float()
-    torch.save(state, tmp_path / "w.pt")
-    assert main(["export", "--model", "lenet", "--weights", str(tmp_path / "w.pt"),
-                 "--out", str(tmp_path / "m.onnx"), "--batch-size", "3"]) == 0
-    out = capsys.readouterr().out
-    assert ("'bitmap'" in out or "'gaps'" in out) and "x smaller" in out
 
 
 def test_failed_verification_leaves_no_file(tmp_path, monkeypatch):

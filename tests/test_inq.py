@@ -219,27 +219,3 @@ def test_convert_after_inq_keeps_the_function(digits):
     assert isinstance(packed[0], Pow2Linear) and isinstance(packed[2], Pow2Linear)
     assert packed[0].n1 == run.state.n1["0.weight"]
     torch.testing.assert_close(packed(x), want, atol=1e-4, rtol=1e-5)
-
-
-def test_cli_quantize_inq(tmp_path, capsys):
-    from compressor.cli import main
-
-    out = tmp_path / "q.pt"
-    rc = main(["quantize", "--method", "inq", "--bits", "4", "--steps", "30", "--portions",
-               "0.5,1", "--steps-per-stage", "3", "--out", str(out)])
-    assert rc == 0
-    saved = torch.load(out, weights_only=True)
-    assert saved["bits"] == 4 and saved["method"] == "inq"
-    assert any(k.endswith("codes") for k in saved["state_dict"])
-    assert "smaller" in capsys.readouterr().out
-    assert main(["quantize", "--method", "nope", "--out", str(out)]) == 2
-    assert main(["quantize", "--bits", "7", "--steps", "1", "--out", str(out)]) == 2
-
-
-def test_cli_quantize_int8(tmp_path):
-    from compressor.cli import main
-
-    out = tmp_path / "q8.pt"
-    assert main(["quantize", "--method", "int8", "--dataset", "digits", "--model", "lenet",
-                 "--steps", "50", "--out", str(out)]) == 0
-    assert out.exists() and out.stat().st_size > 0

@@ -34,11 +34,15 @@ def mixed_model() -> nn.Module:
     return Net()
 
 
-def step_many(model, opt, steps=5):
+def step_many(model, opt, steps=5, keeper=None):
     for _ in range(steps):
         opt.zero_grad()
         model(torch.randn(3, 4, 5, 5)).square().sum().backward()
+        if keeper is not None:
+            keeper.after_backward()
         opt.step()
+        if keeper is not None:
+            keeper.after_step()
 
 
 def assert_pruned_zero(model):
@@ -59,8 +63,7 @@ def test_masks_survive_optimizer_with_stale_state(make_opt):
     P.prune(model, P.PruneConfig(0.6))
     assert set(P.get_masks(model)) == {"conv2.weight", "conv1.weight", "lstm.weight_ih_l0",
                                        "lstm.weight_hh_l0", "fc.weight"}
-    P.mask_optimizer(opt, model)
-    step_many(model, opt)
+    step_many(model, opt, keeper=P.HoldMasks(model, opt))
     assert_pruned_zero(model)
     fc_state = opt.state[model.fc.weight]
     key = "exp_avg" if "exp_avg" in fc_state else "momentum_buffer"
@@ -68,16 +71,23 @@ def test_masks_survive_optimizer_with_stale_state(make_opt):
     assert P.sparsity(model)["total"] == pytest.approx(0.6, abs=0.01)
 
 
-def test_forward_hook_remasks_and_allows_repeated_calls():
-    model = mixed_model()
-    P.prune(model, P.PruneConfig(0.5))
+def test_apply_masks_undoes_an_edit_and_fit_holds_masks():
+    from compressor.data import Dataset
+    from compressor.train import TrainConfig, fit
+
+    model = lenet()
+    P.prune_(model, P.PruneConfig(0.5))
     with torch.no_grad():
-        model.fc.weight.add_(1.0)  # an edit behind the mask's back
-    x = torch.randn(2, 4, 5, 5)
-    loss = model(x).sum() + model(x).sum()  # two forwards before one backward
-    loss.backward()
+        model[0].weight.add_(1.0)  # an edit behind the mask's back
+    P.apply_masks(model)
     assert_pruned_zero(model)
-    assert (model.fc.weight.grad is not None)
+    x, y = torch.randn(64, 40), torch.randint(0, 10, (64,))
+    data = Dataset("t", x, y, x, y)
+    cfg = TrainConfig(steps=5, batch_size=16, lr=0.05, weight_decay=0.1, eval_every=0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05, weight_decay=0.1)
+    fit(model, data, cfg, optimizer=opt, callbacks=[P.HoldMasks(model, opt)])
+    assert_pruned_zero(model)
+    assert P.sparsity(model)["total"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_state_dict_roundtrip_deepcopy_and_fold():
@@ -97,7 +107,6 @@ def test_state_dict_roundtrip_deepcopy_and_fold():
     P.fold_masks(model)
     assert not P.has_masks(model) and P.get_masks(model) == {}
     assert set(model.state_dict()) == set(mixed_model().state_dict())
-    assert all(not m._forward_pre_hooks for m in model.modules())
     assert all(type(p) is nn.Parameter for p in model.parameters())
     torch.testing.assert_close(model(x), expected)
     assert (model.fc.weight == 0).float().mean() > 0.3
@@ -174,10 +183,45 @@ def test_nm_masks_valid(shape):
 
 def test_nm_prune_model_and_errors():
     model = nn.Sequential(nn.Linear(8, 16), nn.LSTM(16, 4))
-    P.prune(model, P.PruneConfig(nm=(2, 4)))
+    P.prune(model, P.PruneConfig(nm="2:4"))
     assert all(P.is_nm_sparse(m, 2, 4) for m in P.get_masks(model).values())
-    with pytest.raises(CompressorError, match="not a multiple of M=4; exclude this layer"):
+    with pytest.raises(CompressorError, match=r"cannot prune weight: reduction dim 6 .* not a "
+                       "multiple of M=4; no weight of the model"):
         P.prune_nm(nn.Linear(6, 3))
+
+
+def test_nm_skips_and_names_layers_it_cannot_take():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Conv1d(8, 6, 3), nn.Conv1d(6, 8, 1),
+                          nn.Flatten(), nn.Linear(48, 4))
+    report = {}
+    masks = P.prune_nm(model, 2, 4, report=report)
+    assert sorted(masks) == ["1.weight", "4.weight"]
+    assert "not a multiple of M=4" in report["2.weight"]["reason"]
+    assert "lookup" in report["0.weight"]["reason"]
+    assert report["1.weight"]["action"] == "pruned 2:4"
+    fresh = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 6), nn.Linear(6, 2))
+    with pytest.raises(CompressorError, match=r"cannot prune 2\.weight.*drop strict"):
+        P.prune_nm(fresh, 2, 4, strict=True)
+    assert not P.has_masks(fresh)  # strict refuses before touching the model
+
+
+def test_global_pruning_keeps_a_floor_per_layer_and_warns():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-3)  # one threshold would empty the output layer
+    report = {}
+    with pytest.warns(UserWarning, match="would leave 1.weight almost or entirely empty"):
+        masks = P.prune_global(model, 0.9, report=report)
+    assert int(masks["1.weight"].sum()) == 10  # 1% of 1000
+    assert sum(int(m.sum()) for m in masks.values()) == 11000 - round(0.9 * 11000)
+    assert "floor" in report["1.weight"]["reason"]
+    top = model[1].weight.detach().abs().flatten().topk(10).indices
+    assert masks["1.weight"].flatten()[top].all()  # the floor keeps the layer's largest
+    off = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+    with torch.no_grad():
+        off[1].weight.mul_(1e-3)
+    assert int(P.prune_global(off, 0.9, min_keep=0.0)["1.weight"].sum()) == 0
     with pytest.raises(CompressorError, match="0 < N < M"):
         P.nm_mask(torch.randn(4, 4), 4, 4)
 
@@ -187,11 +231,10 @@ def test_schedules():
     assert agp.sparsity_at(0) == 0 and agp.sparsity_at(1100) == pytest.approx(0.9)
     assert agp.sparsity_at(600) == pytest.approx(0.9 * (1 - 0.5**3))
     assert agp.is_pruning_step(300) and not agp.is_pruning_step(350)
-    assert P.Iterative(0.2, 3).sparsity_at(2) == pytest.approx(0.36)
     model = lenet()
     pruner = P.GradualPruner(model, agp, {"0.weight": 0.9, "2.weight": 0.9, "4.weight": 0.45})
     for step in range(0, 1101, 100):
-        pruner(step)
+        pruner.after_step(step)
         if step == 600:
             assert P.sparsity(model)["2.weight"] == pytest.approx(agp.sparsity_at(600), abs=1e-4)
     s = P.sparsity(model)

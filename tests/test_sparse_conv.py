@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compressor.errors import CompressorError
-from compressor.formats.csr import conv_offsets, csr_from_dense
+from compressor.formats.csr import csr_from_dense
 from compressor.nn import SparseConv2d
 from compressor.ops import reference, sparse_conv2d
 from tests.conftest import require_kernel
@@ -76,12 +76,11 @@ def test_twin_and_to_dense_and_state_dict():
     conv = pruned_conv(4, 6, 3, 2, 1, 1, 2, 0.6, "cpu")
     sc = SparseConv2d.from_dense(conv)
     x = torch.randn(2, 4, 9, 9)
-    offs = conv_offsets(sc.col_idx, (3, 3), (9, 9), (1, 1), (1, 1))
     with torch.no_grad():
         want = conv(x)
-        torch.testing.assert_close(reference.sparse_conv2d(x, sc.values, offs, sc.row_ptr, sc.bias,
-                                                           (9, 9), (3, 3), (2, 2), (1, 1), (1, 1),
-                                                           2), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(reference.sparse_conv2d(x, sc.values, sc.col_idx, sc.row_ptr,
+                                                           sc.bias, (3, 3), (2, 2), (1, 1),
+                                                           (1, 1), 2), want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(sc.to_dense()(x), want)
     other = SparseConv2d.from_dense(pruned_conv(4, 6, 3, 2, 1, 1, 2, 0.1, "cpu"))
     other.load_state_dict(sc.state_dict())
@@ -91,58 +90,79 @@ def test_twin_and_to_dense_and_state_dict():
     assert (dense.stride, dense.padding, dense.groups) == (sc.stride, sc.padding, sc.groups)
 
 
+def test_in_place_edit_of_col_idx_is_seen(device):
+    """Nothing derived from col_idx is cached: moving a nonzero to another tap moves the result."""
+    require_kernel("sparse_conv2d", device)
+    conv = pruned_conv(3, 4, 3, 1, 1, 1, 1, 0.0, device)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0
+    sc = SparseConv2d.from_dense(conv)
+    x = torch.randn(1, 3, 6, 6, device=device)
+    with torch.no_grad():
+        sc(x)
+        sc.col_idx[0] = 4  # tap (1, 1) of channel 0: the identity
+        conv.weight[0, 0, 0, 0], conv.weight[0, 0, 1, 1] = 0.0, 1.0
+        torch.testing.assert_close(sc(x), conv(x))
+
+
 def op_args(cin=4, cout=6, hw=(6, 7), device="cpu"):
     conv = pruned_conv(cin, cout, 3, 1, 1, 1, 1, 0.5, device)
     values, col, row_ptr = csr_from_dense(conv.weight)
-    offs = conv_offsets(col, (3, 3), hw, (1, 1), (1, 1))
     x = torch.randn(2, cin, *hw, device=device)
-    return x, values, offs, row_ptr, conv.bias.detach(), hw
+    return x, values, col, row_ptr, conv.bias.detach()
 
 
 def test_opcheck(device):
     require_kernel("sparse_conv2d", device)
-    x, values, offs, row_ptr, bias, hw = op_args(device=device)
-    for b in (bias, None):
+    x, values, col, row_ptr, bias = op_args(device=device)
+    residual = torch.randn(2, 6, 6, 7, device=device)
+    for b, res, act in ((bias, None, "none"), (None, None, "relu6"), (bias, residual, "relu"),
+                        (bias, residual, "silu")):
         torch.library.opcheck(torch.ops.compressor.sparse_conv2d.default,
-                              (x, values, offs, row_ptr, b, hw, (3, 3), (1, 1), (1, 1), (1, 1), 1))
+                              (x, values, col, row_ptr, b, (3, 3), (1, 1), (1, 1), (1, 1), 1,
+                               res, act))
 
 
-def call(x, values, offs, row_ptr, bias, hw, **kw):
-    args = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+def call(x, values, col, row_ptr, bias, **kw):
+    args = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                residual=None, activation="none")
     args.update(kw)
-    return torch.ops.compressor.sparse_conv2d(x, values, offs, row_ptr, bias, hw, *args.values())
+    return torch.ops.compressor.sparse_conv2d(x, values, col, row_ptr, bias, *args.values())
 
 
 def test_kernel_rejects_bad_input():
     require_kernel("sparse_conv2d", "cpu")
-    x, values, offs, row_ptr, bias, hw = op_args()
-    with pytest.raises(RuntimeError, match="sparse_conv2d: col_offsets must lie in"):
-        call(x, values, offs + 10_000, row_ptr, bias, hw)
-    with pytest.raises(RuntimeError, match="sparse_conv2d: col_offsets must lie in"):
-        call(x[:, :2].contiguous(), values, offs, row_ptr, bias, hw)  # fewer input channels
-    with pytest.raises(RuntimeError, match="out of range"):
-        call(torch.randn(2, 4, 6, 7), values, offs + 10_000, row_ptr, bias, hw, stride=(2, 2))
+    x, values, col, row_ptr, bias = op_args()
+    with pytest.raises(RuntimeError, match=r"sparse_conv2d: col_idx\[\d+\] = \d+ .* must lie"):
+        call(x, values, col + 10_000, row_ptr, bias)
+    with pytest.raises(RuntimeError, match="must lie in \\[0, 18\\)"):
+        call(x[:, :2].contiguous(), values, col, row_ptr, bias)  # fewer input channels
     with pytest.raises(RuntimeError, match="input must be Float"):
-        call(x.double(), values, offs, row_ptr, bias, hw)
-    with pytest.raises(RuntimeError, match="col_offsets must be Int"):
-        call(x, values, offs.long(), row_ptr, bias, hw)
-    with pytest.raises(RuntimeError, match="re-pack the weight"):
-        call(x, values, offs, row_ptr, bias, (6, 8))
+        call(x.double(), values, col, row_ptr, bias)
+    with pytest.raises(RuntimeError, match="col_idx must be Int"):
+        call(x, values, col.long(), row_ptr, bias)
     with pytest.raises(RuntimeError, match="row_ptr\\[-1\\] must equal nnz"):
-        call(x, values[:-1].contiguous(), offs[:-1].contiguous(), row_ptr, bias, hw)
+        call(x, values[:-1].contiguous(), col[:-1].contiguous(), row_ptr, bias)
     with pytest.raises(RuntimeError, match="bias must have shape"):
-        call(x, values, offs, row_ptr, bias[:-1], hw)
+        call(x, values, col, row_ptr, bias[:-1])
+    with pytest.raises(RuntimeError, match="activation must be one of"):
+        call(x, values, col, row_ptr, bias, activation="gelu")
+    with pytest.raises(RuntimeError, match="residual must have the output's shape"):
+        call(x, values, col, row_ptr, bias, residual=torch.randn(2, 6, 6, 6))
 
 
 def test_wrapper_and_module_errors():
-    x, values, offs, row_ptr, bias, hw = op_args()
-    with pytest.raises(ValueError, match="re-pack them"):
-        sparse_conv2d(x, values, offs, row_ptr, bias, input_hw=(3, 3), kernel_size=3, padding=1)
+    x, values, col, row_ptr, bias = op_args()
     with pytest.raises(TypeError, match="must be int32"):
-        sparse_conv2d(x, values, offs.long(), row_ptr, bias, input_hw=hw, kernel_size=3)
+        sparse_conv2d(x, values, col.long(), row_ptr, bias, kernel_size=3)
+    with pytest.raises(ValueError, match="residual must have the output's shape"):
+        sparse_conv2d(x, values, col, row_ptr, bias, kernel_size=3, residual=x)
     sc = SparseConv2d.from_dense(torch.nn.Conv2d(4, 6, 3))
     with pytest.raises(CompressorError, match="expects input \\(N, 4, H, W\\)"):
         sc(torch.randn(1, 3, 8, 8))
+    with pytest.raises(CompressorError, match="fused with no residual"):
+        sc(torch.randn(1, 4, 8, 8), torch.randn(1, 6, 6, 6))
     with pytest.raises(CompressorError, match="padding_mode"):
         SparseConv2d.from_dense(torch.nn.Conv2d(4, 6, 3, padding_mode="reflect"))
 

@@ -1,10 +1,36 @@
-"""compressor.sparse.convert: decisions, equal outputs, cache, never-slower guard."""
+"""compressor.sparse.convert: decisions, fusion, equal outputs, cache, robust timing, the
+never-slower guard, export of a converted model; graph patterns and fold_batchnorm."""
 
+import copy
+import random
+import time
+import warnings
+
+import pytest
 import torch
 from torch import nn
 
+from compressor.errors import CompressorError
+from compressor.graph import find_patterns
+from compressor.models import build_model
 from compressor.nn import SparseConv2d, SparseLinear
-from compressor.sparse import PerfModel, convert, report
+from compressor.nn.fused import ResidualBlock
+from compressor.quantization import fold_batchnorm
+from compressor.sparse import PerfModel, convert, converter, report
+from tests.conftest import require_kernel
+
+
+def prune_(model: nn.Module, sparsity: float, skip_first: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for m in layers[1 if skip_first else 0:]:
+            m.weight.mul_(torch.rand_like(m.weight) >= sparsity)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
 
 
 def pruned_model(sparsity: float) -> nn.Module:
@@ -12,11 +38,12 @@ def pruned_model(sparsity: float) -> nn.Module:
     model = nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
                           nn.Linear(32 * 12 * 12, 64))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(torch.rand_like(m.weight) >= sparsity)
-    return model.eval()
+    return prune_(model, sparsity, skip_first=False)
+
+
+def small_resnet() -> nn.Module:
+    return prune_(build_model("resnet_small", feature_shape=(3, 16, 16), width=16,
+                              blocks=(1, 1)), 0.9)
 
 
 def test_convert_keeps_outputs_and_reports(tmp_path):
@@ -26,27 +53,86 @@ def test_convert_keeps_outputs_and_reports(tmp_path):
     perf = PerfModel(tmp_path / "perf.json")
     converted, decisions = convert(model, (x,), perf_model=perf)
     assert [d.name for d in decisions] == ["0", "2", "5"]
+    assert [d.fused for d in decisions] == ["relu", "relu", ""]
     with torch.no_grad():
         torch.testing.assert_close(converted(x), want, atol=1e-4, rtol=1e-4)
     kinds = {d.name: d.converted for d in decisions}
     for name, mod in converted.named_children():
         if name in kinds:
             assert isinstance(mod, (SparseConv2d, SparseLinear)) == kinds[name]
-    assert "speedup" in report(decisions)
-    assert (tmp_path / "perf.json").exists() and len(PerfModel(tmp_path / "perf.json").table) == 3
+    assert all(d.dense_ms > 0 and d.sparse_ms > 0 for d in decisions)
+    text = report(decisions)
+    assert "dense" in text and "whole model" in text
+    assert len(PerfModel(tmp_path / "perf.json").table) == 3
+    assert all(isinstance(m, nn.Conv2d) for m in (model[0], model[2]))  # original untouched
 
 
-def test_dense_layers_stay_dense(tmp_path):
+def test_cached_verdict_is_obeyed(tmp_path):
     model, x = pruned_model(0.0), torch.randn(1, 8, 12, 12)
     perf = PerfModel(tmp_path / "perf.json")
-    for key_layer in ("0", "2", "5"):  # a cached "sparse is slower" verdict must be obeyed
-        dense = model.get_submodule(key_layer)
-        sparse = (SparseConv2d if isinstance(dense, nn.Conv2d) else SparseLinear).from_dense(dense)
-        layer_x = torch.randn(1, 8, 12, 12) if key_layer == "0" else None
-        if layer_x is not None:
-            perf.table[perf.signature(dense, sparse.sparsity, layer_x)] = {"speedup": 0.5}
+    sparse = SparseConv2d.from_dense(model[0])
+    perf.table[perf.signature(model[0], sparse.sparsity, x, "relu")] = {
+        "dense_s": 1e-3, "sparse_s": 2e-3, "speedup": 0.5, "spread": 0.01}
     _, decisions = convert(model, (x,), perf_model=perf)
-    assert not decisions[0].converted
+    assert not decisions[0].converted and decisions[0].dense_ms == 1.0
+
+
+def test_unsure_timings_are_measured_again(tmp_path):
+    perf = PerfModel(tmp_path / "perf.json")
+    nap = lambda s: (lambda: time.sleep(s))  # noqa: E731
+    rng = random.Random(0)
+    jitter = lambda: time.sleep(rng.uniform(0.0005, 0.0015))  # noqa: E731  (a busy machine)
+    clear = perf.measure("clear", nap(0.004), nap(0.001), threshold=1.05)
+    close = perf.measure("close", jitter, jitter, threshold=1.05)
+    assert clear["samples"] == 7 and clear["speedup"] > 2
+    assert close["samples"] > 7  # re-measured, samples pooled
+    assert PerfModel(tmp_path / "perf.json").table["close"]["samples"] == close["samples"]
+
+
+def test_whole_model_guard_undoes_smallest_gains(monkeypatch, tmp_path):
+    require_kernel("sparse_conv2d", "cpu")
+    model, x = pruned_model(0.95), torch.randn(1, 8, 12, 12)
+    perf = PerfModel(tmp_path / "perf.json")
+    with torch.no_grad():
+        x2 = model[1](model[0](x))
+    for layer, inp, speedup in ((model[0], x, 3.0), (model[2], x2, 2.0)):
+        sparse = SparseConv2d.from_dense(layer)
+        perf.table[perf.signature(layer, sparse.sparsity, inp, "relu")] = {
+            "dense_s": speedup * 1e-3, "sparse_s": 1e-3, "speedup": speedup, "spread": 0.0}
+    timings = iter([(1.0, 2.0), (1.0, 0.9)])  # slower with both swaps, faster with one
+    monkeypatch.setattr(converter, "_time_pair", lambda *a: next(timings))
+    converted, decisions = convert(model, (x,), perf_model=perf, min_speedup=1.5)
+    assert [d.converted for d in decisions[:2]] == [True, False]  # the 2x one was undone
+    assert isinstance(converted[0], SparseConv2d) and isinstance(converted[2], nn.Conv2d)
+    assert decisions.converted_ms == 900.0
+
+
+def test_resnet_blocks_fuse_and_export_without_warm_up(tmp_path):
+    require_kernel("sparse_conv2d", "cpu")
+    model, x = small_resnet(), torch.randn(2, 3, 16, 16)
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        want = model(x)
+    converted, decisions = convert(model, (x,), min_speedup=0.0,
+                                   perf_model=PerfModel(tmp_path / "perf.json"))
+    assert {d.fused for d in decisions if d.name.endswith("conv2")} == {"bn+add+relu"}
+    assert any(isinstance(m, ResidualBlock) for m in converted.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), want, atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    fresh = copy.deepcopy(converted)  # a fresh copy: nothing computed from data beforehand
+    exported = torch.export.export(fresh, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_failed_conversion_leaves_model(tmp_path):
+    model = small_resnet()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError):
+        convert(model, (torch.randn(1, 5, 16, 16),), perf_model=PerfModel(tmp_path / "p.json"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert isinstance(model.layer1[0].conv1, nn.Conv2d)
 
 
 def test_cache_is_keyed_by_kernel_build(monkeypatch, tmp_path):
@@ -56,3 +142,51 @@ def test_cache_is_keyed_by_kernel_build(monkeypatch, tmp_path):
     before = perf_model.cache_path()
     monkeypatch.setattr(perf_model, "KERNEL_VERSION", perf_model.KERNEL_VERSION + 1)
     assert perf_model.cache_path() != before  # timings of an older kernel are not reused
+
+
+@pytest.mark.parametrize("name,residuals", [("resnet18", 8), ("resnet50", 16),
+                                            ("mobilenet_v2", 10)])
+def test_patterns_of_torchvision_layouts(name, residuals):
+    patterns = find_patterns(build_model(name, feature_shape=(3, 32, 32)))
+    assert len(patterns.residuals) == residuals
+    convs = [u for u in patterns.units if u.bn is not None]
+    assert convs and all(u.conv.rpartition(".")[0] == u.bn.rpartition(".")[0] for u in convs)
+
+
+def test_fold_batchnorm_follows_the_graph():
+    model = small_resnet()
+    x = torch.randn(2, 3, 16, 16)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.bn1, nn.Identity) and isinstance(folded.layer1[0].bn2, nn.Identity)
+    assert isinstance(model.bn1, nn.BatchNorm2d)  # a copy unless inplace
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.conv, self.bn = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = self.body(x)
+        return self.bn(self.conv(x)) if x.sum() > 0 else x  # data-dependent: fx cannot trace
+
+
+def test_untraceable_model_falls_back_with_a_warning(tmp_path):
+    model = Untraceable().eval()
+    with pytest.warns(UserWarning, match="folding only BatchNorms that directly follow"):
+        folded = fold_batchnorm(model)
+    assert isinstance(folded.body[1], nn.Identity) and isinstance(folded.bn, nn.BatchNorm2d)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert(model, (torch.randn(1, 3, 8, 8),), perf_model=PerfModel(tmp_path / "p.json"))
+    assert any("one by one" in str(w.message) for w in caught)
+
+
+def test_convert_rejects_nothing_silently(tmp_path):
+    with pytest.raises(CompressorError):
+        from compressor.sparse.converter import _check_outputs
+
+        _check_outputs(nn.Identity(), lambda x: x + 1, (torch.zeros(3),))

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import compressor.ops.sparse  # noqa: F401  (registers the fake kernels opcheck needs)
+from compressor.ops import reference
 from tests.conftest import require_kernel
 
 pytestmark = pytest.mark.cuda
@@ -33,15 +34,11 @@ def csr_rows(matrix: torch.Tensor):
     return rows, cols, row_ptr
 
 
-def pack_conv(weight, input_hw, padding, dilation, device="cuda"):
-    """values, col_offsets = c_local*Hp*Wp + r*dil_h*Wp + s*dil_w, row_ptr (all on device)."""
-    cout, _, kh, kw = weight.shape
-    hp, wp = input_hw[0] + 2 * padding[0], input_hw[1] + 2 * padding[1]
-    flat = weight.reshape(cout, -1)
+def pack_conv(weight, device="cuda"):
+    """values, col_idx = c_local*kh*kw + r*kw + s (sorted per row), row_ptr (all on device)."""
+    flat = weight.reshape(weight.shape[0], -1)
     rows, cols, row_ptr = csr_rows(flat)
-    c, r, s = cols // (kh * kw), cols % (kh * kw) // kw, cols % kw
-    offsets = c * hp * wp + r * dilation[0] * wp + s * dilation[1]
-    return (flat[rows, cols].float().to(device), offsets.int().to(device), row_ptr.to(device))
+    return (flat[rows, cols].float().to(device), cols.int().to(device), row_ptr.to(device))
 
 
 def pack_linear(weight, device="cuda"):
@@ -49,18 +46,21 @@ def pack_linear(weight, device="cuda"):
     return weight[rows, cols].float().to(device), cols.int().to(device), row_ptr.to(device)
 
 
-def run_conv(x, weight, bias, stride, padding, dilation, groups, dtype=torch.float32):
+def run_conv(x, weight, bias, stride, padding, dilation, groups, dtype=torch.float32,
+             residual=None, activation="none"):
     """(ours on CUDA as float64 on CPU, dense float64 reference)."""
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
-    hw = tuple(x.shape[-2:])
-    values, offsets, row_ptr = pack_conv(weight, hw, padding, dilation)
+    values, cols, row_ptr = pack_conv(weight)
     b = None if bias is None else bias.float().cuda()
-    got = ops.sparse_conv2d(x.to("cuda", dtype), values, offsets, row_ptr, b, hw,
-                            tuple(weight.shape[-2:]), stride, padding, dilation, groups)
+    res = None if residual is None else residual.to("cuda", dtype)
+    got = ops.sparse_conv2d(x.to("cuda", dtype), values, cols, row_ptr, b,
+                            tuple(weight.shape[-2:]), stride, padding, dilation, groups, res,
+                            activation)
     want = F.conv2d(x.double(), weight, None if bias is None else bias.double(), stride, padding,
                     dilation, groups)
-    return got.cpu().double(), want
+    want = want if residual is None else want + residual.double()
+    return got.cpu().double(), reference.activate(want, activation)
 
 
 CONV_CASES = {
@@ -107,53 +107,64 @@ def test_conv_matches_dense(case, with_bias):
 def conv_fixture():
     weight = sparse_weight((24, 40, 3, 3), 0.8)
     x = torch.randn(1, 40, 20, 20, dtype=torch.float64)
-    args = ((20, 20), (3, 3), (1, 1), (1, 1), (1, 1), 1)
-    return weight, x, pack_conv(weight, (20, 20), (1, 1), (1, 1)), args
+    args = ((3, 3), (1, 1), (1, 1), (1, 1), 1)
+    return weight, x, pack_conv(weight), args
 
 
-def test_conv_unsorted_rows():
-    """Nonzeros shuffled within each row: the misplaced ones take the global path, same result."""
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6", "silu"])
+def test_conv_fused_epilogue(activation):
     require_kernel("sparse_conv2d", "cuda")
-    weight, x, (values, offsets, row_ptr), args = conv_fixture()
-    perm = torch.randperm(values.numel(), device="cuda")
-    starts = row_ptr[:-1].long().repeat_interleave((row_ptr[1:] - row_ptr[:-1]).long())
-    order = torch.sort(starts * values.numel() + perm)[1]  # shuffle within each row only
-    got = ops.sparse_conv2d(x.float().cuda(), values[order], offsets[order], row_ptr, None, *args)
-    torch.testing.assert_close(got.cpu().double(), F.conv2d(x, weight, None, 1, 1),
-                               atol=1e-4, rtol=1e-4)
+    weight = sparse_weight((12, 7, 3, 3), 0.8)
+    x = torch.randn(2, 7, 13, 11, dtype=torch.float64)
+    residual = torch.randn(2, 12, 7, 6, dtype=torch.float64)
+    got, want = run_conv(x, weight, torch.randn(12), 2, 1, 1, 1, residual=residual,
+                         activation=activation)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_nonfinite_input_propagates_like_dense():
+    require_kernel("sparse_conv2d", "cuda")
+    weight = sparse_weight((6, 5, 3, 3), 0.9)
+    x = torch.randn(1, 5, 9, 9, dtype=torch.float64)
+    x[0, 1, 4, 4], x[0, 3, 0, 8] = float("nan"), float("inf")
+    got, want = run_conv(x, weight, None, 1, 1, 1, 1)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
 
 
 def test_conv_rejects_bad_csr_content():
     """Checked on the first call with a tensor, and again after any in-place change to it."""
     require_kernel("sparse_conv2d", "cuda")
-    _, x, (values, offsets, row_ptr), args = conv_fixture()
+    _, x, (values, cols, row_ptr), args = conv_fixture()
     x = x.float().cuda()
-    ops.sparse_conv2d(x, values, offsets, row_ptr, None, *args)  # valid: checked and cached
-    offsets[5] = 40 * 22 * 22  # one channel past the input's: a weight packed for more channels
-    with pytest.raises(RuntimeError, match=r"sparse_conv2d: col_offsets entries must be in "
-                                           r"\[0, 19360\), got \[\d+, 19360\]"):
-        ops.sparse_conv2d(x, values, offsets, row_ptr, None, *args)
-    with pytest.raises(RuntimeError, match="sparse_conv2d: col_offsets entries must be in"):
-        ops.sparse_conv2d(x, values, offsets.clone().fill_(-1), row_ptr, None, *args)
+    ops.sparse_conv2d(x, values, cols, row_ptr, None, *args)  # valid: checked and cached
+    cols[-1] = 40 * 9  # one channel past the input's: a weight packed for more channels
+    with pytest.raises(RuntimeError, match=r"sparse_conv2d: col_idx entries must be in "
+                                           r"\[0, 360\), got \[\d+, 360\]"):
+        ops.sparse_conv2d(x, values, cols, row_ptr, None, *args)
+    with pytest.raises(RuntimeError, match="sparse_conv2d: col_idx entries must be in"):
+        ops.sparse_conv2d(x, values, cols.clone().fill_(-1), row_ptr, None, *args)
+    cols[-1] = cols[-2]  # a duplicate column
+    with pytest.raises(RuntimeError, match="col_idx must strictly increase within a row"):
+        ops.sparse_conv2d(x, values, cols, row_ptr, None, *args)
     bad_rows = row_ptr.clone()
     bad_rows[3] = bad_rows[4] + 1
     with pytest.raises(RuntimeError, match="sparse_conv2d: row_ptr must be non-decreasing"):
-        ops.sparse_conv2d(x, values, offsets, bad_rows, None, *args)
+        ops.sparse_conv2d(x, values, cols, bad_rows, None, *args)
     with pytest.raises(RuntimeError, match="sparse_conv2d: row_ptr must run from 0 to nnz="):
-        ops.sparse_conv2d(x, values[1:], offsets[1:], row_ptr, None, *args)
+        ops.sparse_conv2d(x, values[1:], cols[1:], row_ptr, None, *args)
 
 
 def test_conv_kernel_stays_in_bounds_on_unchecked_content():
     """Content changed behind the version counter skips the check; the kernel must still read
-    nothing out of bounds: bad offsets count as zero and row_ptr is clamped to [0, nnz]."""
+    nothing out of bounds: bad columns count as zero and row_ptr is clamped to [0, nnz]."""
     require_kernel("sparse_conv2d", "cuda")
-    weight, x, (values, offsets, row_ptr), args = conv_fixture()
+    weight, x, (values, cols, row_ptr), args = conv_fixture()
     x = x.float().cuda()
-    ops.sparse_conv2d(x, values, offsets, row_ptr, None, *args)  # checked and cached
-    offsets.data[::7] = 2**31 - 1
-    offsets.data[1::7] = -5
+    ops.sparse_conv2d(x, values, cols, row_ptr, None, *args)  # checked and cached
+    cols.data[::7] = 2**31 - 1
+    cols.data[1::7] = -5
     row_ptr.data[3], row_ptr.data[-1] = 10**9, 2  # past nnz, and a last entry below the others
-    out = ops.sparse_conv2d(x, values, offsets, row_ptr, None, *args)
+    out = ops.sparse_conv2d(x, values, cols, row_ptr, None, *args)
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
 
@@ -184,11 +195,10 @@ def test_conv_noncontiguous_input_through_wrapper():
 
     weight = sparse_weight((8, 6, 3, 3), 0.7)
     x = torch.randn(2, 13, 11, 6, dtype=torch.float64).permute(0, 3, 2, 1)  # (2, 6, 11, 13)
-    values, offsets, row_ptr = pack_conv(weight, (11, 13), (1, 1), (1, 1))
+    values, cols, row_ptr = pack_conv(weight)
     xc = x.float().cuda()
     assert not xc.is_contiguous()
-    got = sparse_conv2d(xc, values, offsets, row_ptr, input_hw=(11, 13), kernel_size=3,
-                        padding=1)
+    got = sparse_conv2d(xc, values, cols, row_ptr, kernel_size=3, padding=1)
     torch.testing.assert_close(got.cpu().double(), F.conv2d(x, weight, None, 1, 1),
                                atol=1e-4, rtol=1e-4)
 
@@ -249,9 +259,9 @@ def test_conv_input_at_odd_offset():
     require_kernel("sparse_conv2d", "cuda")
     weight = sparse_weight((6, 5, 3, 3), 0.6)
     x = torch.randn(2, 5, 9, 11, dtype=torch.float64).half().double()
-    values, offsets, row_ptr = pack_conv(weight, (9, 11), (1, 1), (1, 1))
-    got = ops.sparse_conv2d(offset_view(x, torch.float16), values, offsets, row_ptr, None, (9, 11),
-                            (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    values, cols, row_ptr = pack_conv(weight)
+    got = ops.sparse_conv2d(offset_view(x, torch.float16), values, cols, row_ptr, None, (3, 3),
+                            (1, 1), (1, 1), (1, 1), 1)
     torch.testing.assert_close(got.cpu().double(), F.conv2d(x, weight, None, 1, 1), atol=2e-2,
                                rtol=2e-2)
 
@@ -321,21 +331,22 @@ def test_opcheck():
     require_kernel("sparse_conv2d", "cuda")
     require_kernel("sparse_linear", "cuda")
     weight = sparse_weight((6, 4, 3, 3), 0.5)
-    values, offsets, row_ptr = pack_conv(weight, (9, 8), (1, 1), (1, 1))
+    values, cols, row_ptr = pack_conv(weight)
     x = torch.randn(2, 4, 9, 8, device="cuda")
-    torch.library.opcheck(ops.sparse_conv2d.default,
-                          (x, values, offsets, row_ptr, torch.randn(6, device="cuda"), (9, 8),
-                           (3, 3), (1, 1), (1, 1), (1, 1), 1))
+    for residual, act in ((None, "none"), (torch.randn(2, 6, 9, 8, device="cuda"), "relu")):
+        torch.library.opcheck(ops.sparse_conv2d.default,
+                              (x, values, cols, row_ptr, torch.randn(6, device="cuda"), (3, 3),
+                               (1, 1), (1, 1), (1, 1), 1, residual, act))
     lin = pack_linear(sparse_weight((5, 7), 0.5))
     torch.library.opcheck(ops.sparse_linear.default, (torch.randn(3, 7, device="cuda"), *lin, None))
 
 
 def conv_args(**change):
     """Valid sparse_conv2d arguments on CUDA, with some replaced."""
-    values, offsets, row_ptr = pack_conv(sparse_weight((6, 4, 3, 3), 0.5), (9, 8), (1, 1), (1, 1))
-    args = dict(input=torch.randn(1, 4, 9, 8, device="cuda"), values=values, col_offsets=offsets,
-                row_ptr=row_ptr, bias=None, input_hw=(9, 8), kernel_size=(3, 3), stride=(1, 1),
-                padding=(1, 1), dilation=(1, 1), groups=1)
+    values, cols, row_ptr = pack_conv(sparse_weight((6, 4, 3, 3), 0.5))
+    args = dict(input=torch.randn(1, 4, 9, 8, device="cuda"), values=values, col_idx=cols,
+                row_ptr=row_ptr, bias=None, kernel_size=(3, 3), stride=(1, 1),
+                padding=(1, 1), dilation=(1, 1), groups=1, residual=None, activation="none")
     args.update(change)
     return tuple(args.values())
 
@@ -348,10 +359,10 @@ def cuda_zeros(*shape, dtype=torch.float32):
 BAD_CONV = {
     "values dtype": (lambda: dict(values=cuda_zeros(3, dtype=torch.float64)),
                      "sparse_conv2d: values must be Float"),
-    "offsets dtype": (lambda: dict(col_offsets=cuda_zeros(3, dtype=torch.int64)),
-                      "sparse_conv2d: col_offsets must be Int"),
-    "lengths": (lambda: dict(col_offsets=cuda_zeros(1, dtype=torch.int32)),
-                "sparse_conv2d: col_offsets has 1 entries but values has"),
+    "col_idx dtype": (lambda: dict(col_idx=cuda_zeros(3, dtype=torch.int64)),
+                      "sparse_conv2d: col_idx must be Int"),
+    "lengths": (lambda: dict(col_idx=cuda_zeros(1, dtype=torch.int32)),
+                "sparse_conv2d: col_idx has 1 entries but values has"),
     "values device": (lambda: dict(values=conv_args()[1].cpu()),
                       "sparse_conv2d: values must be on cuda"),
     "input dtype": (lambda: dict(input=cuda_zeros(1, 4, 9, 8, dtype=torch.float64)),
@@ -360,7 +371,9 @@ BAD_CONV = {
                          "sparse_conv2d: input must be contiguous"),
     "input dims": (lambda: dict(input=cuda_zeros(4, 9, 8)),
                    "sparse_conv2d: input must have 4 dims"),
-    "input_hw": (lambda: dict(input_hw=(9, 9)), "sparse_conv2d: input spatial size"),
+    "activation": (lambda: dict(activation="gelu"), "sparse_conv2d: activation must be one of"),
+    "residual shape": (lambda: dict(residual=cuda_zeros(1, 6, 9, 9)),
+                       "sparse_conv2d: residual must have the output's shape"),
     "groups": (lambda: dict(groups=3),
                "sparse_conv2d: input has 4 channels, not divisible by groups=3"),
     "bias shape": (lambda: dict(bias=cuda_zeros(5)),

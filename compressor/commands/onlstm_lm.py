@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.models import LanguageModel
+from compressor.train import TrainConfig, fit
 
 WORDS = {
     "Det": ["the", "a"], "N": ["dog", "cat", "bird", "man", "woman", "child", "house", "park"],
@@ -86,35 +87,32 @@ def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     return ids[:usable].view(batch, -1).t().contiguous()
 
 
-def train_lm(cfg: OnlstmLmConfig, data: torch.Tensor, vocab: int, fused: bool, label: str):
-    """Trains from cfg.seed; returns (per-step losses, model)."""
+def windows(ids: torch.Tensor, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, next-token targets), both (N, bptt): consecutive windows of the stream."""
+    n = (ids.numel() - 1) // bptt
+    return ids[:n * bptt].view(n, bptt), ids[1:n * bptt + 1].view(n, bptt)
+
+
+def train_lm(cfg: OnlstmLmConfig, ids: torch.Tensor, vocab: int, fused: bool, label: str):
+    """Trains from cfg.seed with compressor's one training loop on independent windows of the
+    stream (no hidden state carried between batches); returns (per-step losses, model)."""
     torch.manual_seed(cfg.seed)
     model = LanguageModel(vocab, cfg.embedding, cfg.hidden, cfg.chunk, cfg.layers, cfg.dropout,
-                          cfg.dropconnect)
+                          cfg.dropconnect, batch_first=True)
     model.rnn.use_fused_kernels = fused
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    losses, state, pos = [], None, 0
-    for _ in tqdm(range(cfg.steps), desc=label, leave=False):
-        if pos + cfg.bptt + 1 > data.shape[0]:
-            pos, state = 0, None
-        x, y = data[pos:pos + cfg.bptt], data[pos + 1:pos + cfg.bptt + 1]
-        pos += cfg.bptt
-        logits, state, _ = model(x, state)
-        state = [(h.detach(), c.detach()) for h, c in state]
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 0.25)
-        opt.step()
-        losses.append(loss.item())
-    return losses, model
+    x, y = windows(ids, cfg.bptt)
+    data = Dataset("grammar", x, y, x[:cfg.batch], y[:cfg.batch])
+    train = TrainConfig(steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr, grad_clip=0.25,
+                        seed=cfg.seed, eval_every=0)
+    result = fit(model, data, train, progress=True, desc=label)
+    return result.losses, model
 
 
 @torch.no_grad()
 def perplexity(model: LanguageModel, data: torch.Tensor) -> float:
-    model.eval()
-    logits, _, _ = model(data[:-1])
-    loss = nn.functional.cross_entropy(logits.flatten(0, 1), data[1:].flatten())
+    model.eval()  # data: (B, T) token rows, the model batch-first
+    logits, _, _ = model(data[:, :-1])
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
     return math.exp(loss.item())
 
 
@@ -146,11 +144,11 @@ def run(args) -> int:
     valid_words = make_corpus(cfg.train_tokens // 10, seed=2000 + cfg.seed)
     vocab = {w: i for i, w in enumerate(sorted(set(train_words) | set(valid_words)))}
     encode = lambda ws: torch.tensor([vocab[w] for w in ws])  # noqa: E731
-    train = batchify(encode(train_words), cfg.batch)
+    train = encode(train_words)
     start = time.perf_counter()
     fused_losses, model = train_lm(cfg, train, len(vocab), True, "fused")
     fused_secs = time.perf_counter() - start
-    ppl = perplexity(model, batchify(encode(valid_words), 10))
+    ppl = perplexity(model, batchify(encode(valid_words), 10).t())
     print(f"ON-LSTM LM ({cfg.layers}x{cfg.hidden}, chunk {cfg.chunk}), {len(vocab)}-word grammar, "
           f"{cfg.steps} steps: train loss {fused_losses[0]:.3f} -> {fused_losses[-1]:.3f}, "
           f"validation perplexity {ppl:.2f} ({fused_secs:.1f} s fused)")
@@ -174,7 +172,7 @@ def show_parse(model: LanguageModel, vocab: dict, words: list[str]) -> None:
     sentence = words[:words.index("<eos>")]
     model.eval()
     with torch.no_grad():
-        ids = torch.tensor([vocab[w] for w in sentence])[:, None]
+        ids = torch.tensor([vocab[w] for w in sentence])[None, :]
         _, _, (d_f, _) = model(ids)
     print("tree induced by the last layer's master-forget distances: "
-          + tree_from_distances(sentence, d_f[-1, :, 0].tolist()))
+          + tree_from_distances(sentence, d_f[-1, 0, :].tolist()))

@@ -15,6 +15,7 @@ import torch
 
 from compressor.data.shapes import shape_arrays
 from compressor.errors import CompressorError
+from compressor.io import atomic_write
 
 
 @dataclass
@@ -84,9 +85,7 @@ def mnist1d(num_samples: int = 10_000, seed: int = 42, channel: bool = False) ->
 
         made = make_dataset(ObjectView(args))
         arrays = {k: made[k] for k in ("x", "y", "x_test", "y_test")}
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+        atomic_write(cache, lambda f: np.savez(f, **arrays))  # a kill leaves no half file
     shape = (-1, 1, 40) if channel else (-1, 40)
     f32 = lambda a: torch.from_numpy(a.astype(np.float32).reshape(shape))  # noqa: E731
     i64 = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
@@ -107,6 +106,11 @@ def shapes(num_samples: int = 8000, size: int = 16, seed: int = 0,
     return Dataset("shapes", images[n_test:], labels[n_test:], images[:n_test], labels[:n_test])
 
 
+# More classes than this is almost surely a column of ids, not labels (it would build a huge
+# output layer); a user who needs more can raise it.
+MAX_CLASSES = 10_000
+
+
 def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """A user's .npz with arrays X (N, ...) float and y (N,) integer labels."""
     path = Path(path)
@@ -119,8 +123,11 @@ def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0)
                 raise CompressorError(f"data file {path} lacks array(s) {sorted(missing)}; "
                                       f"it has {sorted(f.files)} (expected X and y)")
             x, y = f["X"], f["y"]
-    except (OSError, ValueError) as exc:
-        raise CompressorError(f"data file {path} is not a readable .npz: {exc}") from None
+    except CompressorError:
+        raise
+    except Exception as exc:  # truncated zip, a .npy renamed .npz, pickled objects, ...
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise CompressorError(f"data file {path} is not a readable .npz ({reason})") from None
     if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
         raise CompressorError(f"data file {path}: X must be numeric with shape (N, features...), "
                               f"got {x.dtype} {x.shape}")
@@ -129,8 +136,18 @@ def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0)
                               f"got {y.dtype} {y.shape}")
     if len(x) < 2:
         raise CompressorError(f"data file {path}: needs at least 2 samples, got {len(x)}")
-    if y.min() < 0:
-        raise CompressorError(f"data file {path}: labels must be >= 0, got {y.min()}")
+    if y.min() < 0 or y.max() >= MAX_CLASSES:
+        bad = int(np.flatnonzero((y < 0) | (y >= MAX_CLASSES))[0])
+        raise CompressorError(f"data file {path}: labels must be in 0..{MAX_CLASSES - 1} "
+                              f"(class indices), got y[{bad}] = {y[bad]}")
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        raise CompressorError(f"data file {path}: X holds NaN or inf (first in sample "
+                              f"{int(np.flatnonzero(~finite)[0])}); clean the data first")
+    n_test = int(round(len(x) * test_fraction))
+    if n_test < 1 or n_test >= len(x):
+        raise CompressorError(f"data file {path}: {len(x)} samples are too few for a train and "
+                              f"a non-empty test split of {test_fraction:.0%}")
     return _split(path.stem, x, y, test_fraction, seed)
 
 

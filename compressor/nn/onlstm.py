@@ -135,3 +135,11 @@ class ONLSTM(nn.Module):
         if self.batch_first:
             x, d_f, d_i = x.transpose(0, 1), d_f.transpose(1, 2), d_i.transpose(1, 2)
         return x, final, (d_f, d_i)
+
+    def export_module(self) -> nn.Module:
+        """The export protocol: a shallow copy (same parameters) whose recurrence runs as the
+        plain loop of standard torch ops, which torch.onnx.export can trace."""
+        plain = type(self).__new__(type(self))
+        plain.__dict__ = dict(self.__dict__)
+        plain.use_fused_kernels = False
+        return plain

@@ -1,15 +1,17 @@
 """Inference modules running pruned Conv2d / Linear layers on the direct sparse kernels.
 
-`SparseConv2d.from_dense(conv)` and `SparseLinear.from_dense(linear)` keep only the nonzero weights
-(CSR, in the state_dict); `to_dense()` gives back the equivalent nn.Conv2d / nn.Linear (for ONNX
-export or further training). There is no backward: train with masks on dense kernels, then convert.
+`SparseConv2d.from_dense(conv, bn, activation, residual)` and `SparseLinear.from_dense(linear)` keep
+only the nonzero weights (CSR, in the state_dict); `to_dense()` gives back the equivalent dense
+module (for ONNX export or further training). There is no backward: train with masks on dense
+kernels, then convert.
 """
 
 import torch
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.formats.csr import conv_offsets, csr_from_dense, dense_from_csr, sparsity
+from compressor.formats.csr import csr_from_dense, dense_from_csr, sparsity
+from compressor.nn.fused import ConvAct, check_activation, check_residual_call, fold_bn
 from compressor.ops.sparse import sparse_conv2d, sparse_linear
 
 _CSR = ("values", "col_idx", "row_ptr")
@@ -29,7 +31,6 @@ class _CsrModule(nn.Module):
         for name in _CSR:
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        self._offsets_cache = {}
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -38,62 +39,78 @@ class _CsrModule(nn.Module):
 
 
 class SparseConv2d(_CsrModule):
-    """nn.Conv2d (zeros padding) with a CSR weight, computed by direct sparse convolution."""
+    """nn.Conv2d (zeros padding) with a CSR weight, computed by direct sparse convolution; fused
+    forms apply `activation` (none, relu, relu6, silu) and, with `residual=True`, add the residual
+    passed to forward before it: act(conv(x) + bias + residual), in the same pass."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), groups=1, *, values, col_idx, row_ptr, bias=None):
+                 dilation=(1, 1), groups=1, *, values, col_idx, row_ptr, bias=None,
+                 activation: str = "none", residual: bool = False):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         self.dense_numel = out_channels * in_channels // groups * self.kernel_size[0] * \
             self.kernel_size[1]
+        self.activation = check_activation(activation, "SparseConv2d")
+        self.residual = bool(residual)
         self._set_csr(values, col_idx, row_ptr, bias)
-        self._offsets_cache = {}
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d) -> "SparseConv2d":
+    def from_dense(cls, conv: nn.Conv2d, bn: nn.Module | None = None, activation: str = "none",
+                   residual: bool = False) -> "SparseConv2d":
+        """The sparse form of `conv`, with eval-mode BatchNorm `bn` folded into its weight and
+        bias (folding scales rows, so pruned zeros stay zero)."""
         if not isinstance(conv, nn.Conv2d):
             raise CompressorError(f"SparseConv2d.from_dense needs an nn.Conv2d, got "
                                   f"{type(conv).__name__}")
         if conv.padding_mode != "zeros":
             raise CompressorError(f"SparseConv2d supports padding_mode='zeros' only, got "
                                   f"{conv.padding_mode!r}; keep this layer dense")
+        weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+        if bn is not None:
+            weight, bias = fold_bn(weight, bias, bn)
         return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                   _explicit_padding(conv), conv.dilation, conv.groups, bias=conv.bias,
-                   **dict(zip(_CSR, csr_from_dense(conv.weight), strict=True)))
+                   _explicit_padding(conv), conv.dilation, conv.groups, bias=bias,
+                   activation=activation, residual=residual,
+                   **dict(zip(_CSR, csr_from_dense(weight), strict=True)))
 
-    def _offsets(self, hw: tuple[int, int], device: torch.device) -> torch.Tensor:
-        key = (hw, str(device))
-        if key not in self._offsets_cache:
-            self._offsets_cache[key] = conv_offsets(self.col_idx, self.kernel_size, hw,
-                                                    self.padding, self.dilation).to(device)
-        return self._offsets_cache[key]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise CompressorError(f"SparseConv2d expects input (N, {self.in_channels}, H, W), got "
                                   f"shape {tuple(x.shape)}")
-        hw = (x.shape[2], x.shape[3])
-        return sparse_conv2d(x, self.values, self._offsets(hw, x.device), self.row_ptr, self.bias,
-                             input_hw=hw, kernel_size=self.kernel_size, stride=self.stride,
-                             padding=self.padding, dilation=self.dilation, groups=self.groups)
+        check_residual_call(self, residual)
+        return sparse_conv2d(x, self.values, self.col_idx, self.row_ptr, self.bias,
+                             kernel_size=self.kernel_size, stride=self.stride,
+                             padding=self.padding, dilation=self.dilation, groups=self.groups,
+                             residual=residual, activation=self.activation)
 
-    def to_dense(self) -> nn.Conv2d:
+    def to_dense(self) -> nn.Module:
+        """nn.Conv2d holding the same weight; a fused layer gives ConvAct (conv, then residual
+        and activation), so a model calling it as before still works."""
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                          self.padding, self.dilation, self.groups, bias=self.bias is not None,
                          device=self.values.device)
         with torch.no_grad():
             conv.weight.copy_(dense_from_csr(self.values, self.col_idx, self.row_ptr,
-                                             conv.weight.shape))
+                                             conv.weight.shape, "SparseConv2d.to_dense"))
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
-        return conv
+        if self.activation == "none" and not self.residual:
+            return conv
+        return ConvAct(conv, self.activation, self.residual)
 
     def extra_repr(self) -> str:
+        fused = "" if self.activation == "none" else f", activation={self.activation}"
+        fused += ", residual=True" if self.residual else ""
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-                f"groups={self.groups}, sparsity={self.sparsity:.3f}")
+                f"groups={self.groups}, sparsity={self.sparsity:.3f}{fused}")
+
+    def export_module(self) -> nn.Module:
+        """The export protocol: the equivalent nn.Conv2d (the exporter stores its zeros
+        compactly)."""
+        return self.to_dense()
 
 
 def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -136,7 +153,7 @@ class SparseLinear(_CsrModule):
                            device=self.values.device)
         with torch.no_grad():
             linear.weight.copy_(dense_from_csr(self.values, self.col_idx, self.row_ptr,
-                                               linear.weight.shape))
+                                               linear.weight.shape, sorted_rows=False))
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
@@ -144,3 +161,7 @@ class SparseLinear(_CsrModule):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"sparsity={self.sparsity:.3f}")
+
+    def export_module(self) -> nn.Module:
+        """The export protocol: the equivalent nn.Linear."""
+        return self.to_dense()

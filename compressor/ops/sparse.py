@@ -4,6 +4,8 @@ Weights come packed as CSR by output row; see compressor.formats.csr for how to 
 Inference only: there is no backward (train with masks on dense kernels, then convert).
 """
 
+import math
+
 import torch
 
 from compressor import _extension
@@ -34,33 +36,56 @@ def _use_kernel(op: str, input: torch.Tensor) -> bool:
     return input.dtype == torch.float32 and has_kernel(op, input.device)
 
 
-def sparse_conv2d(input, values, col_offsets, row_ptr, bias=None, *, input_hw, kernel_size,
-                  stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
-    """F.conv2d(input, W, bias, stride, padding, dilation, groups) with W in offset-CSR form.
+def _check_residual(residual, input, shape) -> None:
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != shape:
+        got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual)
+        raise ValueError(f"sparse_conv2d: residual must have the output's shape {shape}, "
+                         f"got {got}")
+    if residual.dtype != input.dtype or residual.device != input.device:
+        raise ValueError(f"sparse_conv2d: residual must be {input.dtype} on {input.device} like "
+                         f"the input, got {residual.dtype} on {residual.device}")
 
-    input (N, Cin, H, W), any strides; values (nnz,) same dtype; col_offsets, row_ptr int32 from
-    compressor.formats.csr.conv_offsets for this input_hw == (H, W). Returns (N, Cout, Ho, Wo).
+
+def sparse_conv2d(input, values, col_idx, row_ptr, bias=None, *, kernel_size, stride=1,
+                  padding=0, dilation=1, groups: int = 1, residual=None,
+                  activation: str = "none") -> torch.Tensor:
+    """act(F.conv2d(input, W, bias, stride, padding, dilation, groups) + residual), in one pass.
+
+    input (N, Cin, H, W), any strides; W (Cout, Cin/groups, kh, kw) in CSR by output channel:
+    values (nnz,) float32, col_idx (nnz,) int32 flattened columns c*kh*kw + r*kw + s (strictly
+    increasing within a row), row_ptr (Cout + 1,) int32, from compressor.formats.csr.csr_from_dense;
+    residual (N, Cout, Ho, Wo) or None; activation none | relu | relu6 | silu.
+    Returns (N, Cout, Ho, Wo).
     """
     if not isinstance(input, torch.Tensor) or input.dim() != 4:
         raise ValueError("sparse_conv2d: input must be a 4-dim (N, C, H, W) tensor")
-    _check_csr("sparse_conv2d", values, col_offsets, row_ptr, bias, "col_offsets")
-    args = (_pair(input_hw, "input_hw"), _pair(kernel_size, "kernel_size"), _pair(stride, "stride"),
-            _pair(padding, "padding"), _pair(dilation, "dilation"), int(groups))
-    if tuple(input.shape[-2:]) != args[0]:
-        raise ValueError(f"sparse_conv2d: input is {tuple(input.shape[-2:])} but the offsets were "
-                         f"packed for input_hw={args[0]}; re-pack them for this size")
+    _check_csr("sparse_conv2d", values, col_idx, row_ptr, bias, "col_idx")
+    if activation not in reference.ACTIVATIONS:
+        raise ValueError(f"sparse_conv2d: activation must be one of "
+                         f"{', '.join(reference.ACTIVATIONS)}, got {activation!r}")
+    args = (_pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding"),
+            _pair(dilation, "dilation"), int(groups))
+    _check_residual(residual, input, _out_shape(input, row_ptr, *args[:4]))
     if not _use_kernel("sparse_conv2d", input):
-        return reference.sparse_conv2d(input, values, col_offsets, row_ptr, bias, *args)
-    return torch.ops.compressor.sparse_conv2d(input.contiguous(), values, col_offsets, row_ptr,
-                                              bias, *args)
+        return reference.sparse_conv2d(input, values, col_idx, row_ptr, bias, *args, residual,
+                                       activation)
+    return torch.ops.compressor.sparse_conv2d(
+        input.contiguous(), values, col_idx, row_ptr, bias, *args,
+        None if residual is None else residual.contiguous(), activation)
 
 
 def sparse_linear(input, values, col_idx, row_ptr, bias=None) -> torch.Tensor:
-    """F.linear(input, W, bias) with W (N_out, K) in CSR. input (..., K) -> (..., N_out)."""
+    """F.linear(input, W, bias) with W (N_out, K) in CSR. input (..., K) -> (..., N_out).
+
+    NaN / inf in a row of the input make that whole output row non-finite, as in F.linear (where
+    the pruned zeros multiply them too): the kernels fill such rows with NaN."""
     if not isinstance(input, torch.Tensor) or input.dim() < 1:
         raise ValueError("sparse_linear: input must be a tensor with at least 1 dim (..., K)")
     _check_csr("sparse_linear", values, col_idx, row_ptr, bias, "col_idx")
-    flat = input.reshape(-1, input.shape[-1])
+    # Not reshape(-1, K): with K = 0 the -1 is ambiguous and reshape fails.
+    flat = input.reshape(math.prod(input.shape[:-1]), input.shape[-1])
     if _use_kernel("sparse_linear", input):
         out = torch.ops.compressor.sparse_linear(flat.contiguous(), values, col_idx, row_ptr, bias)
     else:
@@ -72,14 +97,21 @@ def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def _out_shape(input, row_ptr, kernel_size, stride, padding, dilation) -> tuple:
+    ho, wo = (_conv_out(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
+              for i in range(2))
+    return (input.shape[0], row_ptr.shape[0] - 1, ho, wo)
+
+
 if _extension.load():
 
     @torch.library.register_fake("compressor::sparse_conv2d")
-    def _sparse_conv2d_fake(input, values, col_offsets, row_ptr, bias, input_hw, kernel_size,
-                            stride, padding, dilation, groups):
-        ho, wo = (_conv_out(input.shape[2 + i], kernel_size[i], stride[i], padding[i],
-                            dilation[i]) for i in range(2))
-        return input.new_empty(input.shape[0], row_ptr.shape[0] - 1, ho, wo)
+    def _sparse_conv2d_fake(input, values, col_idx, row_ptr, bias, kernel_size, stride, padding,
+                            dilation, groups, residual=None, activation="none"):
+        shape = _out_shape(input, row_ptr, kernel_size, stride, padding, dilation)
+        torch._check(residual is None or tuple(residual.shape) == shape,
+                     lambda: "sparse_conv2d: residual must have the output's shape")
+        return input.new_empty(shape)
 
     @torch.library.register_fake("compressor::sparse_linear")
     def _sparse_linear_fake(input, values, col_idx, row_ptr, bias):

@@ -3,13 +3,14 @@ overridden by command-line flags.
 
     name = "demo"            # the run directory: <root>/<name>
     root = "runs"
-    prune = "magnitude"      # magnitude | lottery | none
+    prune = "magnitude"      # magnitude | structured | lottery | none
     quantize = "inq"         # inq | int8 | none
     skip = ["lottery"]       # stages not to run
     [data]     dataset = "shapes"
     [model]    model = "resnet_small"
     [train]    steps = 300
     [prune_config]  sparsity = 0.9      (PruneConfig)
+    [structured]    ratio = 0.5         (StructuredConfig)
     [finetune] steps = 150             (TrainConfig of the fine-tuning)
     [lottery]  rounds = 3               (LotteryConfig)
     [inq]      bits = 5                 (INQConfig)
@@ -31,14 +32,16 @@ from compressor.pipeline.inputs import DataConfig, ModelConfig
 from compressor.pruning import PruneConfig
 from compressor.quantization import INQConfig, Int8Config
 from compressor.sparse import SparsifyConfig
+from compressor.structured import StructuredConfig
 from compressor.train import TrainConfig
 
 STAGES = ("train", "prune", "quantize", "sparsify", "export", "verify", "bench", "report")
-PRUNE_METHODS = ("magnitude", "lottery", "none")
+PRUNE_METHODS = ("magnitude", "structured", "lottery", "none")
 QUANTIZE_METHODS = ("inq", "int8", "none")
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-            "prune_config": PruneConfig, "finetune": TrainConfig, "lottery": LotteryConfig,
+            "prune_config": PruneConfig, "structured": StructuredConfig,
+            "finetune": TrainConfig, "lottery": LotteryConfig,
             "inq": INQConfig, "int8": Int8Config, "sparsify": SparsifyConfig,
             "export": ExportConfig}
 

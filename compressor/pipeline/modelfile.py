@@ -113,7 +113,7 @@ def describe(module: nn.Module, where: str) -> dict:
     cannot be stored as plain values (a function, a tensor outside the buffers)."""
     attrs, caches = {}, []
     for key, value in _attributes(module).items():
-        if key.startswith("_") and type(value) in (dict, list, set):
+        if key.startswith("_") and type(value) in (dict, list, set, tuple) and not _plain(value):
             caches.append([key, type(value).__name__])  # a private cache: rebuilt empty
             continue
         if not _plain(value):
@@ -122,11 +122,11 @@ def describe(module: nn.Module, where: str) -> dict:
                 f"{key!r} holds a {type(value).__name__}, not a plain value")
         attrs[key] = value
     return {"class": _class_path(module), "attrs": attrs, "caches": caches,
-            # None marks an absent parameter (a conv without bias), which the module expects
+            # None entries (a Conv2d without bias) are kept: forward reads them as attributes
             "params": {n: None if p is None else p.requires_grad
                        for n, p in module._parameters.items()},
-            "buffers": {n: n not in module._non_persistent_buffers_set
-                        for n, b in module._buffers.items() if b is not None},
+            "buffers": {n: None if b is None else n not in module._non_persistent_buffers_set
+                        for n, b in module._buffers.items()},
             "children": {n: describe(c, f"{where}.{n}".strip("."))
                          for n, c in module._modules.items() if c is not None}}
 
@@ -158,7 +158,7 @@ def rebuild(desc: dict, state: dict, prefix: str, factory: str) -> nn.Module:
     nn.Module.__init__(module)
     module.__dict__.update(desc["attrs"])
     for key, kind in desc["caches"]:
-        module.__dict__[key] = {"dict": dict, "list": list, "set": set}[kind]()
+        module.__dict__[key] = {"dict": dict, "list": list, "set": set, "tuple": tuple}[kind]()
     for name, requires_grad in desc["params"].items():
         if requires_grad is None:
             module.register_parameter(name, None)
@@ -169,6 +169,9 @@ def rebuild(desc: dict, state: dict, prefix: str, factory: str) -> nn.Module:
         module.register_parameter(name, nn.Parameter(torch.empty_like(like),
                                                      requires_grad=requires_grad))
     for name, persistent in desc["buffers"].items():
+        if persistent is None:
+            module.register_buffer(name, None)
+            continue
         like = state.get(prefix + name)
         module.register_buffer(name, None if like is None else torch.empty_like(like),
                                persistent=persistent)

@@ -41,12 +41,14 @@ class Runner:
         self.dir = Path(self.run_cfg.root) / self.run_cfg.name
         self.state = {"stages": {}}
         self.data = None
+        self.digest = ""
 
     # ----- bookkeeping
     def _stage_settings(self, stage: str) -> dict:
         s, r = self.s, self.run_cfg
         return {"train": {k: s[k].to_dict() for k in ("data", "model", "train")},
                 "prune": {"method": r.prune, "prune": s["prune_config"].to_dict(),
+                          "structured": s["structured"].to_dict(),
                           "finetune": s["finetune"].to_dict(), "lottery": s["lottery"].to_dict()},
                 "quantize": {"method": r.quantize, "inq": s["inq"].to_dict(),
                              "int8": s["int8"].to_dict()},
@@ -103,6 +105,7 @@ class Runner:
             else:
                 self.log(f"[{index}/{len(plan)}] {stage} ...")
                 start = time.perf_counter()
+                self.digest = digest  # names in-stage checkpoints after these settings
                 metrics, files = getattr(self, f"_{stage}")(latest)
                 metrics["seconds"] = round(time.perf_counter() - start, 2)
                 self._finish(stage, digest, metrics, files)
@@ -130,6 +133,9 @@ class Runner:
             cfg = self.s["lottery"].replace(dataset=self.s["data"].source(), model=info.factory)
             model, metrics = stages.lottery_stage(info, self.data, cfg, self.dir / "lottery",
                                                   progress=True)
+        elif self.run_cfg.prune == "structured":
+            metrics = stages.structured_stage(model, self.data, self.s["structured"],
+                                              self.s["finetune"], progress=True)
         else:
             metrics = stages.prune_stage(model, self.data, self.s["prune_config"],
                                          self.s["finetune"], progress=True)
@@ -139,9 +145,11 @@ class Runner:
     def _quantize(self, latest):
         model, info = load_model(latest)
         cfg = self.s["inq"] if self.run_cfg.quantize == "inq" else self.s["int8"]
-        metrics = stages.quantize_stage(model, self.data, cfg, self.dir / "inq-checkpoint.pt",
-                                        progress=True)
-        return metrics, [self._save("quantize", model, info, test_acc=metrics["test_acc"])]
+        checkpoint = self.dir / f"inq-{self.digest[:12]}.pt"  # other settings: another file
+        metrics = stages.quantize_stage(model, self.data, cfg, checkpoint, progress=True)
+        files = [self._save("quantize", model, info, test_acc=metrics["test_acc"])]
+        checkpoint.unlink(missing_ok=True)  # the stage is done: its model file is what counts
+        return metrics, files
 
     def _sparsify(self, latest):
         model, info = load_model(latest)

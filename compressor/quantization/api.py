@@ -33,7 +33,10 @@ def _inq_(model, config: INQConfig, data, filter_fn, loss_fn, checkpoint, progre
     stages = run.run()
     n1 = dict(run.state.n1)  # what INQ fixed; packing reuses it instead of re-deriving
     packed = {name.rpartition(".")[0] for name in n1 if name.endswith(".weight")}
-    convert_to_pow2(model, config.bits, n1, filter_fn=lambda m, fqn: fqn in packed)
+    # each packed layer runs on the codes or decoded, whichever this machine measured faster on
+    # one test example
+    convert_to_pow2(model, config.bits, n1, example_inputs=(data.x_test[:1],),
+                    filter_fn=lambda m, fqn: fqn in packed)
     layers = {name: {"action": f"INQ {config.bits}-bit", "n1": value,
                      "packed": name.rpartition(".")[0] in packed}
               for name, value in n1.items()}

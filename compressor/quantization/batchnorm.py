@@ -3,12 +3,19 @@
 In eval mode BN is an affine map per channel, y = γ (z − μ) / sqrt(σ² + ε) + β, so
 conv+BN equals one conv with W' = W · γ/sqrt(σ² + ε) (per output channel) and
 b' = (b − μ) · γ/sqrt(σ² + ε) + β. Quantizing after folding quantizes the weights that really run.
+The pairs come from the model's torch.fx trace (compressor.graph): a BN is folded when its only
+input is a conv/linear whose only user it is, wherever forward puts them (torchvision-style
+conv1/bn1 attributes included).
 """
 
 import copy
+import warnings
 
 import torch
 from torch import nn
+
+from compressor.graph import TraceError, find_patterns, replace_module
+from compressor.nn.fused import fold_bn
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -17,20 +24,12 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 @torch.no_grad()
 def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Fold `bn` (running statistics) into `layer` in place; the caller drops `bn`."""
-    if bn.running_mean is None:
-        raise ValueError(f"{type(bn).__name__} tracks no running statistics; it cannot be folded")
-    inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
-    gamma = bn.weight.double() if bn.affine else torch.ones_like(inv_std)
-    beta = bn.bias.double() if bn.affine else torch.zeros_like(inv_std)
-    factor = gamma * inv_std
-    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-    layer.weight.copy_((layer.weight.double() * factor.reshape(shape)).to(layer.weight.dtype))
-    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(factor)
-    new_bias = ((bias - bn.running_mean.double()) * factor + beta).to(layer.weight.dtype)
+    weight, bias = fold_bn(layer.weight, layer.bias, bn)
+    layer.weight.copy_(weight)
     if layer.bias is None:
-        layer.bias = nn.Parameter(new_bias)
+        layer.bias = nn.Parameter(bias)
     else:
-        layer.bias.copy_(new_bias)
+        layer.bias.copy_(bias)
 
 
 def _foldable_pair(layer: nn.Module, bn: nn.Module) -> bool:
@@ -41,12 +40,8 @@ def _foldable_pair(layer: nn.Module, bn: nn.Module) -> bool:
     return bn.num_features == layer.weight.shape[0] and bn.track_running_stats
 
 
-def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Eval-mode model where every BatchNorm directly after a Conv/Linear inside an nn.Sequential
-    is folded into it and replaced by nn.Identity (a BN elsewhere stays: its input is not known
-    without tracing). Returns a copy unless `inplace`."""
-    model = model if inplace else copy.deepcopy(model)
-    model.eval()
+def _fold_sequential(model: nn.Module) -> None:
+    """The rule for models fx cannot trace: a BN right after a Conv/Linear in an nn.Sequential."""
     for module in model.modules():
         if not isinstance(module, nn.Sequential):
             continue
@@ -56,4 +51,24 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
             if _foldable_pair(layer, bn):
                 fold_bn_into(layer, bn)
                 module._modules[second] = nn.Identity()
+
+
+def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Eval-mode model where every BatchNorm fed only by a Conv/Linear (found in the fx trace) is
+    folded into it and replaced by nn.Identity. A model fx cannot trace falls back, with a
+    warning, to folding BNs that directly follow a Conv/Linear inside an nn.Sequential. Returns a
+    copy unless `inplace`."""
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    try:
+        patterns = find_patterns(model)
+    except TraceError as exc:
+        warnings.warn(f"fold_batchnorm: {exc}; folding only BatchNorms that directly follow a "
+                      "Conv/Linear inside an nn.Sequential", stacklevel=2)
+        _fold_sequential(model)
+        return model
+    for unit in patterns.units:
+        if unit.bn is not None:
+            fold_bn_into(model.get_submodule(unit.conv), model.get_submodule(unit.bn))
+            replace_module(model, unit.bn, nn.Identity())
     return model

@@ -1,89 +1,146 @@
-"""compressor.sparse.convert: swap pruned Conv2d / Linear layers for sparse ones where it pays."""
+"""compressor.sparse.convert: swap pruned Conv2d / Linear layers for sparse ones where it pays.
 
+Per layer, the sparse layer, with what it can fuse (compressor.sparse.fusion: BatchNorm folded,
+activation and residual add in the epilogue), is timed against the dense ops it replaces, with
+interleaved samples (PerfModel); it is taken when measured at least `min_speedup` faster. Then
+the whole converted model is timed against the original, interleaved too, and while it is slower
+the swaps with the smallest gains are undone. The original model is never modified.
+"""
+
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from compressor.nn.sparse import SparseConv2d, SparseLinear
-from compressor.sparse.perf_model import PerfModel, median_seconds
+from compressor.errors import CompressorError
+from compressor.ops.reference import activate
+from compressor.sparse.fusion import Plan, Slot, apply, make_plan, sparse_module
+from compressor.sparse.perf_model import PerfModel
+from compressor.timing import paired_medians
 
 
 @dataclass
 class Decision:
-    name: str
+    name: str           # the layer's path in the original model
     sparsity: float
-    speedup: float
+    dense_ms: float     # the dense ops the sparse layer replaces (conv, BN, add, activation)
+    sparse_ms: float    # the sparse layer with them fused
     converted: bool
+    fused: str = ""     # what the sparse layer absorbs, e.g. "bn+add+relu"
+    spread: float = 0.0  # relative spread (IQR / median) of the timings
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / max(self.sparse_ms, 1e-12)
 
 
-def _layer_inputs(model: nn.Module, example_inputs, filter_fn=None) -> dict[str, torch.Tensor]:
+class Decisions(list):
+    """The per-layer decisions, plus the whole-model check (ms, original and converted)."""
+
+    dense_ms: float | None = None
+    converted_ms: float | None = None
+
+
+def _layer_io(model, example_inputs, filter_fn) -> dict[str, tuple[torch.Tensor, tuple]]:
+    """{path: (input, output shape)} of every Conv2d / Linear that runs on the example."""
     seen, hooks = {}, []
+
+    def keep(name, args, out) -> None:  # a hook returning a value would replace the output
+        seen.setdefault(name, (args[0].detach(), tuple(out.shape)))
+
     for name, mod in model.named_modules():
         if type(mod) in (nn.Conv2d, nn.Linear) and (filter_fn is None or filter_fn(mod, name)):
-            hooks.append(mod.register_forward_pre_hook(
-                lambda m, args, name=name: seen.setdefault(name, args[0].detach())))
-    with torch.no_grad():
-        model(*example_inputs)
-    for h in hooks:
-        h.remove()
+            hooks.append(mod.register_forward_hook(
+                lambda m, args, out, name=name: keep(name, args, out)))
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
     return seen
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+def _dense_ops(model: nn.Module, slot: Slot, x, residual):
+    """The original computation the sparse slot stands for."""
+    y = model.get_submodule(slot.name)(x)
+    if slot.bn:
+        y = model.get_submodule(slot.bn)(y)
+    return activate(y if residual is None else y + residual, slot.act)
+
+
+def _decide(model, slot: Slot, x, out_shape, perf: PerfModel, min_speedup) -> Decision:
+    sparse = sparse_module(model, slot).to(x.device)
+    residual = torch.randn(out_shape, dtype=x.dtype, device=x.device) if slot.residual else None
+    args = (x,) if residual is None else (x, residual)
+    key = perf.signature(model.get_submodule(slot.name), sparse.sparsity, x, slot.fused())
+    m = perf.measure(key, lambda: _dense_ops(model, slot, x, residual), lambda: sparse(*args),
+                     x.device.type, min_speedup)
+    take = m["speedup"] >= min_speedup and x.dtype == torch.float32
+    return Decision(slot.name, sparse.sparsity, m["dense_s"] * 1e3, m["sparse_s"] * 1e3, take,
+                    slot.fused(), m.get("spread", 0.0))
 
 
 def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
             perf_model: PerfModel | None = None,
             filter_fn=None) -> tuple[nn.Module, list[Decision]]:
-    """Replace each Conv2d/Linear whose sparse twin was measured faster on its example input.
-
-    Returns (model, decisions). The converted model is then timed against the dense one on
-    `example_inputs`; while it is slower, the conversion with the smallest gain is undone.
-    """
+    """A copy of `model` (eval mode) whose pruned Conv2d / Linear layers run sparse, fused with
+    their BatchNorm / activation / residual add, where that was measured faster on
+    `example_inputs`; and the per-layer decisions. `filter_fn(module, path)` limits the layers
+    considered. The copy is checked not slower than `model` and to give its outputs; `model`
+    itself is left as it was, whatever happens."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    base = copy.deepcopy(model).eval()
     perf = perf_model or PerfModel()
-    inputs = _layer_inputs(model, example_inputs, filter_fn)
-    decisions, originals = [], {}
-    for name, x in inputs.items():
-        dense = model.get_submodule(name)
-        sparse = (SparseConv2d if isinstance(dense, nn.Conv2d) else SparseLinear).from_dense(dense)
-        sparse = sparse.to(x.device)
-        speedup = perf.measure(dense, sparse, x)["speedup"]
-        take = speedup >= min_speedup and x.dtype == torch.float32
-        decisions.append(Decision(name, sparse.sparsity, speedup, take))
-        if take:
-            originals[name] = dense
-            _swap(model, name, sparse)
-    _keep_not_slower(model, example_inputs, decisions, originals)
-    return model, decisions
+    layers = _layer_io(base, example_inputs, filter_fn)
+    plan = make_plan(base, list(layers))
+    decisions = Decisions(_decide(base, slot, *layers[slot.name], perf, min_speedup)
+                          for slot in plan.slots)
+    work = _keep_not_slower(base, plan, decisions, example_inputs)
+    _check_outputs(base, work, example_inputs)
+    return work, decisions
 
 
-def _time(model, example_inputs) -> float:
+def _time_pair(base, work, example_inputs):
     device = example_inputs[0].device.type
     with torch.no_grad():
-        return median_seconds(lambda: model(*example_inputs), device, repeat=7)
+        return paired_medians([lambda: base(*example_inputs), lambda: work(*example_inputs)],
+                              device, warmup=1, repeat=5, min_seconds=0.02).medians
 
 
-def _keep_not_slower(model, example_inputs, decisions, originals) -> None:
+def _keep_not_slower(base, plan: Plan, decisions: Decisions, example_inputs) -> nn.Module:
+    """The converted model; while it times slower than the original, undo the swaps with the
+    smallest measured gains (one, then two, four, ... at a time)."""
     taken = sorted((d for d in decisions if d.converted), key=lambda d: d.speedup)
-    for dense_name, dense in originals.items():
-        _swap(model, dense_name, dense)
-    dense_s = _time(model, example_inputs)
-    for d in taken:
-        _swap(model, d.name, SparseConv2d.from_dense(originals[d.name])
-              if isinstance(originals[d.name], nn.Conv2d)
-              else SparseLinear.from_dense(originals[d.name]))
-    for d in taken:
-        if _time(model, example_inputs) <= dense_s:
-            return
-        _swap(model, d.name, originals[d.name])
-        d.converted = False
+    chunk = 1
+    while True:
+        work = apply(base, plan, {d.name for d in decisions if d.converted})
+        dense_s, work_s = _time_pair(base, work, example_inputs)
+        decisions.dense_ms, decisions.converted_ms = dense_s * 1e3, work_s * 1e3
+        if work_s <= dense_s or not taken:
+            return work
+        for d in taken[:chunk]:
+            d.converted = False
+        taken, chunk = taken[chunk:], chunk * 2
+
+
+def _check_outputs(base, work, example_inputs) -> None:
+    with torch.no_grad():
+        want, got = base(*example_inputs), work(*example_inputs)
+    if isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor):
+        err = (got.float() - want.float()).abs().max().item() if want.numel() else 0.0
+        if not err <= 1e-3 * (1 + want.abs().max().item() if want.numel() else 1):
+            raise CompressorError(f"sparse.convert: the converted model differs from the "
+                                  f"original by {err:.3g} on the example input; nothing changed")
 
 
 def report(decisions: list[Decision]) -> str:
-    return "\n".join(f"{d.name}: sparsity {d.sparsity:.2f}, measured speedup {d.speedup:.2f}x -> "
-                     f"{'sparse' if d.converted else 'dense'}" for d in decisions)
+    lines = [f"{d.name}: sparsity {d.sparsity:.2f}, dense {d.dense_ms:.3f} ms, sparse "
+             f"{d.sparse_ms:.3f} ms ({d.speedup:.2f}x{', fused ' + d.fused if d.fused else ''}"
+             f") -> {'sparse' if d.converted else 'dense'}" for d in decisions]
+    if getattr(decisions, "dense_ms", None) is not None:
+        lines.append(f"whole model: dense {decisions.dense_ms:.3f} ms, converted "
+                     f"{decisions.converted_ms:.3f} ms")
+    return "\n".join(lines)

@@ -1,27 +1,33 @@
 """Guided-pruning performance model (Park et al.): does the sparse kernel beat dense for a layer?
 
 Calibrated by measurement on this machine: for a layer signature (shape, input size, batch,
-sparsity rounded to 1%, device, threads) it times the dense layer and its sparse twin side by side
-and caches the two medians in a JSON file keyed by machine, torch version and the build of the
-kernels, so later calls (and later runs) answer without timing again, and a rebuilt (faster or
-slower) kernel is measured afresh instead of judged by stale times.
+sparsity rounded to 1%, what the sparse layer fuses, device, threads) it times the dense layer
+and its sparse twin with interleaved samples (compressor.timing.paired_medians), so a machine
+that gets busier during the measurement slows both alike. When the measured ratio lies within
+the samples' spread of the caller's threshold the verdict is unsure: it is measured again, with
+more samples pooled, and an entry that stays unsure is not trusted by a later run (it is
+measured afresh). Entries live in a JSON file keyed by machine, torch version and the build of
+the kernels, so a rebuilt kernel is measured afresh instead of judged by stale times.
 """
 
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from compressor import _extension
+from compressor.io import write_json_atomic
+from compressor.timing import paired_medians
 
 # Bump when the sparse kernels change in a way a cached timing should not survive; a rebuilt
 # extension file (another size or mtime) also starts a fresh cache.
-KERNEL_VERSION = 2
+KERNEL_VERSION = 3
+ROUNDS = 3  # measurements of one unsure layer at most
 
 
 def kernel_build() -> str:
@@ -42,50 +48,60 @@ def cache_path() -> Path:
     return root / f"sparse_perf_{digest}.json"
 
 
-def median_seconds(fn, device: str = "cpu", warmup: int = 2, repeat: int = 5) -> float:
-    """Median wall time of fn() after warm-up (the package must not import benchmarks/)."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def _spread(samples: list[float]) -> float:
+    if len(samples) < 4:
+        return 0.0
+    q = statistics.quantiles(samples, n=4)
+    return (q[2] - q[0]) / max(statistics.median(samples), 1e-12)
+
+
+def sure(entry: dict, threshold: float) -> bool:
+    """The threshold lies outside the noise band around the measured speedup."""
+    if threshold <= 0:
+        return True
+    margin = abs(math.log(max(entry["speedup"], 1e-12) / threshold))
+    return margin > math.log1p(entry.get("spread", 0.0))
 
 
 class PerfModel:
     """Measured dense vs sparse times per layer signature, cached on disk."""
 
     def __init__(self, path: Path | None = None):
-        self.path = path or cache_path()
+        self.path = Path(path) if path is not None else cache_path()
         self.table = json.loads(self.path.read_text()) if self.path.exists() else {}
 
     @staticmethod
-    def signature(dense: torch.nn.Module, sparse_sparsity: float, x: torch.Tensor) -> str:
+    def signature(dense: torch.nn.Module, sparse_sparsity: float, x: torch.Tensor,
+                  fused: str = "") -> str:
         shape = tuple(dense.weight.shape)
         extra = (getattr(dense, "stride", None), getattr(dense, "padding", None),
                  getattr(dense, "dilation", None), getattr(dense, "groups", None))
         return (f"{type(dense).__name__}{shape}{extra}in{tuple(x.shape)}"
-                f"s{round(sparse_sparsity, 2)}{x.device.type}t{torch.get_num_threads()}")
+                f"s{round(sparse_sparsity, 2)}{fused}{x.device.type}t{torch.get_num_threads()}")
 
-    def measure(self, dense, sparse, x: torch.Tensor) -> dict:
-        """{'dense_s', 'sparse_s', 'speedup'} for running this layer on x, cached."""
-        key = self.signature(dense, sparse.sparsity, x)
-        if key not in self.table:
+    def measure(self, key: str, dense_fn, sparse_fn, device: str = "cpu",
+                threshold: float = 1.0) -> dict:
+        """{'dense_s', 'sparse_s', 'speedup', 'spread'} of dense_fn() vs sparse_fn(), cached
+        under `key`; re-measured while unsure about `threshold` (pooling samples)."""
+        entry = self.table.get(key)
+        if entry is not None and "dense_s" in entry and sure(entry, threshold):
+            return entry
+        dense, sparse = [], []
+        for round_ in range(ROUNDS):
             with torch.no_grad():
-                dense_s = median_seconds(lambda: dense(x), x.device.type, repeat=5)
-                sparse_s = median_seconds(lambda: sparse(x), x.device.type, repeat=5)
-            self.table[key] = {"dense_s": dense_s, "sparse_s": sparse_s,
-                               "speedup": dense_s / sparse_s}
-            self._save()
-        return self.table[key]
+                paired = paired_medians([dense_fn, sparse_fn], device, warmup=2 if round_ == 0
+                                        else 0, repeat=7, min_seconds=0.002)
+            dense += paired.samples[0]
+            sparse += paired.samples[1]
+            entry = {"dense_s": statistics.median(dense), "sparse_s": statistics.median(sparse),
+                     "spread": max(_spread(dense), _spread(sparse)), "samples": len(dense)}
+            entry["speedup"] = entry["dense_s"] / max(entry["sparse_s"], 1e-12)
+            if sure(entry, threshold):
+                break
+        self.table[key] = entry
+        self._save()
+        return entry
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.table, indent=1))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.table)

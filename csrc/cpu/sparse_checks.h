@@ -3,6 +3,9 @@
 // by the op's own index checks before any read, so a bad weight is an error, not a stray read.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
 
 #include "compressor/checks.h"
 
@@ -43,6 +46,37 @@ inline void check_row_ptr(const char* op, const at::Tensor& row_ptr, int64_t nnz
   for (int64_t i = 0; i < rows; ++i)
     CMP_CHECK(rp[i + 1] >= rp[i], op, "row_ptr must be non-decreasing (row ", i, ")");
   CMP_CHECK(rp[rows] == nnz, op, "row_ptr[-1] must equal nnz = ", nnz, ", got ", rp[rows]);
+}
+
+// Every row's column entries strictly increase (sorted, no duplicates) and lie in [0, ncols).
+// Call after check_row_ptr. One compare per entry in the pass that finds a bad row (branch-free,
+// so it vectorises); only a bad row is scanned again, to say what is wrong with it.
+inline void check_sorted_columns(const char* op, const at::Tensor& index, const char* name,
+                                 const at::Tensor& row_ptr, int64_t ncols, const char* what) {
+  const int32_t *idx = index.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
+  const int64_t rows = row_ptr.numel() - 1;
+  std::atomic<int64_t> first_bad{rows};
+  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end && r < first_bad.load(std::memory_order_relaxed); ++r) {
+      const int32_t lo = rp[r], hi = rp[r + 1];
+      if (hi <= lo) continue;
+      int bad = (idx[lo] < 0) | (idx[hi - 1] >= ncols);
+      for (int32_t k = lo + 1; k < hi; ++k) bad |= idx[k] <= idx[k - 1];
+      if (!bad) continue;
+      int64_t seen = first_bad.load();
+      while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
+      return;
+    }
+  });
+  const int64_t r = first_bad.load();
+  if (r == rows) return;
+  for (int32_t k = rp[r]; k < rp[r + 1]; ++k) {
+    CMP_CHECK(idx[k] >= 0 && idx[k] < ncols, op, name, "[", k, "] = ", idx[k], " (row ", r,
+              ") must lie in [0, ", ncols, ") = ", what, "; the weight does not match the layer");
+    CMP_CHECK(k == rp[r] || idx[k] > idx[k - 1], op, name, " must strictly increase within a row "
+              "(sorted, no duplicates): row ", r, " has ", idx[k - 1], " then ", idx[k], " at ",
+              name, "[", k, "]");
+  }
 }
 
 }  // namespace compressor::sparse_cpu

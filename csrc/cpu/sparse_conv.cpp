@@ -18,7 +18,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <memory>
 
 #include "compressor/checks.h"
@@ -33,12 +32,18 @@ constexpr int64_t kChannelBlock = 32;
 using compressor::sparse_cpu::kRunTiles;
 
 // Scatter kTile-or-fewer virtual positions [p, p + count) from `acc` into an (Ho, Wo) plane,
-// skipping the Wq - Wo padding columns that the virtual layout computes and throws away.
-void store_virtual(const float* acc, int64_t p, int64_t count, const ConvGeom& g, float* plane) {
+// skipping the Wq - Wo padding columns that the virtual layout computes and throws away, and
+// applying the epilogue (residual add, activation) on the way, while the tile is in L1.
+void store_virtual(const float* acc, int64_t p, int64_t count, const ConvGeom& g, float* plane,
+                   const float* res, compressor::sparse_cpu::Act act) {
   int64_t y = p / g.Wq, x = p % g.Wq, i = 0;
   while (i < count) {
     const int64_t run = std::min(g.Wq - x, count - i);
-    if (x < g.Wo) std::memcpy(plane + y * g.Wo + x, acc + i, std::min(run, g.Wo - x) * 4);
+    if (x < g.Wo) {
+      const int64_t at = y * g.Wo + x;
+      compressor::sparse_cpu::epilogue(acc + i, res ? res + at : nullptr, plane + at,
+                                       std::min(run, g.Wo - x), act);
+    }
     i += run;
     x = 0;
     ++y;
@@ -71,8 +76,11 @@ void conv_task(const compressor::sparse_cpu::ConvArgs& a, int64_t n, int64_t oc0
         float* acc = buf + (oc - oc0) * kTile;
         compressor::sparse_cpu::axpy_tile(a.values + seg[0], a.offsets + seg[0], seg[1] - seg[0],
                                           in, a.bias ? a.bias[oc] : 0.f, count, acc, cb > 0);
-        if (cb == a.ncb - 1)
-          store_virtual(acc, p, count, g, a.output + (n * g.Cout + oc) * g.Ho * g.Wo);
+        if (cb == a.ncb - 1) {
+          const int64_t plane = (n * g.Cout + oc) * g.Ho * g.Wo;
+          store_virtual(acc, p, count, g, a.output + plane, a.residual ? a.residual + plane : nullptr,
+                        a.act);
+        }
       }
     }
   }

@@ -1,5 +1,7 @@
-// compressor::sparse_conv2d on CPU: argument checks, the padded (and, for stride > 1, phase-split)
-// copy of the input, offsets re-expressed in that copy, then the kernel in sparse_conv.cpp.
+// compressor::sparse_conv2d on CPU: argument and weight checks, the padded (and, for stride > 1,
+// phase-split) copy of the input, each nonzero's column turned into its offset in that copy, then
+// the kernel in sparse_conv.cpp with the fused epilogue. An input holding inf or NaN goes to the
+// dense convolution instead, so pruned zeros cannot hide them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -8,6 +10,7 @@
 #include <atomic>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "compressor/checks.h"
@@ -16,6 +19,7 @@
 
 namespace {
 
+using compressor::sparse_cpu::Act;
 using compressor::sparse_cpu::ConvGeom;
 constexpr const char* kOp = "sparse_conv2d";
 
@@ -30,9 +34,7 @@ void check_input(const at::Tensor& input) {
   CMP_CHECK_CONTIGUOUS(input, kOp, "input");
 }
 
-void check_geometry(const ConvGeom& g, at::IntArrayRef input_hw) {
-  CMP_CHECK(g.H == input_hw[0] && g.W == input_hw[1], kOp, "input is ", g.H, "x", g.W,
-            " but col_offsets were packed for input_hw ", input_hw, "; re-pack the weight");
+void check_geometry(const ConvGeom& g) {
   CMP_CHECK(g.Cin % g.groups == 0 && g.Cout % g.groups == 0, kOp, "groups=", g.groups,
             " must divide input channels ", g.Cin, " and output channels ", g.Cout);
   CMP_CHECK(g.Ho >= 1 && g.Wo >= 1, kOp, "padded input ", g.Hp, "x", g.Wp,
@@ -41,30 +43,58 @@ void check_geometry(const ConvGeom& g, at::IntArrayRef input_hw) {
             kOp, "input channel group too large for int32 offsets");
 }
 
-// Stride 1: offsets index the padded input directly; the largest valid one reads exactly up to
-// the end of the group's last channel, so a range check is all memory safety needs.
-void check_offsets_stride1(const at::Tensor& offsets, const ConvGeom& g) {
-  const int64_t max_off = (g.cin_g - 1) * g.Hp * g.Wp + (g.kh - 1) * g.dh * g.Wp + (g.kw - 1) * g.dw;
-  const int32_t* off = offsets.data_ptr<int32_t>();
-  const auto [lo, hi] = compressor::sparse_cpu::index_range(off, offsets.numel(), 0, 0);
-  CMP_CHECK(lo >= 0 && hi <= max_off, kOp, "col_offsets must lie in [0, ", max_off,
-            "] for this geometry, got [", lo, ", ", hi, "]; the weight does not match the input");
+Act parse_activation(c10::string_view name) {
+  if (name == "none") return Act::None;
+  if (name == "relu") return Act::ReLU;
+  if (name == "relu6") return Act::ReLU6;
+  if (name == "silu") return Act::SiLU;
+  TORCH_CHECK(false, kOp, ": activation must be one of none, relu, relu6, silu, got '",
+              std::string(name), "'");
 }
 
-// Stride > 1: decode (channel, row, col) of each offset and re-express it in the phase-split copy.
-at::Tensor phase_offsets(const at::Tensor& offsets, const ConvGeom& g) {
-  auto out = at::empty_like(offsets);
-  const int32_t* src = offsets.data_ptr<int32_t>();
+void check_residual(const c10::optional<at::Tensor>& residual, const ConvGeom& g) {
+  if (!residual) return;
+  CMP_CHECK_DEVICE(*residual, at::Device(at::kCPU), kOp, "residual");
+  CMP_CHECK_DTYPE(*residual, at::kFloat, kOp, "residual");
+  CMP_CHECK_CONTIGUOUS(*residual, kOp, "residual");
+  CMP_CHECK(residual->sizes() == at::IntArrayRef({g.N, g.Cout, g.Ho, g.Wo}), kOp,
+            "residual must have the output's shape (", g.N, ", ", g.Cout, ", ", g.Ho, ", ", g.Wo,
+            "), got ", residual->sizes());
+}
+
+// The offset of every weight column c*kh*kw + r*kw + s into one channel group of the phased,
+// padded input (tap (r, s) of channel c lies in phase plane (r*dh % sh, s*dw % sw)), looked up for
+// each nonzero. Computed on every call from col_idx, so no cached copy can go stale; the table
+// has Cin/groups*kh*kw entries and the lookup vectorises as a gather.
+at::Tensor column_offsets(const at::Tensor& col_idx, const ConvGeom& g) {
+  const int64_t kk = g.kh * g.kw;
+  std::vector<int32_t> table(g.cin_g * kk);
+  for (int64_t c = 0; c < g.cin_g; ++c)
+    for (int64_t t = 0; t < kk; ++t) {
+      const int64_t y = t / g.kw * g.dh, x = t % g.kw * g.dw;
+      table[c * kk + t] = static_cast<int32_t>(c * g.chan + ((y % g.sh) * g.sw + x % g.sw) * g.plane +
+                                               y / g.sh * g.Wq + x / g.sw);
+    }
+  auto out = at::empty_like(col_idx);
+  const int32_t* col = col_idx.data_ptr<int32_t>();
   int32_t* dst = out.data_ptr<int32_t>();
-  const int64_t padded = g.Hp * g.Wp;
-  for (int64_t k = 0; k < offsets.numel(); ++k) {
-    const int64_t off = src[k], c = off / padded, r = off % padded / g.Wp, s = off % g.Wp;
-    CMP_CHECK(off >= 0 && c < g.cin_g && r <= (g.kh - 1) * g.dh && s <= (g.kw - 1) * g.dw, kOp,
-              "col_offsets[", k, "] = ", off, " is out of range for this geometry; the weight ",
-              "does not match the input");
-    dst[k] = c * g.chan + ((r % g.sh) * g.sw + s % g.sw) * g.plane + r / g.sh * g.Wq + s / g.sw;
-  }
+  const int32_t* tab = table.data();
+  at::parallel_for(0, col_idx.numel(), 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) dst[k] = tab[col[k]];
+  });
   return out;
+}
+
+// True when no element of x[0:n) is inf or NaN: x * 0 is 0 for finite x and NaN otherwise.
+bool all_finite(const float* x, int64_t n) {
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = begin; i < end; ++i) acc += x[i] * 0.f;
+    if (acc != acc) finite = false;
+  });
+  return finite;
 }
 
 // Input channels per block: the block's slice under one tile of positions fits kL2Floats.
@@ -76,26 +106,14 @@ int64_t channel_block_count(const ConvGeom& g) {
   return (g.cin_g + block - 1) / block;
 }
 
-// True when every row's offsets ascend (csr_from_dense packs them so). Branch-free so it vectorises.
-bool rows_sorted(const int32_t* off, const int32_t* rp, int64_t rows) {
-  std::atomic<bool> sorted{true};
-  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    int descents = 0;
-    for (int64_t oc = begin; oc < end; ++oc)
-      for (int32_t k = rp[oc] + 1; k < rp[oc + 1]; ++k) descents |= off[k] < off[k - 1];
-    if (descents) sorted = false;
-  });
-  return sorted;
-}
-
-// (Cout, ncb + 1) starts of each row's input-channel blocks, found by binary search in the sorted
-// rows; an unsorted row makes the whole weight one block. (A serial scan over all nonzeros took
-// 10-30% of a call at 90% sparsity.)
+// (Cout, ncb + 1) starts of each row's input-channel blocks, by binary search: rows are sorted by
+// column, so every channel's offsets (whatever their order inside the channel after the phase
+// split) come after the previous channel's. (A serial scan over all nonzeros took 10-30% of a
+// call at 90% sparsity.)
 at::Tensor channel_segments(const at::Tensor& offsets, const at::Tensor& row_ptr, int64_t ncb,
                             int64_t block_stride) {
   const int64_t rows = row_ptr.numel() - 1;
   const int32_t *rp = row_ptr.data_ptr<int32_t>(), *off = offsets.data_ptr<int32_t>();
-  if (ncb > 1 && !rows_sorted(off, rp, rows)) ncb = 1;
   auto segs = at::empty({rows, ncb + 1}, row_ptr.options());
   int32_t* out = segs.data_ptr<int32_t>();
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
@@ -111,36 +129,39 @@ at::Tensor channel_segments(const at::Tensor& offsets, const at::Tensor& row_ptr
   return segs;
 }
 
-// Scratch for the padded copy, kept per calling thread up to kKeepFloats: a fresh multi-MB
-// allocation comes back from the OS as untouched pages, and their faults cost more than the whole
-// convolution at high sparsity (measured 0.6 ms of VGG-16 conv4_2's 0.7 ms at 100% sparsity).
-constexpr size_t kKeepFloats = size_t{8} << 20;
+// Scratch for the padded copy, kept by each calling thread up to kKeepFloats (8 MB): a fresh
+// multi-MB allocation comes back from the OS as untouched pages, and their faults cost more than
+// the whole convolution at high sparsity (measured 0.6 ms of VGG-16 conv4_2's 0.7 ms at 100%
+// sparsity). A batch is padded a group of images at a time so the copy stays within the bound;
+// only an image bigger than the bound gets a buffer of its own, freed after the call.
+constexpr int64_t kKeepFloats = int64_t{2} << 20;
 
 struct Scratch {
   at::Tensor owner;  // set when the buffer is too big to keep
-  float* data;
+  float* data = nullptr;
 };
 
-Scratch scratch(size_t floats, const at::Tensor& like) {
+Scratch scratch(int64_t floats, const at::Tensor& like) {
   if (floats > kKeepFloats) {
-    auto t = at::empty({static_cast<int64_t>(floats)}, like.options());
+    auto t = at::empty({floats}, like.options());
     return {t, t.data_ptr<float>()};
   }
   thread_local std::vector<float> keep;
-  if (keep.size() < floats) keep.resize(floats);
+  if (keep.size() < static_cast<size_t>(kKeepFloats)) keep.resize(kKeepFloats);
   return {at::Tensor(), keep.data()};
 }
 
-// (N, Cin, H, W) -> zero-padded (N, Cin, sh, sw, Hq, Wq): padded pixel (y, x) lands in phase plane
-// (y % sh, x % sw) at (y / sh, x / sw). Each channel is cleared right before it is filled, while
-// its lines are in cache.
-Scratch phased_input(const at::Tensor& input, const ConvGeom& g) {
-  const int64_t planes = g.N * g.Cin, slack = compressor::sparse_cpu::kTile;
-  Scratch buf = scratch(planes * g.chan + slack, input);
-  const float* src = input.data_ptr<float>();
-  float* dst = buf.data;
-  std::memset(dst + planes * g.chan, 0, slack * sizeof(float));
+// Images [n0, n1) of (N, Cin, H, W) -> zero-padded (n1 - n0, Cin, sh, sw, Hq, Wq) in dst: padded
+// pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). Each channel is cleared
+// right before it is filled, while its lines are in cache. Returns false when the input holds an
+// inf or NaN, found on the way (x * 0 is NaN exactly then).
+bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
+  const int64_t planes = (n1 - n0) * g.Cin;
+  const float* src = input.data_ptr<float>() + n0 * g.Cin * g.H * g.W;
+  std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
+  std::atomic<bool> finite{true};
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    float acc = 0.f;
     for (int64_t nc = begin; nc < end; ++nc) {
       std::memset(dst + nc * g.chan, 0, g.chan * sizeof(float));
       for (int64_t y = 0; y < g.H; ++y) {
@@ -148,28 +169,55 @@ Scratch phased_input(const at::Tensor& input, const ConvGeom& g) {
         const float* row = src + (nc * g.H + y) * g.W;
         float* base = dst + nc * g.chan + (yp % g.sh) * g.sw * g.plane + yp / g.sh * g.Wq;
         if (g.sw == 1) {
-          std::memcpy(base + g.pw, row, g.W * sizeof(float));
+          float* out = base + g.pw;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t x = 0; x < g.W; ++x) {
+            out[x] = row[x];
+            acc += row[x] * 0.f;
+          }
           continue;
         }
         for (int64_t x = 0; x < g.W; ++x) {
           const int64_t xp = x + g.pw;
           base[(xp % g.sw) * g.plane + xp / g.sw] = row[x];
+          acc += row[x] * 0.f;
         }
       }
     }
+    if (acc != acc) finite = false;
   });
-  return buf;
+  return finite;
 }
 
-at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
-                             const at::Tensor& col_offsets, const at::Tensor& row_ptr,
-                             const c10::optional<at::Tensor>& bias, at::IntArrayRef input_hw,
-                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+// What the dense convolution gives, for an input holding inf or NaN: pruned weights are zeros
+// that turn them into NaN there, and the sparse kernel, which skips them, cannot.
+at::Tensor dense_fallback(const at::Tensor& input, const at::Tensor& values,
+                          const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                          const c10::optional<at::Tensor>& bias,
+                          const c10::optional<at::Tensor>& residual, const ConvGeom& g, Act act) {
+  const int64_t ncols = g.cin_g * g.kh * g.kw;
+  auto weight = at::zeros({g.Cout, ncols}, values.options());
+  float* w = weight.data_ptr<float>();
+  const float* v = values.data_ptr<float>();
+  const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
+  for (int64_t r = 0; r < g.Cout; ++r)
+    for (int32_t k = rp[r]; k < rp[r + 1]; ++k) w[r * ncols + col[k]] = v[k];
+  auto out = at::conv2d(input, weight.view({g.Cout, g.cin_g, g.kh, g.kw}), bias, {g.sh, g.sw},
+                        {g.ph, g.pw}, {g.dh, g.dw}, g.groups);
+  if (residual) out.add_(*residual);
+  if (act == Act::ReLU) out.relu_();
+  if (act == Act::ReLU6) out.clamp_(0, 6);
+  if (act == Act::SiLU) at::silu_(out);
+  return out;
+}
+
+ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
+                          const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                          const c10::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                          at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, int64_t groups) {
   check_input(input);
-  compressor::sparse_cpu::check_csr_weight(kOp, values, col_offsets, "col_offsets", row_ptr, bias,
-                                           "Cout");
-  check_pair(input_hw, "input_hw", 0);
+  compressor::sparse_cpu::check_csr_weight(kOp, values, col_idx, "col_idx", row_ptr, bias, "Cout");
   check_pair(kernel_size, "kernel_size", 1);
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0);
@@ -177,23 +225,51 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   CMP_CHECK(groups >= 1, kOp, "groups must be >= 1, got ", groups);
   const ConvGeom g = compressor::sparse_cpu::make_geom(input, row_ptr.numel() - 1, kernel_size,
                                                        stride, padding, dilation, groups);
-  check_geometry(g, input_hw);
+  check_geometry(g);
   compressor::sparse_cpu::check_row_ptr(kOp, row_ptr, values.numel());
-  const bool strided = g.sh > 1 || g.sw > 1;
-  at::Tensor offsets = strided ? phase_offsets(col_offsets, g) : col_offsets;
-  if (!strided) check_offsets_stride1(col_offsets, g);
+  compressor::sparse_cpu::check_sorted_columns(kOp, col_idx, "col_idx", row_ptr,
+                                               g.cin_g * g.kh * g.kw, "Cin/groups*kh*kw");
+  return g;
+}
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                             const c10::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups,
+                             const c10::optional<at::Tensor>& residual,
+                             c10::string_view activation) {
+  const Act act = parse_activation(activation);
+  const ConvGeom g = checked_geometry(input, values, col_idx, row_ptr, bias, kernel_size, stride,
+                                      padding, dilation, groups);
+  check_residual(residual, g);
   auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
   if (output.numel() == 0) return output;
-  const bool direct = !strided && g.ph == 0 && g.pw == 0;
-  const Scratch buf = direct ? Scratch{input, input.data_ptr<float>()} : phased_input(input, g);
+  const at::Tensor offsets = column_offsets(col_idx, g);
   const int64_t ncb = channel_block_count(g);
-  const int64_t per_block = (g.cin_g + ncb - 1) / ncb;
-  const at::Tensor segs = channel_segments(offsets, row_ptr, ncb, per_block * g.chan);
-  compressor::sparse_cpu::conv_forward({g, buf.data, values.data_ptr<float>(),
-                                        offsets.data_ptr<int32_t>(), row_ptr.data_ptr<int32_t>(),
-                                        segs.data_ptr<int32_t>(), segs.size(1) - 1,
-                                        bias ? bias->data_ptr<float>() : nullptr,
-                                        output.data_ptr<float>()});
+  const at::Tensor segs =
+      channel_segments(offsets, row_ptr, ncb, (g.cin_g + ncb - 1) / ncb * g.chan);
+  // Stride 1 without padding reads the input in place; otherwise groups of images are padded.
+  const bool direct = g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  const int64_t slack = compressor::sparse_cpu::kTile, per_image = g.Cin * g.chan;
+  const int64_t step = direct ? g.N : std::max<int64_t>(1, (kKeepFloats - slack) / per_image);
+  const Scratch buf = direct ? Scratch{} : scratch(std::min(step, g.N) * per_image + slack, input);
+  if (direct && !all_finite(input.data_ptr<float>(), input.numel()))
+    return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
+  for (int64_t n0 = 0; n0 < g.N; n0 += step) {
+    const int64_t n1 = std::min(g.N, n0 + step);
+    if (!direct && !phased_input(input, g, n0, n1, buf.data))
+      return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
+    ConvGeom part = g;
+    part.N = n1 - n0;
+    const int64_t out_at = n0 * g.Cout * g.Ho * g.Wo;
+    compressor::sparse_cpu::conv_forward(
+        {part, direct ? input.data_ptr<float>() : buf.data, values.data_ptr<float>(),
+         offsets.data_ptr<int32_t>(), row_ptr.data_ptr<int32_t>(), segs.data_ptr<int32_t>(),
+         segs.size(1) - 1, bias ? bias->data_ptr<float>() : nullptr,
+         residual ? residual->data_ptr<float>() + out_at : nullptr, act,
+         output.data_ptr<float>() + out_at});
+  }
   return output;
 }
 

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <vector>
 
 #include "compressor/checks.h"
@@ -31,6 +33,26 @@ void check_input(const at::Tensor& input) {
   CMP_CHECK(false, kOp, "col_idx must lie in [0, ", k_in, ") = input features, got [", lo, ", ",
             hi, "]; the weight does not match the input");
   std::abort();  // unreachable: CMP_CHECK(false) throws
+}
+
+// Rows of x (rows, k) holding NaN or inf. F.linear spreads such a value to every output of its
+// row (the pruned zeros multiply it too), so the kernels set those rows to NaN afterwards.
+// Exponent-bit test, branch free, so it vectorises: a pass over x costs ~1% of the product.
+std::vector<uint8_t> nonfinite_rows(const float* x, int64_t rows, int64_t k, bool& any) {
+  std::vector<uint8_t> bad(rows);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      uint32_t hit = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        uint32_t u;
+        std::memcpy(&u, x + m * k + i, 4);
+        hit |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+      }
+      bad[m] = static_cast<uint8_t>(hit);
+    }
+  });
+  any = std::find(bad.begin(), bad.end(), uint8_t{1}) != bad.end();
+  return bad;
 }
 
 float sparse_dot(const float* vals, const int32_t* col, int64_t nnz, const float* x) {
@@ -166,6 +188,12 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
     spmv(input, values.data_ptr<float>(), col_idx.data_ptr<int32_t>(), rp, b, out);
   else
     spmm(input, values.data_ptr<float>(), col_idx.data_ptr<int32_t>(), rp, b, out);
+  bool any = false;
+  const std::vector<uint8_t> bad =
+      nonfinite_rows(input.data_ptr<float>(), input.size(0), input.size(1), any);
+  if (any)
+    for (int64_t m = 0; m < out.size(0); ++m)
+      if (bad[m]) out[m].fill_(std::numeric_limits<float>::quiet_NaN());
   return out;
 }
 

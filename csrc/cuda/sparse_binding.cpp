@@ -1,7 +1,8 @@
 // Registers the CUDA sparse conv2d / linear launchers with torch: checks, device guard, stream.
 //
 // Shapes, dtypes, devices, contiguity and int32 ranges are checked on every call. The CSR content
-// (row_ptr from 0 to nnz and non-decreasing, column entries in range) is checked once per packed
+// (row_ptr from 0 to nnz and non-decreasing, column entries in range, conv rows sorted without
+// duplicates) is checked once per packed
 // tensor and version (see ContentCache): reading it back synchronises with the GPU. The kernels
 // also stay in bounds for any content, so content changed behind the version counter (.data,
 // raw pointers) or passed during CUDA graph capture gives defined results, never a bad read.
@@ -15,6 +16,7 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <unordered_map>
 
 #include "compressor/checks.h"
@@ -100,9 +102,22 @@ class ContentCache {
   std::unordered_map<const c10::TensorImpl*, Entry> entries_;
 };
 
-// row_ptr runs from 0 to nnz without decreasing and every column entry is in [0, bound).
+// Whether each row's columns strictly increase (sorted, no duplicates), as a device bool tensor.
+at::Tensor rows_sorted(const at::Tensor& cols, const at::Tensor& rp) {
+  const int64_t nnz = cols.numel();
+  if (nnz < 2) return at::ones({}, cols.options().dtype(at::kBool));
+  auto row_start = at::zeros({nnz}, cols.options().dtype(at::kBool));
+  row_start.index_fill_(0, rp.slice(0, 0, -1).clamp(0, nnz - 1), true);
+  const auto c = cols.to(at::kLong);
+  const auto rises = c.slice(0, 1) > c.slice(0, 0, -1);
+  return (rises | row_start.slice(0, 1)).all();
+}
+
+// row_ptr runs from 0 to nnz without decreasing, every column entry is in [0, bound) and, with
+// `sorted`, columns strictly increase within each row.
 void check_content_once(const at::Tensor& cols, const at::Tensor& row_ptr, int64_t bound,
-                        const char* op, const char* cols_name, const char* hint) {
+                        const char* op, const char* cols_name, const char* hint,
+                        bool sorted = false) {
   static ContentCache cache;
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None ||
       cache.contains(cols, row_ptr, bound))
@@ -113,13 +128,16 @@ void check_content_once(const at::Tensor& cols, const at::Tensor& row_ptr, int64
   const auto steps = rp.numel() > 1 ? (rp.slice(0, 1) - rp.slice(0, 0, -1)).min() : zero;
   const auto lo = nnz > 0 ? cols.min().to(at::kLong) : zero;
   const auto hi = nnz > 0 ? cols.max().to(at::kLong) : zero;
-  const auto host = at::stack({rp[0], rp[-1], steps, lo, hi}).cpu();
+  const auto order = sorted ? rows_sorted(cols, rp).to(at::kLong) : at::ones({}, rp.options());
+  const auto host = at::stack({rp[0], rp[-1], steps, lo, hi, order}).cpu();
   const int64_t* h = host.data_ptr<int64_t>();
   CMP_CHECK(h[0] == 0 && h[1] == nnz, op, "row_ptr must run from 0 to nnz=", nnz, ", got ",
             h[0], " to ", h[1]);
   CMP_CHECK(h[2] >= 0, op, "row_ptr must be non-decreasing");
   CMP_CHECK(nnz == 0 || (h[3] >= 0 && h[4] < bound), op, cols_name, " entries must be in [0, ", bound,
             "), got [", h[3], ", ", h[4], "]", hint);
+  CMP_CHECK(h[5] == 1, op, cols_name, " must strictly increase within a row (sorted, no "
+            "duplicates)");
   cache.add(cols, row_ptr, bound);
 }
 
@@ -134,13 +152,13 @@ const float* bias_ptr(const std::optional<at::Tensor>& bias) {
 }
 
 compressor::SparseConv2dParams conv_params(const at::Tensor& input, const at::Tensor& values,
-                                           const at::Tensor& col_offsets,
+                                           const at::Tensor& col_idx,
                                            const at::Tensor& row_ptr,
                                            const std::optional<at::Tensor>& bias) {
   compressor::SparseConv2dParams p{};
   p.input = input.data_ptr();
   p.values = values.data_ptr<float>();
-  p.col_offsets = col_offsets.data_ptr<int32_t>();
+  p.col_idx = col_idx.data_ptr<int32_t>();
   p.row_ptr = row_ptr.data_ptr<int32_t>();
   p.bias = bias_ptr(bias);
   p.nnz = values.numel();
@@ -174,12 +192,9 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t pad, int64_t d, const
   return (in + 2 * pad - span) / s + 1;
 }
 
-void check_conv_shapes(const at::Tensor& input, at::IntArrayRef input_hw, int64_t out_channels,
+void check_conv_shapes(const at::Tensor& input, int64_t out_channels,
                        int64_t groups, at::IntArrayRef padding) {
   const char* op = "sparse_conv2d";
-  CMP_CHECK(input_hw.size() == 2 && input_hw[0] == input.size(2) && input_hw[1] == input.size(3),
-            op, "input spatial size ", input.sizes().slice(2), " does not match input_hw ",
-            input_hw, " the weight was packed for");
   CMP_CHECK(groups >= 1, op, "groups must be >= 1, got ", groups);
   CMP_CHECK(input.size(1) % groups == 0, op, "input has ", input.size(1),
             " channels, not divisible by groups=", groups);
@@ -188,39 +203,67 @@ void check_conv_shapes(const at::Tensor& input, at::IntArrayRef input_hw, int64_
   const int64_t hp = input.size(2) + 2 * padding[0], wp = input.size(3) + 2 * padding[1];
   const int64_t plane = hp <= kInt32Max && wp <= kInt32Max ? hp * wp : kInt32Max + 1;
   CMP_CHECK(plane <= kInt32Max && input.size(1) / groups <= kInt32Max / std::max<int64_t>(plane, 1),
-            op, "input too large for int32 col_offsets: channels/groups=", input.size(1) / groups,
+            op, "input too large for int32 indexing: channels/groups=", input.size(1) / groups,
             ", padded plane Hp*Wp=", hp, "*", wp);
 }
 
+int activation_code(c10::string_view name) {
+  if (name == "none") return 0;
+  if (name == "relu") return 1;
+  if (name == "relu6") return 2;
+  if (name == "silu") return 3;
+  TORCH_CHECK(false, "sparse_conv2d: activation must be one of none, relu, relu6, silu, got '",
+              std::string(name), "'");
+}
+
+void check_residual(const std::optional<at::Tensor>& residual, const at::Tensor& out) {
+  if (!residual.has_value()) return;
+  const char* op = "sparse_conv2d";
+  CMP_CHECK_DEVICE(*residual, out.device(), op, "residual");
+  CMP_CHECK(residual->scalar_type() == out.scalar_type(), op, "residual must be ",
+            out.scalar_type(), " like the input, got ", residual->scalar_type());
+  CMP_CHECK_CONTIGUOUS(*residual, op, "residual");
+  CMP_CHECK(residual->sizes() == out.sizes(), op, "residual must have the output's shape ",
+            out.sizes(), ", got ", residual->sizes());
+}
+
 at::Tensor sparse_conv2d_cuda(const at::Tensor& input, const at::Tensor& values,
-                              const at::Tensor& col_offsets, const at::Tensor& row_ptr,
-                              const std::optional<at::Tensor>& bias, at::IntArrayRef input_hw,
-                              at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+                              const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                              at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation, int64_t groups,
+                              const std::optional<at::Tensor>& residual,
+                              c10::string_view activation) {
   const char* op = "sparse_conv2d";
   check_input(input, 4, op);
-  const int64_t out_channels =
-      check_csr(input, values, col_offsets, "col_offsets", row_ptr, bias, op);
+  const int act = activation_code(activation);
+  const int64_t out_channels = check_csr(input, values, col_idx, "col_idx", row_ptr, bias, op);
   check_pair(kernel_size, "kernel_size", 1, op);
   check_pair(stride, "stride", 1, op);
   check_pair(padding, "padding", 0, op);
   check_pair(dilation, "dilation", 1, op);
-  check_conv_shapes(input, input_hw, out_channels, groups, padding);
+  check_conv_shapes(input, out_channels, groups, padding);
   const int64_t out_h = out_size(input.size(2), kernel_size[0], stride[0], padding[0],
                                  dilation[0], "height");
   const int64_t out_w = out_size(input.size(3), kernel_size[1], stride[1], padding[1],
                                  dilation[1], "width");
   const c10::cuda::CUDAGuard guard(input.device());
-  const int64_t hpwp = (input.size(2) + 2 * padding[0]) * (input.size(3) + 2 * padding[1]);
-  check_content_once(col_offsets, row_ptr, input.size(1) / groups * hpwp, op, "col_offsets",
-                     " (channels/groups*Hp*Wp): was the weight packed for this input's channels"
-                     " and size?");
+  const int64_t ncols = input.size(1) / groups * kernel_size[0] * kernel_size[1];
+  CMP_CHECK(ncols <= kInt32Max, op, "Cin/groups*kh*kw = ", ncols, " exceeds int32 columns");
+  check_content_once(col_idx, row_ptr, ncols, op, "col_idx",
+                     " (Cin/groups*kh*kw): was the weight packed for this layer?", true);
   auto out = at::empty({input.size(0), out_channels, out_h, out_w}, input.options());
-  compressor::SparseConv2dParams p = conv_params(input, values, col_offsets, row_ptr, bias);
+  check_residual(residual, out);
+  // One int the launcher sets when the input holds inf or NaN (no host sync needed).
+  auto flag = at::empty({1}, input.options().dtype(at::kInt));
+  compressor::SparseConv2dParams p = conv_params(input, values, col_idx, row_ptr, bias);
   set_geometry(p, kernel_size, stride, padding, dilation, groups);
   p.out_h = static_cast<int>(out_h);
   p.out_w = static_cast<int>(out_w);
   p.output = out.data_ptr();
+  p.residual = residual.has_value() ? residual->data_ptr() : nullptr;
+  p.activation = act;
+  p.nonfinite = flag.data_ptr<int>();
   compressor::check_launch(
       compressor::launch_sparse_conv2d(p, c10::cuda::getCurrentCUDAStream()), op);
   return out;
@@ -249,6 +292,11 @@ at::Tensor sparse_linear_cuda(const at::Tensor& input, const at::Tensor& values,
   p.dtype = compressor::to_dtype(input, op, "input");
   compressor::check_launch(
       compressor::launch_sparse_linear(p, c10::cuda::getCurrentCUDAStream()), op);
+  // NaN / inf in an input row reach every output of that row in F.linear (the pruned zeros
+  // multiply them too); the kernel only reads the kept columns, so such rows are set here.
+  if (input.numel() > 0 && out.numel() > 0)
+    out.masked_fill_(input.isfinite().logical_not().any(1, /*keepdim=*/true),
+                     std::numeric_limits<float>::quiet_NaN());
   return out;
 }
 

@@ -6,10 +6,13 @@
 // input columns. The tile's receptive field is staged in shared memory chunk by chunk of input
 // channels, zero-filled outside the input, so the inner loop is one shared load and one FMA per
 // (nonzero, pixel) with no bounds checks and no padded copy of the input. CSR rows are walked with
-// a cursor per channel chunk (offsets ascend with the channel for any sorted CSR). A nonzero that
-// is not in the staged chunk (unsorted rows, odd offsets, patches too big for shared memory) takes
-// a bounds-checked global path instead, so any CSR content gives defined results and no
-// out-of-bounds read; an offset outside [0, Cin/groups*Hp*Wp) contributes nothing.
+// a cursor per channel chunk (columns c*kh*kw + r*kw + s ascend with the channel in a sorted row).
+// A nonzero that is not in the staged chunk (an unsorted row, patches too big for shared memory)
+// takes a bounds-checked global path instead, so any CSR content gives defined results and no
+// out-of-bounds read; a column outside [0, Cin/groups*kh*kw) contributes nothing. The store
+// applies bias, residual and activation. When the input holds inf or NaN (a flag set by a scan
+// before the launch), every output that a pruned zero weight would have made NaN in the dense
+// convolution is made NaN too, so pruning cannot hide them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -41,8 +44,8 @@ struct Tiling {
   int64_t tiles_hw;
   int64_t oc_tiles;      // output-channel tiles per group
   int64_t grid_y;        // groups * oc_tiles
-  int cin_g, hpwp, wp, kh_ext, kw_ext;
-  int64_t cout_g, offset_end;  // offset_end = cin_g * hpwp: first invalid offset
+  int cin_g, kk, ncols;   // kk = kernel_h * kernel_w taps; ncols = cin_g * kk columns
+  int64_t cout_g;
 };
 
 // Where one block works: image, tile origin, group.
@@ -73,28 +76,29 @@ __device__ __forceinline__ void stage_patch(float* patch, const SparseConv2dPara
   }
 }
 
-// code >= 0: offset into the staged patch; kSkip: contributes nothing; else -1 - offset (global).
-__device__ __forceinline__ int decode(int off, const Tiling& t, int c_lo, int c_hi) {
-  if (off < 0 || off >= t.offset_end) return kSkip;
-  const int c = off / t.hpwp;
-  const int rem = off - c * t.hpwp;
-  const int rp = rem / t.wp, sp = rem - (rem / t.wp) * t.wp;
-  if (c >= c_lo && c < c_hi && rp < t.kh_ext && sp < t.kw_ext)
-    return (c - c_lo) * t.patch_h * t.patch_w + rp * t.patch_w + sp;
-  return -1 - off;
+// code >= 0: offset into the staged patch; kSkip: contributes nothing; else -1 - column (global).
+__device__ __forceinline__ int decode(int col, const SparseConv2dParams& p, const Tiling& t,
+                                      int c_lo, int c_hi) {
+  if (col < 0 || col >= t.ncols) return kSkip;
+  const int c = col / t.kk;
+  const int tap = col - c * t.kk;
+  const int r = tap / p.kernel_w, s = tap - r * p.kernel_w;
+  if (c >= c_lo && c < c_hi)
+    return (c - c_lo) * t.patch_h * t.patch_w + r * p.dil_h * t.patch_w + s * p.dil_w;
+  return -1 - col;
 }
 
 // The bounds-checked path: reads the input itself, treating padding as zeros. Rows/columns are
 // clamped to the last output pixel and computed modulo 2^32: the binding keeps Hp*Wp < 2^31, so a
 // wrapped (negative) coordinate always lands >= in_h / in_w and fails the unsigned check.
 template <typename T, int P>
-__device__ __forceinline__ void accumulate_global(float (&acc)[P], float v, int off,
+__device__ __forceinline__ void accumulate_global(float (&acc)[P], float v, int col,
                                                   const SparseConv2dParams& p, const Tiling& t,
                                                   const BlockSite& b) {
   const T* x = static_cast<const T*>(p.input);
-  const int c = off / t.hpwp;
-  const int rem = off - c * t.hpwp;
-  const unsigned rp = rem / t.wp, sp = rem - (rem / t.wp) * t.wp;
+  const int c = col / t.kk;
+  const int tap = col - c * t.kk;
+  const unsigned rp = tap / p.kernel_w * p.dil_h, sp = tap % p.kernel_w * p.dil_w;
   const int64_t base = (b.n * p.in_channels + b.g * t.cin_g + c) * p.in_h * p.in_w;
 #pragma unroll
   for (int j = 0; j < P; ++j) {
@@ -127,7 +131,7 @@ __device__ __forceinline__ void consume(float (&acc)[P], int count, const float2
   }
 }
 
-// Walks one CSR row from `cur` while offsets stay below the chunk's end (or to the row's end on
+// Walks one CSR row from `cur` while columns stay below the chunk's end (or to the row's end on
 // the last chunk), 32 nonzeros at a time: each lane loads and decodes one, the warp consumes all.
 template <typename T, int P>
 __device__ __forceinline__ int64_t run_row(float (&acc)[P], int64_t cur, int64_t end, int c_lo, int c_hi,
@@ -135,16 +139,16 @@ __device__ __forceinline__ int64_t run_row(float (&acc)[P], int64_t cur, int64_t
                            const int (&pix)[P], const SparseConv2dParams& p, const Tiling& t,
                            const BlockSite& b) {
   const int lane = threadIdx.x % kWarp;
-  const int64_t limit = static_cast<int64_t>(c_hi) * t.hpwp;
+  const int64_t limit = static_cast<int64_t>(c_hi) * t.kk;
   while (cur < end) {
     const int64_t k = cur + lane;
     const bool have = k < end;
-    const int off = have ? __ldg(p.col_offsets + k) : 0;
+    const int off = have ? __ldg(p.col_idx + k) : 0;
     const float v = have ? __ldg(p.values + k) : 0.f;
     const unsigned taken = __ballot_sync(0xffffffffu, have && (last || off < limit));
     const int count = taken == 0xffffffffu ? kWarp : __ffs(~taken) - 1;
     __syncwarp();  // every lane is done reading the previous batch
-    if (lane < count) batch[lane] = make_float2(v, __int_as_float(decode(off, t, c_lo, c_hi)));
+    if (lane < count) batch[lane] = make_float2(v, __int_as_float(decode(off, p, t, c_lo, c_hi)));
     __syncwarp();
     consume<T, P>(acc, count, batch, patch, pix, p, t, b);
     cur += count;
@@ -153,10 +157,20 @@ __device__ __forceinline__ int64_t run_row(float (&acc)[P], int64_t cur, int64_t
   return cur;
 }
 
+__device__ __forceinline__ float activate(float v, int activation) {
+  switch (activation) {
+    case 1: return v < 0.f ? 0.f : v;  // a NaN stays NaN, as in torch
+    case 2: return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+    case 3: return v / (1.f + __expf(-v));
+    default: return v;
+  }
+}
+
 template <typename T, int P, int OCW>
 __device__ __forceinline__ void store(const float (&acc)[OCW][P], int64_t oc0, int64_t oc_end,
                       const SparseConv2dParams& p, const Tiling& t, const BlockSite& b) {
   T* out = static_cast<T*>(p.output);
+  const T* res = static_cast<const T*>(p.residual);
 #pragma unroll
   for (int i = 0; i < OCW; ++i) {
     const int64_t oc = oc0 + i;
@@ -167,8 +181,52 @@ __device__ __forceinline__ void store(const float (&acc)[OCW][P], int64_t oc0, i
     for (int j = 0; j < P; ++j) {
       const int q = j * kWarp + static_cast<int>(threadIdx.x % kWarp);
       const int oh = b.oh0 + q / t.tile_w, ow = b.ow0 + q % t.tile_w;
-      if (oh < p.out_h && ow < p.out_w)
-        out[base + static_cast<int64_t>(oh) * p.out_w + ow] = from_float<T>(acc[i][j] + bias);
+      if (oh < p.out_h && ow < p.out_w) {
+        const int64_t at = base + static_cast<int64_t>(oh) * p.out_w + ow;
+        const float v = acc[i][j] + bias + (res ? to_float(res[at]) : 0.f);
+        out[at] = from_float<T>(activate(v, p.activation));
+      }
+    }
+  }
+}
+
+// True when a zero (pruned) weight of the row starting at `k` (sorted columns up to `end`) meets
+// an inf or NaN input of output pixel (oh, ow): the dense convolution gives NaN there. A merge walk
+// over all Cin/groups*kh*kw columns; only run when the input holds such a value.
+template <typename T>
+__device__ bool pruned_tap_nonfinite(int64_t k, int64_t end, int oh, int ow,
+                                     const SparseConv2dParams& p, const Tiling& t,
+                                     const BlockSite& b) {
+  const T* x = static_cast<const T*>(p.input);
+  for (int col = 0; col < t.ncols; ++col) {
+    if (k < end && __ldg(p.col_idx + k) == col) {
+      ++k;
+      continue;
+    }
+    const int c = col / t.kk, tap = col - c * t.kk;
+    const int64_t ih = static_cast<int64_t>(oh) * p.stride_h + tap / p.kernel_w * p.dil_h - p.pad_h;
+    const int64_t iw = static_cast<int64_t>(ow) * p.stride_w + tap % p.kernel_w * p.dil_w - p.pad_w;
+    if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) continue;
+    const int64_t chan = b.n * p.in_channels + b.g * t.cin_g + c;
+    if (!isfinite(to_float(x[(chan * p.in_h + ih) * p.in_w + iw]))) return true;
+  }
+  return false;
+}
+
+template <typename T, int P, int OCW>
+__device__ void mark_hidden_nonfinite(float (&acc)[OCW][P], const int64_t (&start)[OCW],
+                                      const int64_t (&end)[OCW], int64_t oc0, int64_t oc_end,
+                                      const SparseConv2dParams& p, const Tiling& t,
+                                      const BlockSite& b) {
+#pragma unroll
+  for (int i = 0; i < OCW; ++i) {
+    if (oc0 + i >= oc_end) break;
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+      const int q = j * kWarp + static_cast<int>(threadIdx.x % kWarp);
+      const int oh = b.oh0 + q / t.tile_w, ow = b.ow0 + q % t.tile_w;
+      if (oh < p.out_h && ow < p.out_w && pruned_tap_nonfinite<T>(start[i], end[i], oh, ow, p, t, b))
+        acc[i][j] = __int_as_float(0x7fc00000);  // quiet NaN
     }
   }
 }
@@ -181,12 +239,13 @@ __device__ __forceinline__ void conv_tile(float* patch, float2* batch, const int
                       static_cast<int64_t>(threadIdx.x / kWarp) * OCW;
   const int64_t oc_end = (b.g + 1) * t.cout_g;
   float acc[OCW][P] = {};
-  int64_t cur[OCW], end[OCW];
+  int64_t cur[OCW], start[OCW], end[OCW];
 #pragma unroll
   for (int i = 0; i < OCW; ++i) {
     const bool own = oc0 + i < oc_end;
     cur[i] = own ? min(max(static_cast<int64_t>(__ldg(p.row_ptr + oc0 + i)), int64_t{0}), p.nnz) : 0;
     end[i] = own ? min(max(static_cast<int64_t>(__ldg(p.row_ptr + oc0 + i + 1)), cur[i]), p.nnz) : 0;
+    start[i] = cur[i];
   }
   const int chunks = t.chunk > 0 ? (t.cin_g + t.chunk - 1) / t.chunk : 1;
   for (int ck = 0; ck < max(chunks, 1); ++ck) {
@@ -201,6 +260,8 @@ __device__ __forceinline__ void conv_tile(float* patch, float2* batch, const int
       cur[i] = run_row<T, P>(acc[i], cur[i], end[i], c_lo, c_hi, ck + 1 >= chunks, batch, patch,
                              pix, p, t, b);
   }
+  if (p.nonfinite != nullptr && *p.nonfinite)  // block-uniform
+    mark_hidden_nonfinite<T, P, OCW>(acc, start, end, oc0, oc_end, p, t, b);
   store<T, P, OCW>(acc, oc0, oc_end, p, t, b);
 }
 
@@ -250,13 +311,8 @@ Tiling make_tiling(const SparseConv2dParams& p, int P, int OCW) {
   t.tiles_hw = static_cast<int64_t>(t.tiles_w) * ((p.out_h + t.tile_h - 1) / t.tile_h);
   t.oc_tiles = (t.cout_g + kWarps * OCW - 1) / (kWarps * OCW);
   t.grid_y = p.groups * t.oc_tiles;
-  const int64_t hp = p.in_h + 2 * static_cast<int64_t>(p.pad_h);
-  const int64_t wp = p.in_w + 2 * static_cast<int64_t>(p.pad_w);
-  t.hpwp = static_cast<int>(hp * wp);
-  t.wp = static_cast<int>(wp);
-  t.kh_ext = (p.kernel_h - 1) * p.dil_h + 1;
-  t.kw_ext = (p.kernel_w - 1) * p.dil_w + 1;
-  t.offset_end = static_cast<int64_t>(t.cin_g) * hp * wp;
+  t.kk = p.kernel_h * p.kernel_w;
+  t.ncols = t.cin_g * t.kk;
   return t;
 }
 
@@ -281,6 +337,28 @@ int sm_count() {
   return sms;
 }
 
+template <typename T>
+__global__ void find_nonfinite(const T* x, int64_t n, int* flag) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step)
+    if (!isfinite(to_float(x[i]))) {
+      *flag = 1;  // every writer writes the same value
+      return;
+    }
+}
+
+template <typename T>
+cudaError_t scan_nonfinite(const SparseConv2dParams& p, cudaStream_t stream) {
+  cudaError_t err = cudaMemsetAsync(p.nonfinite, 0, sizeof(int), stream);
+  if (err != cudaSuccess) return err;
+  const int64_t n = p.batch * p.in_channels * p.in_h * p.in_w;
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{sm_count()} * 8);
+  if (blocks > 0)
+    find_nonfinite<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        static_cast<const T*>(p.input), n, p.nonfinite);
+  return cudaGetLastError();
+}
+
 // Largest output-channel and pixel tiles that still give every SM a block: big tiles stage each
 // input patch fewer times; batch 1 on small images needs small tiles to fill the GPU.
 template <typename T>
@@ -296,6 +374,10 @@ cudaError_t launch_typed(const SparseConv2dParams& p, cudaStream_t stream) {
     }
   }
   const Tiling t = make_tiling(p, kConfigs[pick][0], kConfigs[pick][1]);
+  if (p.nonfinite != nullptr) {
+    const cudaError_t err = scan_nonfinite<T>(p, stream);
+    if (err != cudaSuccess) return err;
+  }
   switch (pick) {
     case 0: return launch_config<T, 4, 4>(p, t, stream);
     case 1: return launch_config<T, 4, 2>(p, t, stream);
@@ -311,11 +393,14 @@ cudaError_t launch_sparse_conv2d(const SparseConv2dParams& p, cudaStream_t strea
   if (p.batch == 0 || p.out_channels == 0 || p.out_h <= 0 || p.out_w <= 0) return cudaSuccess;
   if (p.groups <= 0 || p.in_channels % p.groups || p.out_channels % p.groups ||
       p.kernel_h <= 0 || p.kernel_w <= 0 || p.stride_h <= 0 || p.stride_w <= 0 ||
-      p.dil_h <= 0 || p.dil_w <= 0 || p.pad_h < 0 || p.pad_w < 0)
+      p.dil_h <= 0 || p.dil_w <= 0 || p.pad_h < 0 || p.pad_w < 0 || p.activation < 0 ||
+      p.activation > 3)
     return cudaErrorInvalidValue;
   const int64_t hpwp = (p.in_h + 2 * static_cast<int64_t>(p.pad_h)) *
                        (p.in_w + 2 * static_cast<int64_t>(p.pad_w));
-  if (hpwp > INT_MAX || (p.in_channels / p.groups) * hpwp > INT_MAX) return cudaErrorInvalidValue;
+  const int64_t ncols = (p.in_channels / p.groups) * p.kernel_h * p.kernel_w;
+  if (hpwp > INT_MAX || (p.in_channels / p.groups) * hpwp > INT_MAX || ncols > INT_MAX)
+    return cudaErrorInvalidValue;
   switch (p.dtype) {
     case DType::Float32: return launch_typed<float>(p, stream);
     case DType::Float16: return launch_typed<__half>(p, stream);

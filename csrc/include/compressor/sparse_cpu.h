@@ -1,8 +1,10 @@
-// Shared pieces of the CPU direct sparse convolution: geometry, arguments and the register-blocked
-// micro-kernel (an AXPY of one CSR row's nonzeros over up to kTile contiguous positions).
+// Shared pieces of the CPU direct sparse convolution: geometry, arguments, the register-blocked
+// micro-kernel (an AXPY of one CSR row's nonzeros over up to kTile contiguous positions) and the
+// fused epilogue (residual add and activation applied while the result is stored).
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdint>
 #include <utility>
 
@@ -37,6 +39,9 @@ struct ConvGeom {
   int64_t span;     // (Ho - 1) * Wq + Wo virtual output positions
 };
 
+// The activation fused into the store: out = act(conv + bias + residual).
+enum class Act : int { None = 0, ReLU = 1, ReLU6 = 2, SiLU = 3 };
+
 struct ConvArgs {
   ConvGeom geom;
   const float* input;     // phased, padded: (N, Cin, sh, sw, Hq, Wq)
@@ -46,6 +51,8 @@ struct ConvArgs {
   const int32_t* segs;    // (Cout, ncb + 1): where each row's input-channel blocks start
   int64_t ncb;            // input-channel blocks (1 when rows are not sorted by channel)
   const float* bias;      // (Cout) or nullptr
+  const float* residual;  // (N, Cout, Ho, Wo) added before the activation, or nullptr
+  Act act;
   float* output;          // (N, Cout, Ho, Wo)
 };
 
@@ -82,6 +89,17 @@ inline Vec vset(float x) { return _mm512_set1_ps(x); }
 inline Vec vzero() { return _mm512_setzero_ps(); }
 inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+// max/min return the second operand when either is NaN: vmax(zero, v) keeps a NaN v, as torch does.
+inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+inline Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+inline Vec vdiv(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec vround(Vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT); }
+inline Vec vscale2(Vec p, Vec n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
+inline Vec vselect_lt(Vec x, Vec limit, Vec if_lt, Vec otherwise) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, limit, _CMP_LT_OQ), otherwise, if_lt);
+}
 #define COMPRESSOR_SPARSE_SIMD 1
 #elif defined(COMPRESSOR_SPARSE_AVX2)
 using Vec = __m256;
@@ -97,6 +115,21 @@ inline Vec vset(float x) { return _mm256_set1_ps(x); }
 inline Vec vzero() { return _mm256_setzero_ps(); }
 inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
+inline Vec vdiv(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+inline Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec vround(Vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// p * 2^n for integral n in [-126, 127]: n goes straight into the exponent bits.
+inline Vec vscale2(Vec p, Vec n) {
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                          _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+inline Vec vselect_lt(Vec x, Vec limit, Vec if_lt, Vec otherwise) {
+  return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(x, limit, _CMP_LT_OQ));
+}
 #define COMPRESSOR_SPARSE_SIMD 1
 #endif
 
@@ -196,6 +229,76 @@ inline void axpy_tile(const float* vals, const int32_t* offs, int64_t nnz, const
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) acc[i] += v * src[i];
   }
+#endif
+}
+
+// ---- fused epilogue ----------------------------------------------------------------------------
+
+inline float act_scalar(float v, Act act) {
+  switch (act) {
+    case Act::ReLU: return v < 0.f ? 0.f : v;  // written so that a NaN stays NaN, as in torch
+    case Act::ReLU6: return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+    case Act::SiLU: return v / (1.f + std::exp(-v));
+    default: return v;
+  }
+}
+
+#ifdef COMPRESSOR_SPARSE_SIMD
+// exp(x) to ~2 ulp: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial.
+// The clamp keeps 2^n a normal float; beyond it exp is 0 or huge either way for SiLU.
+inline Vec vexp(Vec x) {
+  x = vmax(vset(-87.3f), vmin(vset(88.3f), x));
+  const Vec n = vround(vmul(x, vset(1.44269504f)));
+  const Vec r = vfma(n, vset(-1.42860677e-6f), vfma(n, vset(-0.693145752f), x));
+  Vec p = vset(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = vfma(p, r, vset(c));
+  return vscale2(p, n);
+}
+
+template <Act A>
+inline Vec act_vec(Vec v) {
+  if constexpr (A == Act::ReLU) return vmax(vzero(), v);
+  if constexpr (A == Act::ReLU6) return vmin(vset(6.f), vmax(vzero(), v));
+  // Below -87 silu is 0 to float precision; v * 0 there also makes silu(-inf) NaN, as in torch.
+  if constexpr (A == Act::SiLU)
+    return vselect_lt(v, vset(-87.f), vmul(v, vzero()),
+                      vdiv(v, vadd(vset(1.f), vexp(vsub(vzero(), v)))));
+  return v;
+}
+
+template <Act A, bool kRes>
+inline void epilogue_simd(const float* acc, const float* res, float* out, int64_t len) {
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    Vec v = vload(acc + i);
+    if constexpr (kRes) v = vadd(v, vload(res + i));
+    vstore(out + i, act_vec<A>(v));
+  }
+  if (i < len) {
+    const Mask m = tail_mask(static_cast<int>(len - i));
+    Vec v = vload(acc + i, m);
+    if constexpr (kRes) v = vadd(v, vload(res + i, m));
+    vstore(out + i, act_vec<A>(v), m);
+  }
+}
+
+template <Act A>
+inline void epilogue_act(const float* acc, const float* res, float* out, int64_t len) {
+  res ? epilogue_simd<A, true>(acc, res, out, len) : epilogue_simd<A, false>(acc, res, out, len);
+}
+#endif
+
+// out[0 : len) = act(acc[0 : len) + res[0 : len)), res optional. acc and out may be the same.
+inline void epilogue(const float* acc, const float* res, float* out, int64_t len, Act act) {
+#ifdef COMPRESSOR_SPARSE_SIMD
+  switch (act) {
+    case Act::ReLU: return epilogue_act<Act::ReLU>(acc, res, out, len);
+    case Act::ReLU6: return epilogue_act<Act::ReLU6>(acc, res, out, len);
+    case Act::SiLU: return epilogue_act<Act::SiLU>(acc, res, out, len);
+    default: return epilogue_act<Act::None>(acc, res, out, len);
+  }
+#else
+  for (int64_t i = 0; i < len; ++i) out[i] = act_scalar(acc[i] + (res ? res[i] : 0.f), act);
 #endif
 }
 

@@ -14,19 +14,26 @@
 namespace compressor {
 
 // conv2d: input (batch, in_channels, in_h, in_w) contiguous, output (batch, out_channels, out_h,
-// out_w). col_offsets[k] = c_local*Hp*Wp + r*dil_h*Wp + s*dil_w with Hp = in_h + 2*pad_h and
-// Wp = in_w + 2*pad_w; c_local indexes the input channels of the output channel's group.
+// out_w) = act(conv + bias + residual). col_idx[k] = c_local*kernel_h*kernel_w + r*kernel_w + s,
+// c_local indexing the input channels of the output channel's group; rows sorted by column.
+// activation: 0 none, 1 relu, 2 relu6, 3 silu.
 struct SparseConv2dParams {
   const void* input;           // dtype: Float32, Float16 or BFloat16
   const float* values;         // (nnz)
-  const int32_t* col_offsets;  // (nnz)
+  const int32_t* col_idx;      // (nnz)
   const int32_t* row_ptr;      // (out_channels + 1)
   const float* bias;           // (out_channels) or nullptr
+  const void* residual;        // like output, or nullptr
   void* output;                // same dtype as input
+  // One device int the launcher sets when the input holds inf or NaN; the kernel then makes
+  // NaN every output a pruned (zero) weight would have turned NaN in the dense conv. nullptr:
+  // no such check.
+  int* nonfinite;
   int64_t nnz;
   int64_t batch, in_channels, out_channels, groups;
   int in_h, in_w, out_h, out_w;
   int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int activation;
   DType dtype;
 };
 

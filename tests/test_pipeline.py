@@ -1,0 +1,62 @@
+"""`compressor run` end to end on a small model: the report agrees with the artefacts (sizes
+re-measured from the files, accuracies recomputed from the saved model files), a rerun only
+reports, and changing one stage's settings reruns that stage and the ones after it alone."""
+
+import json
+
+import pytest
+
+from compressor.cli import main
+from compressor.data import load_dataset
+from compressor.pipeline.modelfile import load_model
+from compressor.train import evaluate
+
+ARGS = ["run", "--model", "lenet", "--dataset", "digits", "--steps", "60", "--finetune-steps",
+        "30", "--sparsity", "0.8", "--steps-per-stage", "10", "--final-steps", "10",
+        "--portions", "0.5,1", "--batch-sizes", "1,4", "--threads", "1", "--name", "t"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main([*ARGS, "--root", str(root)]) == 0
+    return root / "t"
+
+
+def test_report_matches_artefacts(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for name, size in metrics["sizes"].items():
+        assert (run_dir / name).stat().st_size == size, name
+    data = load_dataset("digits")
+    for stage, file in [("train", "dense.pt"), ("prune", "pruned.pt"),
+                        ("quantize", "quantized.pt"), ("sparsify", "sparse.pt")]:
+        model, _ = load_model(run_dir / file)
+        assert evaluate(model, data.x_test, data.y_test) == pytest.approx(
+            metrics["accuracy"][stage], abs=1e-9), stage
+    report = (run_dir / "report.md").read_text()
+    for stage, acc in metrics["accuracy"].items():
+        assert f"| {stage} | {acc:.4f} |" in report
+    assert f"| model.onnx | {metrics['sizes']['model.onnx']:,} |" in report
+    for png in ("accuracy.png", "size.png", "latency.png", "layers.png"):
+        assert (run_dir / png).stat().st_size > 1000 and f"]({png})" in report
+    bench = metrics["stages"]["bench"]
+    assert [row["batch"] for row in bench["whole_model"]] == [1, 4]
+    assert metrics["stages"]["verify"]["ok"] and metrics["sizes"]["model.onnx"] < \
+        metrics["sizes"]["dense.onnx"]
+
+
+def test_rerun_keeps_finished_stages_and_reruns_changed_ones(run_dir, capsys):
+    root = str(run_dir.parent)
+    capsys.readouterr()
+    assert main([*ARGS, "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done earlier, kept") == 8
+    before = (run_dir / "pruned.pt").stat().st_mtime_ns
+    args = [*ARGS, "--root", root, "--bits", "4", "--skip", "bench"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[1/8] train: done earlier" in out and "[2/8] prune: done earlier" in out
+    assert "[3/8] quantize ..." in out and "[5/8] export ..." in out
+    assert (run_dir / "pruned.pt").stat().st_mtime_ns == before
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "bench" not in metrics["stages"]
