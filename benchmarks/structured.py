@@ -214,6 +214,29 @@ def summarise_accuracy(rows: list[dict]) -> list[dict]:
     return out
 
 
+def accuracy_part(args) -> dict:
+    torch.set_num_threads(args.threads)
+    data = load_dataset("shapes")
+    seeds = args.seeds or (1 if args.quick else 3)
+    steps = (150, 2, 25, 50) if args.quick else (300, 4, 25, 100)
+    rows = [r for s in range(seeds) for r in accuracy_seed(s, *steps, data)]
+    out = {"rows": rows, "summary": summarise_accuracy(rows), "dense_steps": steps[0],
+           "rounds": steps[1], "round_steps": steps[2], "final_steps": steps[3]}
+    print(markdown_table(out["summary"], ["criterion", "mean_acc", "spread", "seeds", "macs"]))
+    return out
+
+
+def robustness_part(args) -> dict:
+    torch.set_num_threads(args.threads)
+    out_dir = args.json.parent if args.json else RESULTS
+    mlp_steps = (0, 10, 100) if args.quick else (0, 1, 10, 100, 1000)
+    return {"mlp": robustness_study("mlp", load_dataset("mnist1d"), 500 if args.quick else 3000,
+                                    mlp_steps, out_dir),
+            "resnet_small": robustness_study("resnet_small", load_dataset("shapes"),
+                                             150 if args.quick else 300, (0, 1, 10, 100),
+                                             out_dir)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,26 +263,9 @@ def main(argv=None) -> int:
         print(markdown_table(rows, ["arch", "impl", "ratio", "params", "macs", "torch_b1_speedup",
                                     "ort_b1_speedup", "torch_b16_speedup", "ort_b16_speedup"]))
     if "accuracy" in args.part:
-        torch.set_num_threads(args.threads)
-        data = load_dataset("shapes")
-        seeds = args.seeds or (1 if args.quick else 3)
-        steps = (150, 2, 25, 50) if args.quick else (300, 4, 25, 100)
-        rows = [r for s in range(seeds) for r in accuracy_seed(s, *steps, data)]
-        payload["accuracy"] = {"rows": rows, "summary": summarise_accuracy(rows),
-                               "dense_steps": steps[0], "rounds": steps[1],
-                               "round_steps": steps[2], "final_steps": steps[3]}
-        print(markdown_table(payload["accuracy"]["summary"],
-                             ["criterion", "mean_acc", "spread", "seeds", "macs"]))
+        payload["accuracy"] = accuracy_part(args)
     if "robustness" in args.part:
-        torch.set_num_threads(args.threads)
-        out_dir = (args.json.parent if args.json else RESULTS)
-        quick = args.quick
-        payload["robustness"] = {
-            "mlp": robustness_study("mlp", load_dataset("mnist1d"), 500 if quick else 3000,
-                                    (0, 1, 10, 100, 1000) if not quick else (0, 10, 100),
-                                    out_dir),
-            "resnet_small": robustness_study("resnet_small", load_dataset("shapes"),
-                                             150 if quick else 300, (0, 1, 10, 100), out_dir)}
+        payload["robustness"] = robustness_part(args)
     path = write_json_atomic(args.json, payload) if args.json else write_json(
         "structured", {k: v for k, v in payload.items() if k != "machine"})
     print(f"wrote {path}")
