@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -68,13 +69,14 @@ void check_residual(const c10::optional<at::Tensor>& residual, const ConvGeom& g
 // has Cin/groups*kh*kw entries and the lookup vectorises as a gather.
 at::Tensor column_offsets(const at::Tensor& col_idx, const ConvGeom& g) {
   const int64_t kk = g.kh * g.kw;
-  std::vector<int32_t> table(g.cin_g * kk);
+  std::vector<int32_t> tap(kk), table(g.cin_g * kk);  // divisions per tap only: 40 us otherwise
+  for (int64_t t = 0; t < kk; ++t) {
+    const int64_t y = t / g.kw * g.dh, x = t % g.kw * g.dw;
+    tap[t] = static_cast<int32_t>(((y % g.sh) * g.sw + x % g.sw) * g.plane + y / g.sh * g.Wq +
+                                  x / g.sw);
+  }
   for (int64_t c = 0; c < g.cin_g; ++c)
-    for (int64_t t = 0; t < kk; ++t) {
-      const int64_t y = t / g.kw * g.dh, x = t % g.kw * g.dw;
-      table[c * kk + t] = static_cast<int32_t>(c * g.chan + ((y % g.sh) * g.sw + x % g.sw) * g.plane +
-                                               y / g.sh * g.Wq + x / g.sw);
-    }
+    for (int64_t t = 0; t < kk; ++t) table[c * kk + t] = static_cast<int32_t>(c * g.chan) + tap[t];
   auto out = at::empty_like(col_idx);
   const int32_t* col = col_idx.data_ptr<int32_t>();
   int32_t* dst = out.data_ptr<int32_t>();
@@ -85,14 +87,27 @@ at::Tensor column_offsets(const at::Tensor& col_idx, const ConvGeom& g) {
   return out;
 }
 
-// True when no element of x[0:n) is inf or NaN: x * 0 is 0 for finite x and NaN otherwise.
+// True when no element of x[0:n) is inf or NaN: x * 0 is 0 for finite x and NaN otherwise. One
+// pass over the whole input (a per-row check inside the padded copy cost more, in its horizontal
+// reductions, than the copy itself on 7x7 planes).
 bool all_finite(const float* x, int64_t n) {
+  using namespace compressor::sparse_cpu;
   std::atomic<bool> finite{true};
   at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-    float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = begin; i < end; ++i) acc += x[i] * 0.f;
-    if (acc != acc) finite = false;
+    float nan_if_any = 0.f;
+#ifdef COMPRESSOR_SPARSE_SIMD
+    // Written out: GCC turned the `omp simd` reduction of this loop into gathers (41% of a call).
+    Vec acc = vzero();
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) acc = vadd(acc, vmul(vload(x + i), vzero()));
+    if (i < end) acc = vadd(acc, vmul(vload(x + i, tail_mask(static_cast<int>(end - i))), vzero()));
+    alignas(64) float lanes[kLanes];
+    vstore(lanes, acc);
+    for (const float v : lanes) nan_if_any += v;
+#else
+    for (int64_t i = begin; i < end; ++i) nan_if_any += x[i] * 0.f;
+#endif
+    if (nan_if_any != nan_if_any) finite = false;
   });
   return finite;
 }
@@ -102,7 +117,8 @@ int64_t channel_block_count(const ConvGeom& g) {
   using namespace compressor::sparse_cpu;
   const int64_t reach = ((g.kh - 1) * g.dh / g.sh + 1) * g.Wq;
   const int64_t per_channel = std::min(g.chan, g.sh * g.sw * (kTile + reach));
-  const int64_t block = std::max<int64_t>(1, kL2Floats / per_channel);
+  static const int64_t l2 = std::getenv("KC_L2") ? std::atoll(std::getenv("KC_L2")) : kL2Floats;
+  const int64_t block = std::max<int64_t>(1, l2 / per_channel);
   return (g.cin_g + block - 1) / block;
 }
 
@@ -153,40 +169,39 @@ Scratch scratch(int64_t floats, const at::Tensor& like) {
 
 // Images [n0, n1) of (N, Cin, H, W) -> zero-padded (n1 - n0, Cin, sh, sw, Hq, Wq) in dst: padded
 // pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). Each channel is cleared
-// right before it is filled, while its lines are in cache. Returns false when the input holds an
-// inf or NaN, found on the way (x * 0 is NaN exactly then).
-bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
+// right before it is filled, while its lines are in cache.
+void phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
   const int64_t planes = (n1 - n0) * g.Cin;
   const float* src = input.data_ptr<float>() + n0 * g.Cin * g.H * g.W;
   std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
-  std::atomic<bool> finite{true};
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    float acc = 0.f;
     for (int64_t nc = begin; nc < end; ++nc) {
       std::memset(dst + nc * g.chan, 0, g.chan * sizeof(float));
+      // Padded pixel (yp, xp) goes to phase (yp % sh, xp % sw) at (yp / sh, xp / sw): stepped,
+      // not divided (a 64-bit division per row was a quarter of a call on 7x7 planes).
+      int64_t phase = g.ph % g.sh, line = g.ph / g.sh;
       for (int64_t y = 0; y < g.H; ++y) {
-        const int64_t yp = y + g.ph;
         const float* row = src + (nc * g.H + y) * g.W;
-        float* base = dst + nc * g.chan + (yp % g.sh) * g.sw * g.plane + yp / g.sh * g.Wq;
+        float* base = dst + nc * g.chan + phase * g.sw * g.plane + line * g.Wq;
         if (g.sw == 1) {
-          float* out = base + g.pw;
-#pragma omp simd reduction(+ : acc)
+          std::memcpy(base + g.pw, row, g.W * sizeof(float));
+        } else {
+          int64_t px = g.pw % g.sw, qx = g.pw / g.sw;
           for (int64_t x = 0; x < g.W; ++x) {
-            out[x] = row[x];
-            acc += row[x] * 0.f;
+            base[px * g.plane + qx] = row[x];
+            if (++px == g.sw) {
+              px = 0;
+              ++qx;
+            }
           }
-          continue;
         }
-        for (int64_t x = 0; x < g.W; ++x) {
-          const int64_t xp = x + g.pw;
-          base[(xp % g.sw) * g.plane + xp / g.sw] = row[x];
-          acc += row[x] * 0.f;
+        if (++phase == g.sh) {
+          phase = 0;
+          ++line;
         }
       }
     }
-    if (acc != acc) finite = false;
   });
-  return finite;
 }
 
 // What the dense convolution gives, for an input holding inf or NaN: pruned weights are zeros
@@ -243,6 +258,13 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   const ConvGeom g = checked_geometry(input, values, col_idx, row_ptr, bias, kernel_size, stride,
                                       padding, dilation, groups);
   check_residual(residual, g);
+  if (g.kh == 1 && g.kw == 1 && g.ph == 0 && g.pw == 0 && (g.sh > 1 || g.sw > 1)) {
+    // A strided 1x1 conv reads only every sh-th row and sw-th column (a phase-split copy would
+    // copy the whole input to use one phase): subsample once, then run it with stride 1.
+    const auto sub = input.slice(2, 0, c10::nullopt, g.sh).slice(3, 0, c10::nullopt, g.sw);
+    return sparse_conv2d_cpu(sub.contiguous(), values, col_idx, row_ptr, bias, kernel_size,
+                             {1, 1}, padding, dilation, groups, residual, activation);
+  }
   auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
   if (output.numel() == 0) return output;
   const at::Tensor offsets = column_offsets(col_idx, g);
@@ -254,12 +276,11 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   const int64_t slack = compressor::sparse_cpu::kTile, per_image = g.Cin * g.chan;
   const int64_t step = direct ? g.N : std::max<int64_t>(1, (kKeepFloats - slack) / per_image);
   const Scratch buf = direct ? Scratch{} : scratch(std::min(step, g.N) * per_image + slack, input);
-  if (direct && !all_finite(input.data_ptr<float>(), input.numel()))
+  if (!all_finite(input.data_ptr<float>(), input.numel()))
     return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
   for (int64_t n0 = 0; n0 < g.N; n0 += step) {
     const int64_t n1 = std::min(g.N, n0 + step);
-    if (!direct && !phased_input(input, g, n0, n1, buf.data))
-      return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
+    if (!direct) phased_input(input, g, n0, n1, buf.data);
     ConvGeom part = g;
     part.N = n1 - n0;
     const int64_t out_at = n0 * g.Cout * g.Ho * g.Wo;
