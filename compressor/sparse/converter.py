@@ -25,7 +25,7 @@ class Decision:
     name: str           # the layer's path in the original model
     sparsity: float
     dense_ms: float     # the dense ops the sparse layer replaces (conv, BN, add, activation)
-    sparse_ms: float    # the sparse layer with them fused
+    sparse_ms: float    # the sparse layer with them fused (fastest interleaved samples)
     converted: bool
     fused: str = ""     # what the sparse layer absorbs, e.g. "bn+add+relu"
     spread: float = 0.0  # relative spread (IQR / median) of the timings
@@ -104,10 +104,13 @@ def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
 
 
 def _time_pair(base, work, example_inputs):
+    """Seconds per call of the original and the converted model: the fastest of interleaved
+    samples (other work on the machine only adds time)."""
     device = example_inputs[0].device.type
     with torch.no_grad():
-        return paired_medians([lambda: base(*example_inputs), lambda: work(*example_inputs)],
-                              device, warmup=1, repeat=5, min_seconds=0.02).medians
+        paired = paired_medians([lambda: base(*example_inputs), lambda: work(*example_inputs)],
+                                device, warmup=1, repeat=5, min_seconds=0.02)
+    return [min(s) for s in paired.samples]
 
 
 def _keep_not_slower(base, plan: Plan, decisions: Decisions, example_inputs) -> nn.Module:
