@@ -7,7 +7,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -63,30 +62,6 @@ void check_residual(const c10::optional<at::Tensor>& residual, const ConvGeom& g
             "), got ", residual->sizes());
 }
 
-// The offset of every weight column c*kh*kw + r*kw + s into one channel group of the phased,
-// padded input (tap (r, s) of channel c lies in phase plane (r*dh % sh, s*dw % sw)), looked up for
-// each nonzero. Computed on every call from col_idx, so no cached copy can go stale; the table
-// has Cin/groups*kh*kw entries and the lookup vectorises as a gather.
-at::Tensor column_offsets(const at::Tensor& col_idx, const ConvGeom& g) {
-  const int64_t kk = g.kh * g.kw;
-  std::vector<int32_t> tap(kk), table(g.cin_g * kk);  // divisions per tap only: 40 us otherwise
-  for (int64_t t = 0; t < kk; ++t) {
-    const int64_t y = t / g.kw * g.dh, x = t % g.kw * g.dw;
-    tap[t] = static_cast<int32_t>(((y % g.sh) * g.sw + x % g.sw) * g.plane + y / g.sh * g.Wq +
-                                  x / g.sw);
-  }
-  for (int64_t c = 0; c < g.cin_g; ++c)
-    for (int64_t t = 0; t < kk; ++t) table[c * kk + t] = static_cast<int32_t>(c * g.chan) + tap[t];
-  auto out = at::empty_like(col_idx);
-  const int32_t* col = col_idx.data_ptr<int32_t>();
-  int32_t* dst = out.data_ptr<int32_t>();
-  const int32_t* tab = table.data();
-  at::parallel_for(0, col_idx.numel(), 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) dst[k] = tab[col[k]];
-  });
-  return out;
-}
-
 // True when no element of x[0:n) is inf or NaN: x * 0 is 0 for finite x and NaN otherwise. One
 // pass over the whole input (a per-row check inside the padded copy cost more, in its horizontal
 // reductions, than the copy itself on 7x7 planes).
@@ -117,32 +92,64 @@ int64_t channel_block_count(const ConvGeom& g) {
   using namespace compressor::sparse_cpu;
   const int64_t reach = ((g.kh - 1) * g.dh / g.sh + 1) * g.Wq;
   const int64_t per_channel = std::min(g.chan, g.sh * g.sw * (kTile + reach));
-  static const int64_t l2 = std::getenv("KC_L2") ? std::atoll(std::getenv("KC_L2")) : kL2Floats;
-  const int64_t block = std::max<int64_t>(1, l2 / per_channel);
+  const int64_t block = std::max<int64_t>(1, kL2Floats / per_channel);
   return (g.cin_g + block - 1) / block;
 }
 
-// (Cout, ncb + 1) starts of each row's input-channel blocks, by binary search: rows are sorted by
-// column, so every channel's offsets (whatever their order inside the channel after the phase
-// split) come after the previous channel's. (A serial scan over all nonzeros took 10-30% of a
-// call at 90% sparsity.)
-at::Tensor channel_segments(const at::Tensor& offsets, const at::Tensor& row_ptr, int64_t ncb,
-                            int64_t block_stride) {
-  const int64_t rows = row_ptr.numel() - 1;
-  const int32_t *rp = row_ptr.data_ptr<int32_t>(), *off = offsets.data_ptr<int32_t>();
-  auto segs = at::empty({rows, ncb + 1}, row_ptr.options());
-  int32_t* out = segs.data_ptr<int32_t>();
+// The offset of every weight column c*kh*kw + r*kw + s into one channel group of the phased,
+// padded input (tap (r, s) of channel c lies in phase plane (r*dh % sh, s*dw % sw)).
+std::vector<int32_t> offset_table(const ConvGeom& g) {
+  const int64_t kk = g.kh * g.kw;
+  std::vector<int32_t> tap(kk), table(g.cin_g * kk);  // divisions per tap only: 40 us otherwise
+  for (int64_t t = 0; t < kk; ++t) {
+    const int64_t y = t / g.kw * g.dh, x = t % g.kw * g.dw;
+    tap[t] = static_cast<int32_t>(((y % g.sh) * g.sw + x % g.sw) * g.plane + y / g.sh * g.Wq +
+                                  x / g.sw);
+  }
+  for (int64_t c = 0; c < g.cin_g; ++c)
+    for (int64_t t = 0; t < kk; ++t) table[c * kk + t] = static_cast<int32_t>(c * g.chan) + tap[t];
+  return table;
+}
+
+struct Rows {
+  at::Tensor offsets;  // (nnz) each nonzero's offset into the phased input
+  at::Tensor segs;     // (Cout, ncb + 1) where each row's input-channel blocks start
+};
+
+// One pass over the rows, in one parallel region: check each row's columns (sorted, in range),
+// look up their offsets, and find by binary search where its input-channel blocks start (a sorted
+// row has every channel's offsets, in whatever order the phase split leaves them, after the
+// previous channel's). Nothing is cached between calls, so an edited col_idx is seen at once.
+Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const ConvGeom& g,
+                  int64_t ncb) {
+  const std::vector<int32_t> table = offset_table(g);
+  const int64_t rows = row_ptr.numel() - 1, ncols = g.cin_g * g.kh * g.kw;
+  const int64_t block_stride = (g.cin_g + ncb - 1) / ncb * g.chan;
+  Rows out{at::empty_like(col_idx), at::empty({rows, ncb + 1}, row_ptr.options())};
+  const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
+  const int32_t* tab = table.data();
+  int32_t *off = out.offsets.data_ptr<int32_t>(), *segs = out.segs.data_ptr<int32_t>();
+  std::atomic<int64_t> first_bad{rows};
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t oc = begin; oc < end; ++oc) {
-      int32_t* s = out + oc * (ncb + 1);
-      s[0] = rp[oc];
+    for (int64_t r = begin; r < end; ++r) {
+      if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols)) {
+        int64_t seen = first_bad.load();
+        while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
+        return;
+      }
+      for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
+      int32_t* s = segs + r * (ncb + 1);
+      s[0] = rp[r];
       for (int64_t cb = 1; cb < ncb; ++cb)
         s[cb] = static_cast<int32_t>(
-            std::lower_bound(off + s[cb - 1], off + rp[oc + 1], cb * block_stride) - off);
-      s[ncb] = rp[oc + 1];
+            std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
+      s[ncb] = rp[r + 1];
     }
   });
-  return segs;
+  if (first_bad.load() < rows)
+    compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, first_bad.load(), ncols,
+                                        "Cin/groups*kh*kw");
+  return out;
 }
 
 // Scratch for the padded copy, kept by each calling thread up to kKeepFloats (8 MB): a fresh
@@ -242,8 +249,6 @@ ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
                                                        stride, padding, dilation, groups);
   check_geometry(g);
   compressor::sparse_cpu::check_row_ptr(kOp, row_ptr, values.numel());
-  compressor::sparse_cpu::check_sorted_columns(kOp, col_idx, "col_idx", row_ptr,
-                                               g.cin_g * g.kh * g.kw, "Cin/groups*kh*kw");
   return g;
 }
 
@@ -265,12 +270,10 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
     return sparse_conv2d_cpu(sub.contiguous(), values, col_idx, row_ptr, bias, kernel_size,
                              {1, 1}, padding, dilation, groups, residual, activation);
   }
+  const Rows prep = prepare_rows(col_idx, row_ptr, g, channel_block_count(g));
+  const at::Tensor &offsets = prep.offsets, &segs = prep.segs;
   auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
   if (output.numel() == 0) return output;
-  const at::Tensor offsets = column_offsets(col_idx, g);
-  const int64_t ncb = channel_block_count(g);
-  const at::Tensor segs =
-      channel_segments(offsets, row_ptr, ncb, (g.cin_g + ncb - 1) / ncb * g.chan);
   // Stride 1 without padding reads the input in place; otherwise groups of images are padded.
   const bool direct = g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
   const int64_t slack = compressor::sparse_cpu::kTile, per_image = g.Cin * g.chan;
