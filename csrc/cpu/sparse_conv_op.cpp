@@ -174,6 +174,10 @@ Scratch scratch(int64_t floats, const at::Tensor& like) {
   return {at::Tensor(), keep.data()};
 }
 
+struct ColumnPhase {
+  int64_t x0, count, at;  // first input column, how many, where the first lands in a line
+};
+
 // Images [n0, n1) of (N, Cin, H, W) -> zero-padded (n1 - n0, Cin, sh, sw, Hq, Wq) in dst: padded
 // pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). Each channel is cleared
 // right before it is filled, while its lines are in cache.
@@ -181,6 +185,12 @@ void phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_
   const int64_t planes = (n1 - n0) * g.Cin;
   const float* src = input.data_ptr<float>() + n0 * g.Cin * g.H * g.W;
   std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
+  std::vector<ColumnPhase> phases;  // input columns x0, x0 + sw, ... go to phase plane q
+  for (int64_t q = 0; q < g.sw; ++q) {
+    const int64_t x0 = ((q - g.pw) % g.sw + g.sw) % g.sw;
+    phases.push_back({x0, x0 < g.W ? (g.W - x0 + g.sw - 1) / g.sw : 0,
+                      q * g.plane + (x0 + g.pw) / g.sw});
+  }
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nc = begin; nc < end; ++nc) {
       std::memset(dst + nc * g.chan, 0, g.chan * sizeof(float));
@@ -193,13 +203,10 @@ void phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_
         if (g.sw == 1) {
           std::memcpy(base + g.pw, row, g.W * sizeof(float));
         } else {
-          int64_t px = g.pw % g.sw, qx = g.pw / g.sw;
-          for (int64_t x = 0; x < g.W; ++x) {
-            base[px * g.plane + qx] = row[x];
-            if (++px == g.sw) {
-              px = 0;
-              ++qx;
-            }
+          // one phase at a time: a strided read and a contiguous write, which vectorise
+          for (const ColumnPhase& ph : phases) {
+            float* out = base + ph.at;
+            for (int64_t j = 0; j < ph.count; ++j) out[j] = row[ph.x0 + j * g.sw];
           }
         }
         if (++phase == g.sh) {
