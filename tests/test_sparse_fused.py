@@ -185,3 +185,14 @@ def test_epilogue_keeps_nonfinite_residual_like_torch(activation):
         want = ACTS[activation](conv(x) + residual)
     assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
     torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("args", [(3, 2, 1), (2, 2, 0), (3, 1, 1, 2, False, True)])
+def test_channels_last_max_pool_equals_max_pool(args):
+    from compressor.nn.fused import ChannelsLastMaxPool2d
+
+    plain = nn.MaxPool2d(*args)
+    fast = ChannelsLastMaxPool2d.from_pool(plain)
+    x = noncontiguous((2, 5, 13, 11))
+    out = fast(x)
+    assert out.is_contiguous() and torch.equal(out, plain(x))

@@ -1,13 +1,16 @@
 """Swap a model's Linear / Conv1d / Conv2d layers for their packed power-of-two twins, and pick
 each layer's execution mode (compressor.nn.pow2) by timing it on the model's own inputs."""
 
+import copy
+
 import torch
 from torch import nn
 
 from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits
+from compressor.nn.onlstm import ONLSTM
 from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear, _Pow2Packed
-from compressor.timing import paired_medians
+from compressor.timing import median_seconds, paired_medians
 
 _TWINS = {nn.Linear: Pow2Linear, nn.Conv1d: Pow2Conv1d, nn.Conv2d: Pow2Conv2d}
 # "codes" must beat "decoded" by this much to be chosen: decoded is the float model's speed,
@@ -30,9 +33,14 @@ def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = Non
     it receives and keeps the fastest: "codes" where the kernel on the codes beats the dense
     kernel, and, only with `allow_int8_activations`, "codes_int8" (rounds activations to int8,
     as torch's dynamic int8 Linear does). The choice is `module.mode`; `pow2_modes(model)` lists
-    them for a model file and `set_pow2_modes` restores them. ON-LSTM keeps its float weights.
+    them for a model file and `set_pow2_modes` restores them. An ONLSTM is packed too
+    (`ONLSTM.pack_pow2_`: its input and recurrent weights become Pow2Linear children); with
+    example inputs its recurrent mode is timed over the whole layer.
     """
     check_bits(bits)
+    if isinstance(model, ONLSTM) and model.packed_bits is None:  # the root itself
+        copy.deepcopy(model).pack_pow2_(bits, n1)  # raises before the model is touched
+        model.pack_pow2_(bits, n1)
     swaps = _plan(model, bits, n1 or {}, "", filter_fn)
     for parent, name, packed in swaps:
         setattr(parent, name, packed)
@@ -46,13 +54,17 @@ def _plan(module: nn.Module, bits: int, n1: dict[str, int], prefix: str, filter_
     for name, child in module.named_children():
         fqn = f"{prefix}{name}"
         cls = _TWINS.get(type(child))
-        if cls is None:
+        if cls is None and not (isinstance(child, ONLSTM) and child.packed_bits is None):
             swaps += _plan(child, bits, n1, fqn + ".", filter_fn)
             continue
         if filter_fn is not None and not filter_fn(child, fqn):
             continue
         try:
-            swaps.append((module, name, cls.from_float(child, bits, n1.get(f"{fqn}.weight"))))
+            if cls is None:  # an ONLSTM: packed on a copy, so a failure changes nothing
+                own = {k[len(fqn) + 1:]: v for k, v in n1.items() if k.startswith(fqn + ".")}
+                swaps.append((module, name, copy.deepcopy(child).pack_pow2_(bits, own)))
+            else:
+                swaps.append((module, name, cls.from_float(child, bits, n1.get(f"{fqn}.weight"))))
         except CompressorError as err:
             raise CompressorError(f"convert_to_pow2: layer {fqn!r} cannot be packed ({err}); "
                                   "the model is unchanged") from None
@@ -83,15 +95,17 @@ def _candidates(layer: _Pow2Packed, allow_int8: bool) -> list[str]:
     return modes
 
 
-def _layer_inputs(model: nn.Module, example_inputs) -> dict[_Pow2Packed, torch.Tensor]:
-    """The input each power-of-two layer sees in one forward pass (the first call of each)."""
-    seen: dict[_Pow2Packed, torch.Tensor] = {}
+def _layer_inputs(model: nn.Module, example_inputs) -> dict[nn.Module, torch.Tensor]:
+    """The input each power-of-two layer (and packed ONLSTM) sees in one forward pass (the
+    first call of each)."""
+    seen: dict[nn.Module, torch.Tensor] = {}
 
     def hook(module, args):
         seen.setdefault(module, args[0].detach())
 
     layers = [m for m in model.modules() if isinstance(m, _Pow2Packed)]
-    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    rnns = [m for m in model.modules() if isinstance(m, ONLSTM) and m.packed_bits is not None]
+    handles = [m.register_forward_pre_hook(hook) for m in layers + rnns]
     try:
         for m in layers:
             m.mode = "decoded"
@@ -125,7 +139,29 @@ def choose_modes(model: nn.Module, example_inputs, allow_int8_activations: bool 
             cache[key] = _time_modes(layer, x, _candidates(layer, allow_int8_activations), repeat)
         layer.mode = cache[key]["mode"]
         report[name] = cache[key]
+    for name, rnn in model.named_modules():
+        if isinstance(rnn, ONLSTM) and rnn.packed_bits is not None and rnn in inputs:
+            key = f"{name}.hh" if name else "hh"
+            report[key] = _time_recurrent(rnn, inputs[rnn], allow_int8_activations, repeat)
     return report
+
+
+def _time_recurrent(rnn: ONLSTM, x: torch.Tensor, allow_int8: bool, repeat: int) -> dict:
+    """Times a packed ONLSTM with every recurrent Pow2Linear in each mode (whole layers: the
+    fused sequence op against a loop of steps on the codes); sets and returns the fastest."""
+    hh = [getattr(rnn, f"hh_l{k}") for k in range(rnn.num_layers)]
+    modes = ["decoded", "codes"] + (["codes_int8"] if allow_int8 and rnn.packed_bits <= 4 else [])
+    times = {}
+    for mode in modes:
+        for layer in hh:
+            layer.mode = mode
+        with torch.no_grad():
+            times[mode] = median_seconds(lambda: rnn(x), x.device.type, repeat=repeat)
+    best = min(modes[1:], key=times.__getitem__)
+    mode = best if times[best] < _MARGIN * times["decoded"] else "decoded"
+    for layer in hh:
+        layer.mode = mode
+    return {**times, "mode": mode}
 
 
 def _time_modes(layer: _Pow2Packed, x: torch.Tensor, modes: list[str], repeat: int) -> dict:

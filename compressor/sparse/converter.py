@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.nn.fused import ChannelsLastMaxPool2d
 from compressor.ops.reference import activate
 from compressor.sparse.fusion import Plan, Slot, apply, make_plan, sparse_module
 from compressor.sparse.perf_model import PerfModel
@@ -25,7 +26,7 @@ class Decision:
     name: str           # the layer's path in the original model
     sparsity: float
     dense_ms: float     # the dense ops the sparse layer replaces (conv, BN, add, activation)
-    sparse_ms: float    # the sparse layer with them fused
+    sparse_ms: float    # the sparse layer with them fused (fastest interleaved samples)
     converted: bool
     fused: str = ""     # what the sparse layer absorbs, e.g. "bn+add+relu"
     spread: float = 0.0  # relative spread (IQR / median) of the timings
@@ -36,10 +37,29 @@ class Decision:
 
 
 class Decisions(list):
-    """The per-layer decisions, plus the whole-model check (ms, original and converted)."""
+    """The per-layer decisions, plus the whole-model check (ms, original and converted) and the
+    max-pools computed channels-last ({path: (ms before, ms after)})."""
 
     dense_ms: float | None = None
     converted_ms: float | None = None
+    pools: dict | None = None
+
+
+def _faster_pools(model, pools: dict, min_speedup: float) -> dict:
+    """{path: (ms, channels-last ms)} of the max-pools measured faster channels-last."""
+    faster = {}
+    for name, (x, _) in pools.items():
+        if x.dim() != 4:
+            continue
+        plain = model.get_submodule(name)
+        fast = ChannelsLastMaxPool2d.from_pool(plain)
+        with torch.no_grad():
+            paired = paired_medians([lambda: plain(x), lambda: fast(x)], x.device.type,  # noqa: B023
+                                    warmup=1, repeat=5, min_seconds=0.002)
+        before, after = (min(s) for s in paired.samples)
+        if before >= min_speedup * after:
+            faster[name] = (before * 1e3, after * 1e3)
+    return faster
 
 
 def _layer_io(model, example_inputs, filter_fn) -> dict[str, tuple[torch.Tensor, tuple]]:
@@ -50,7 +70,8 @@ def _layer_io(model, example_inputs, filter_fn) -> dict[str, tuple[torch.Tensor,
         seen.setdefault(name, (args[0].detach(), tuple(out.shape)))
 
     for name, mod in model.named_modules():
-        if type(mod) in (nn.Conv2d, nn.Linear) and (filter_fn is None or filter_fn(mod, name)):
+        wanted = type(mod) in (nn.Conv2d, nn.Linear) and (filter_fn is None or filter_fn(mod, name))
+        if wanted or (type(mod) is nn.MaxPool2d and not mod.return_indices):
             hooks.append(mod.register_forward_hook(
                 lambda m, args, out, name=name: keep(name, args, out)))
     try:
@@ -94,20 +115,25 @@ def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
         example_inputs = (example_inputs,)
     base = copy.deepcopy(model).eval()
     perf = perf_model or PerfModel()
-    layers = _layer_io(base, example_inputs, filter_fn)
-    plan = make_plan(base, list(layers))
-    decisions = Decisions(_decide(base, slot, *layers[slot.name], perf, min_speedup)
+    seen = _layer_io(base, example_inputs, filter_fn)
+    pools = {n: io for n, io in seen.items() if type(base.get_submodule(n)) is nn.MaxPool2d}
+    plan = make_plan(base, [n for n in seen if n not in pools])
+    decisions = Decisions(_decide(base, slot, *seen[slot.name], perf, min_speedup)
                           for slot in plan.slots)
+    decisions.pools = _faster_pools(base, pools, min_speedup)
     work = _keep_not_slower(base, plan, decisions, example_inputs)
     _check_outputs(base, work, example_inputs)
     return work, decisions
 
 
 def _time_pair(base, work, example_inputs):
+    """Seconds per call of the original and the converted model: the fastest of interleaved
+    samples (other work on the machine only adds time)."""
     device = example_inputs[0].device.type
     with torch.no_grad():
-        return paired_medians([lambda: base(*example_inputs), lambda: work(*example_inputs)],
-                              device, warmup=1, repeat=5, min_seconds=0.02).medians
+        paired = paired_medians([lambda: base(*example_inputs), lambda: work(*example_inputs)],
+                                device, warmup=1, repeat=5, min_seconds=0.02)
+    return [min(s) for s in paired.samples]
 
 
 def _keep_not_slower(base, plan: Plan, decisions: Decisions, example_inputs) -> nn.Module:
@@ -116,7 +142,7 @@ def _keep_not_slower(base, plan: Plan, decisions: Decisions, example_inputs) -> 
     taken = sorted((d for d in decisions if d.converted), key=lambda d: d.speedup)
     chunk = 1
     while True:
-        work = apply(base, plan, {d.name for d in decisions if d.converted})
+        work = apply(base, plan, {d.name for d in decisions if d.converted}, set(decisions.pools))
         dense_s, work_s = _time_pair(base, work, example_inputs)
         decisions.dense_ms, decisions.converted_ms = dense_s * 1e3, work_s * 1e3
         if work_s <= dense_s or not taken:
@@ -140,6 +166,8 @@ def report(decisions: list[Decision]) -> str:
     lines = [f"{d.name}: sparsity {d.sparsity:.2f}, dense {d.dense_ms:.3f} ms, sparse "
              f"{d.sparse_ms:.3f} ms ({d.speedup:.2f}x{', fused ' + d.fused if d.fused else ''}"
              f") -> {'sparse' if d.converted else 'dense'}" for d in decisions]
+    for name, (before, after) in (getattr(decisions, "pools", None) or {}).items():
+        lines.append(f"{name}: max-pool {before:.3f} ms -> {after:.3f} ms channels-last")
     if getattr(decisions, "dense_ms", None) is not None:
         lines.append(f"whole model: dense {decisions.dense_ms:.3f} ms, converted "
                      f"{decisions.converted_ms:.3f} ms")

@@ -3,9 +3,10 @@
 Calibrated by measurement on this machine: for a layer signature (shape, input size, batch,
 sparsity rounded to 1%, what the sparse layer fuses, device, threads) it times the dense layer
 and its sparse twin with interleaved samples (compressor.timing.paired_medians), so a machine
-that gets busier during the measurement slows both alike. When the measured ratio lies within
-the samples' spread of the caller's threshold the verdict is unsure: it is measured again, with
-more samples pooled, and an entry that stays unsure is not trusted by a later run (it is
+that gets busier during the measurement slows both alike, and compares the fastest samples
+(other work only ever adds time). When the samples spread widely, or the measured ratio lies
+within their spread of the caller's threshold, the verdict is unsure: it is measured again,
+with more samples pooled, and an entry that stays unsure is not trusted by a later run (it is
 measured afresh). Entries live in a JSON file keyed by machine, torch version and the build of
 the kernels, so a rebuilt kernel is measured afresh instead of judged by stale times.
 """
@@ -25,7 +26,7 @@ from compressor.timing import paired_medians
 
 # Bump when the sparse kernels change in a way a cached timing should not survive; a rebuilt
 # extension file (another size or mtime) also starts a fresh cache.
-KERNEL_VERSION = 3
+KERNEL_VERSION = 4
 ROUNDS = 3  # measurements of one unsure layer at most
 
 
@@ -54,12 +55,17 @@ def _spread(samples: list[float]) -> float:
     return (q[2] - q[0]) / max(statistics.median(samples), 1e-12)
 
 
+MAX_SPREAD = 0.5  # samples spread wider than this were taken on a machine too busy to trust
+
+
 def sure(entry: dict, threshold: float) -> bool:
-    """The threshold lies outside the noise band around the measured speedup."""
+    """The samples were steady and the threshold lies outside their noise band around the
+    measured speedup."""
     if threshold <= 0:
         return True
+    spread = entry.get("spread", 0.0)
     margin = abs(math.log(max(entry["speedup"], 1e-12) / threshold))
-    return margin > math.log1p(entry.get("spread", 0.0))
+    return spread <= MAX_SPREAD and margin > math.log1p(spread)
 
 
 class PerfModel:
@@ -93,7 +99,11 @@ class PerfModel:
                                         else 0, repeat=7, min_seconds=0.002)
             dense += paired.samples[0]
             sparse += paired.samples[1]
-            entry = {"dense_s": statistics.median(dense), "sparse_s": statistics.median(sparse),
+            # Other work can only add time to a sample, so the fastest interleaved samples are
+            # the layers' own cost; the medians are kept for the record.
+            entry = {"dense_s": min(dense), "sparse_s": min(sparse),
+                     "dense_median_s": statistics.median(dense),
+                     "sparse_median_s": statistics.median(sparse),
                      "spread": max(_spread(dense), _spread(sparse)), "samples": len(dense)}
             entry["speedup"] = entry["dense_s"] / max(entry["sparse_s"], 1e-12)
             if sure(entry, threshold):

@@ -114,9 +114,10 @@ def _cat(g: Graph, tensors, ids_list, dim, out, why):
     return result
 
 
-def _split(g: Graph, x, ids, sizes, dim, out, why, equal_by_count: bool):
+def _split(g: Graph, x, ids, dim, out, why):
     """split/chunk: parts of equal size are coupled position by position, so they shrink alike
-    (the fused q|k|v of one Linear); unequal literal sizes on a channel dim are fixed."""
+    (the fused q|k|v of one Linear); unequal parts of a channel dim are fixed. Returns the parts'
+    ids and the first part's ids (None when the dim holds no channels or was fixed)."""
     dim %= x.dim()
     ids = dims_of(ids)
     channel = ids.get(dim)
@@ -136,9 +137,7 @@ def _split(g: Graph, x, ids, sizes, dim, out, why, equal_by_count: bool):
         if channel is not None:
             part[dim] = pieces[k] if pieces else channel[sum(lengths[:k]):sum(lengths[:k + 1])]
         result.append(part)
-    sizes_note = None if equal_by_count or channel is None or not pieces else (
-        sizes, pieces[0])
-    return tuple(result), sizes_note
+    return tuple(result), (pieces[0] if pieces else None)
 
 
 def _shape_args(node_args, real_args):
@@ -246,14 +245,14 @@ def _split_call(ctx, node, name, why, args, kwargs, ids_args, out):
         return tuple({d - (d > dim): y for d, y in dims_of(ids_args[0]).items() if d != dim}
                      for _ in out)
     dim = kwargs.get("dim", args[2] if len(args) > 2 else 0)
-    sizes = kwargs.get("split_size_or_sections", args[1] if len(args) > 1 else None)
-    result, note = _split(g, x, ids_args[0], sizes, dim, out, why, name == "chunk")
-    if note is not None:
-        literal = sizes if isinstance(sizes, int) else None
-        if literal is None:
-            g.fix(note[1], f"{why}: split sizes given as a list")
-        else:
-            ctx.size_literals(node, [(literal, note[1])])
+    result, first = _split(g, x, ids_args[0], dim, out, why)
+    if first is not None and name == "split":  # chunk/tensor_split count parts: sizes follow
+        written = node.kwargs.get("split_size_or_sections",
+                                  node.args[1] if len(node.args) > 1 else None)
+        if isinstance(written, int):  # a literal part size: the attribute holding it must follow
+            ctx.size_literals(node, [(written, first)])
+        elif isinstance(written, (list, tuple)):
+            g.fix(first, f"{why}: split sizes written as a list")
     return result
 
 

@@ -114,23 +114,29 @@ def reshaped(g: Graph, ids: dict, shape_in, shape_out, why: str, constants=None)
             view[ins.index(t)] = shape_in[t]
             result[outs[0]] = np.broadcast_to(ids[t].reshape(view), shape).ravel().copy()
         elif len(ins) == 1:  # split: the outermost dim > 1 keeps the classes
-            real = [d for d in outs if shape_out[d] > 1]
-            outer, inner = real[0], math.prod(shape_out[d] for d in real[1:])
-            blocks = ids[t].reshape(shape_out[outer], inner)
-            for row in blocks:
-                g.unite_all(row)
-            result[outer] = blocks[:, 0].copy()
+            outer, classes = _split_dim(g, ids[t], outs, shape_out, why, constants)
+            result[outer] = classes
             literal = None if constants is None else constants.get(outer)
             if literal is not None and literal != -1:
-                sizes.append((literal, result[outer]))
-            for d in real[1:]:
-                if constants is not None and constants.get(d) is None:
-                    g.fix(ids[t], f"{why}: split size computed from a shrinking dim")
+                sizes.append((literal, classes))
         else:
             g.fix(ids[t], f"{why}: reshape regroups channel dims")
     if sizes:
         result["_sizes"] = sizes
     return result
+
+
+def _split_dim(g: Graph, ids, outs, shape_out, why, constants):
+    """C split into (A, B, ...): each run of B*... channels becomes one class, tracked on A."""
+    real = [d for d in outs if shape_out[d] > 1]
+    outer, inner = real[0], math.prod(shape_out[d] for d in real[1:])
+    blocks = ids.reshape(shape_out[outer], inner)
+    for row in blocks:
+        g.unite_all(row)
+    for d in real[1:]:
+        if constants is not None and constants.get(d) is None:
+            g.fix(ids, f"{why}: split size computed from a shrinking dim")
+    return outer, blocks[:, 0].copy()
 
 
 def normalize_index(index, ndim: int) -> list:

@@ -77,16 +77,17 @@ inline void check_pow2_args(const char* op, const at::Tensor& input, const at::T
   CMP_CHECK_DIM(codes, 2, op, "codes");
   CMP_CHECK_DTYPE(codes, at::kByte, op, "codes");
   CMP_CHECK_CONTIGUOUS(codes, op, "codes");
-  CMP_CHECK(codes.size(1) == k_pad / 2, op, "codes must have ", k_pad / 2, " columns for in_features=",
-            in_features, ", got shape ", codes.sizes());
+  CMP_CHECK(codes.size(1) == k_pad / 2, op, "codes must have ", k_pad / 2,
+            " columns for in_features=", in_features, ", got shape ", codes.sizes());
   CMP_CHECK_DEVICE(codes, input.device(), op, "codes");
   CMP_CHECK_DTYPE(nonzero, at::kByte, op, "nonzero");
   if (bits == 5) {
     CMP_CHECK_CONTIGUOUS(nonzero, op, "nonzero");
     CMP_CHECK_DEVICE(nonzero, input.device(), op, "nonzero");
-    CMP_CHECK(nonzero.dim() == 2 && nonzero.size(0) == codes.size(0) && nonzero.size(1) == k_pad / 8,
-              op, "nonzero must have shape (", codes.size(0), ", ", k_pad / 8, ") for bits=5, got ",
-              nonzero.sizes());
+    CMP_CHECK(nonzero.dim() == 2 && nonzero.size(0) == codes.size(0) &&
+                  nonzero.size(1) == k_pad / 8,
+              op, "nonzero must have shape (", codes.size(0), ", ", k_pad / 8,
+              ") for bits=5, got ", nonzero.sizes());
   } else {
     CMP_CHECK(nonzero.numel() == 0, op, "nonzero must be empty for bits <= 4, got shape ",
               nonzero.sizes());

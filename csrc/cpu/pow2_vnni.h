@@ -183,7 +183,8 @@ void dot_tile(const uint8_t* const cp[NT], int64_t code_bytes, const int8_t* xq,
   }
 #pragma GCC unroll 8
   for (int m = 0; m < MT; ++m)
-    for (int n = 0; n < n_valid; ++n) acc_out[m * y_stride + n] += _mm512_reduce_add_epi32(acc[m][n]);
+    for (int n = 0; n < n_valid; ++n)
+      acc_out[m * y_stride + n] += _mm512_reduce_add_epi32(acc[m][n]);
 }
 
 template <int NT, int kMaxMT, int MT = 1>

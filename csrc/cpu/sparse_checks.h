@@ -3,9 +3,6 @@
 // by the op's own index checks before any read, so a bad weight is an error, not a stray read.
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-
-#include <atomic>
 
 #include "compressor/checks.h"
 
@@ -48,28 +45,19 @@ inline void check_row_ptr(const char* op, const at::Tensor& row_ptr, int64_t nnz
   CMP_CHECK(rp[rows] == nnz, op, "row_ptr[-1] must equal nnz = ", nnz, ", got ", rp[rows]);
 }
 
-// Every row's column entries strictly increase (sorted, no duplicates) and lie in [0, ncols).
-// Call after check_row_ptr. One compare per entry in the pass that finds a bad row (branch-free,
-// so it vectorises); only a bad row is scanned again, to say what is wrong with it.
-inline void check_sorted_columns(const char* op, const at::Tensor& index, const char* name,
-                                 const at::Tensor& row_ptr, int64_t ncols, const char* what) {
-  const int32_t *idx = index.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
-  const int64_t rows = row_ptr.numel() - 1;
-  std::atomic<int64_t> first_bad{rows};
-  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end && r < first_bad.load(std::memory_order_relaxed); ++r) {
-      const int32_t lo = rp[r], hi = rp[r + 1];
-      if (hi <= lo) continue;
-      int bad = (idx[lo] < 0) | (idx[hi - 1] >= ncols);
-      for (int32_t k = lo + 1; k < hi; ++k) bad |= idx[k] <= idx[k - 1];
-      if (!bad) continue;
-      int64_t seen = first_bad.load();
-      while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
-      return;
-    }
-  });
-  const int64_t r = first_bad.load();
-  if (r == rows) return;
+// Columns idx[lo:hi) strictly increase (sorted, no duplicates) within [0, ncols). Branch-free,
+// one compare per entry, so it vectorises.
+inline bool row_columns_ok(const int32_t* idx, int32_t lo, int32_t hi, int64_t ncols) {
+  if (hi <= lo) return true;
+  int bad = (idx[lo] < 0) | (idx[hi - 1] >= ncols);
+  for (int32_t k = lo + 1; k < hi; ++k) bad |= idx[k] <= idx[k - 1];
+  return !bad;
+}
+
+// Throws the error that says what is wrong with row r (which row_columns_ok rejected).
+[[noreturn]] inline void bad_columns(const char* op, const int32_t* idx, const char* name,
+                                     const int32_t* rp, int64_t r, int64_t ncols,
+                                     const char* what) {
   for (int32_t k = rp[r]; k < rp[r + 1]; ++k) {
     CMP_CHECK(idx[k] >= 0 && idx[k] < ncols, op, name, "[", k, "] = ", idx[k], " (row ", r,
               ") must lie in [0, ", ncols, ") = ", what, "; the weight does not match the layer");
@@ -77,6 +65,7 @@ inline void check_sorted_columns(const char* op, const at::Tensor& index, const 
               "(sorted, no duplicates): row ", r, " has ", idx[k - 1], " then ", idx[k], " at ",
               name, "[", k, "]");
   }
+  TORCH_CHECK(false, op, ": ", name, " row ", r, " is invalid");
 }
 
 }  // namespace compressor::sparse_cpu

@@ -62,37 +62,27 @@ void check_residual(const c10::optional<at::Tensor>& residual, const ConvGeom& g
             "), got ", residual->sizes());
 }
 
-// The offset of every weight column c*kh*kw + r*kw + s into one channel group of the phased,
-// padded input (tap (r, s) of channel c lies in phase plane (r*dh % sh, s*dw % sw)), looked up for
-// each nonzero. Computed on every call from col_idx, so no cached copy can go stale; the table
-// has Cin/groups*kh*kw entries and the lookup vectorises as a gather.
-at::Tensor column_offsets(const at::Tensor& col_idx, const ConvGeom& g) {
-  const int64_t kk = g.kh * g.kw;
-  std::vector<int32_t> table(g.cin_g * kk);
-  for (int64_t c = 0; c < g.cin_g; ++c)
-    for (int64_t t = 0; t < kk; ++t) {
-      const int64_t y = t / g.kw * g.dh, x = t % g.kw * g.dw;
-      table[c * kk + t] = static_cast<int32_t>(c * g.chan + ((y % g.sh) * g.sw + x % g.sw) * g.plane +
-                                               y / g.sh * g.Wq + x / g.sw);
-    }
-  auto out = at::empty_like(col_idx);
-  const int32_t* col = col_idx.data_ptr<int32_t>();
-  int32_t* dst = out.data_ptr<int32_t>();
-  const int32_t* tab = table.data();
-  at::parallel_for(0, col_idx.numel(), 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) dst[k] = tab[col[k]];
-  });
-  return out;
-}
-
-// True when no element of x[0:n) is inf or NaN: x * 0 is 0 for finite x and NaN otherwise.
+// True when no element of x[0:n) is inf or NaN: x * 0 is 0 for finite x and NaN otherwise. One
+// pass over the whole input (a per-row check inside the padded copy cost more, in its horizontal
+// reductions, than the copy itself on 7x7 planes).
 bool all_finite(const float* x, int64_t n) {
+  using namespace compressor::sparse_cpu;
   std::atomic<bool> finite{true};
   at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-    float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = begin; i < end; ++i) acc += x[i] * 0.f;
-    if (acc != acc) finite = false;
+    float nan_if_any = 0.f;
+#ifdef COMPRESSOR_SPARSE_SIMD
+    // Written out: GCC turned the `omp simd` reduction of this loop into gathers (41% of a call).
+    Vec acc = vzero();
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) acc = vadd(acc, vmul(vload(x + i), vzero()));
+    if (i < end) acc = vadd(acc, vmul(vload(x + i, tail_mask(static_cast<int>(end - i))), vzero()));
+    alignas(64) float lanes[kLanes];
+    vstore(lanes, acc);
+    for (const float v : lanes) nan_if_any += v;
+#else
+    for (int64_t i = begin; i < end; ++i) nan_if_any += x[i] * 0.f;
+#endif
+    if (nan_if_any != nan_if_any) finite = false;
   });
   return finite;
 }
@@ -106,27 +96,60 @@ int64_t channel_block_count(const ConvGeom& g) {
   return (g.cin_g + block - 1) / block;
 }
 
-// (Cout, ncb + 1) starts of each row's input-channel blocks, by binary search: rows are sorted by
-// column, so every channel's offsets (whatever their order inside the channel after the phase
-// split) come after the previous channel's. (A serial scan over all nonzeros took 10-30% of a
-// call at 90% sparsity.)
-at::Tensor channel_segments(const at::Tensor& offsets, const at::Tensor& row_ptr, int64_t ncb,
-                            int64_t block_stride) {
-  const int64_t rows = row_ptr.numel() - 1;
-  const int32_t *rp = row_ptr.data_ptr<int32_t>(), *off = offsets.data_ptr<int32_t>();
-  auto segs = at::empty({rows, ncb + 1}, row_ptr.options());
-  int32_t* out = segs.data_ptr<int32_t>();
+// The offset of every weight column c*kh*kw + r*kw + s into one channel group of the phased,
+// padded input (tap (r, s) of channel c lies in phase plane (r*dh % sh, s*dw % sw)).
+std::vector<int32_t> offset_table(const ConvGeom& g) {
+  const int64_t kk = g.kh * g.kw;
+  std::vector<int32_t> tap(kk), table(g.cin_g * kk);  // divisions per tap only: 40 us otherwise
+  for (int64_t t = 0; t < kk; ++t) {
+    const int64_t y = t / g.kw * g.dh, x = t % g.kw * g.dw;
+    tap[t] = static_cast<int32_t>(((y % g.sh) * g.sw + x % g.sw) * g.plane + y / g.sh * g.Wq +
+                                  x / g.sw);
+  }
+  for (int64_t c = 0; c < g.cin_g; ++c)
+    for (int64_t t = 0; t < kk; ++t) table[c * kk + t] = static_cast<int32_t>(c * g.chan) + tap[t];
+  return table;
+}
+
+struct Rows {
+  at::Tensor offsets;  // (nnz) each nonzero's offset into the phased input
+  at::Tensor segs;     // (Cout, ncb + 1) where each row's input-channel blocks start
+};
+
+// One pass over the rows, in one parallel region: check each row's columns (sorted, in range),
+// look up their offsets, and find by binary search where its input-channel blocks start (a sorted
+// row has every channel's offsets, in whatever order the phase split leaves them, after the
+// previous channel's). Nothing is cached between calls, so an edited col_idx is seen at once.
+Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const ConvGeom& g,
+                  int64_t ncb) {
+  const std::vector<int32_t> table = offset_table(g);
+  const int64_t rows = row_ptr.numel() - 1, ncols = g.cin_g * g.kh * g.kw;
+  const int64_t block_stride = (g.cin_g + ncb - 1) / ncb * g.chan;
+  Rows out{at::empty_like(col_idx), at::empty({rows, ncb + 1}, row_ptr.options())};
+  const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
+  const int32_t* tab = table.data();
+  int32_t *off = out.offsets.data_ptr<int32_t>(), *segs = out.segs.data_ptr<int32_t>();
+  std::atomic<int64_t> first_bad{rows};
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t oc = begin; oc < end; ++oc) {
-      int32_t* s = out + oc * (ncb + 1);
-      s[0] = rp[oc];
+    for (int64_t r = begin; r < end; ++r) {
+      if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols)) {
+        int64_t seen = first_bad.load();
+        while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
+        return;
+      }
+      for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
+      int32_t* s = segs + r * (ncb + 1);
+      s[0] = rp[r];
       for (int64_t cb = 1; cb < ncb; ++cb)
         s[cb] = static_cast<int32_t>(
-            std::lower_bound(off + s[cb - 1], off + rp[oc + 1], cb * block_stride) - off);
-      s[ncb] = rp[oc + 1];
+            std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
+      s[ncb] = rp[r + 1];
     }
   });
-  return segs;
+  if (first_bad.load() < rows)
+    compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, first_bad.load(), ncols,
+                                        "Cin/groups*kh*kw");
+  return out;
 }
 
 // Scratch for the padded copy, kept by each calling thread up to kKeepFloats (8 MB): a fresh
@@ -151,42 +174,48 @@ Scratch scratch(int64_t floats, const at::Tensor& like) {
   return {at::Tensor(), keep.data()};
 }
 
+struct ColumnPhase {
+  int64_t x0, count, at;  // first input column, how many, where the first lands in a line
+};
+
 // Images [n0, n1) of (N, Cin, H, W) -> zero-padded (n1 - n0, Cin, sh, sw, Hq, Wq) in dst: padded
 // pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). Each channel is cleared
-// right before it is filled, while its lines are in cache. Returns false when the input holds an
-// inf or NaN, found on the way (x * 0 is NaN exactly then).
-bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
+// right before it is filled, while its lines are in cache.
+void phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
   const int64_t planes = (n1 - n0) * g.Cin;
   const float* src = input.data_ptr<float>() + n0 * g.Cin * g.H * g.W;
   std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
-  std::atomic<bool> finite{true};
+  std::vector<ColumnPhase> phases;  // input columns x0, x0 + sw, ... go to phase plane q
+  for (int64_t q = 0; q < g.sw; ++q) {
+    const int64_t x0 = ((q - g.pw) % g.sw + g.sw) % g.sw;
+    phases.push_back({x0, x0 < g.W ? (g.W - x0 + g.sw - 1) / g.sw : 0,
+                      q * g.plane + (x0 + g.pw) / g.sw});
+  }
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    float acc = 0.f;
     for (int64_t nc = begin; nc < end; ++nc) {
       std::memset(dst + nc * g.chan, 0, g.chan * sizeof(float));
+      // Padded pixel (yp, xp) goes to phase (yp % sh, xp % sw) at (yp / sh, xp / sw): stepped,
+      // not divided (a 64-bit division per row was a quarter of a call on 7x7 planes).
+      int64_t phase = g.ph % g.sh, line = g.ph / g.sh;
       for (int64_t y = 0; y < g.H; ++y) {
-        const int64_t yp = y + g.ph;
         const float* row = src + (nc * g.H + y) * g.W;
-        float* base = dst + nc * g.chan + (yp % g.sh) * g.sw * g.plane + yp / g.sh * g.Wq;
+        float* base = dst + nc * g.chan + phase * g.sw * g.plane + line * g.Wq;
         if (g.sw == 1) {
-          float* out = base + g.pw;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t x = 0; x < g.W; ++x) {
-            out[x] = row[x];
-            acc += row[x] * 0.f;
+          std::memcpy(base + g.pw, row, g.W * sizeof(float));
+        } else {
+          // one phase at a time: a strided read and a contiguous write, which vectorise
+          for (const ColumnPhase& ph : phases) {
+            float* out = base + ph.at;
+            for (int64_t j = 0; j < ph.count; ++j) out[j] = row[ph.x0 + j * g.sw];
           }
-          continue;
         }
-        for (int64_t x = 0; x < g.W; ++x) {
-          const int64_t xp = x + g.pw;
-          base[(xp % g.sw) * g.plane + xp / g.sw] = row[x];
-          acc += row[x] * 0.f;
+        if (++phase == g.sh) {
+          phase = 0;
+          ++line;
         }
       }
     }
-    if (acc != acc) finite = false;
   });
-  return finite;
 }
 
 // What the dense convolution gives, for an input holding inf or NaN: pruned weights are zeros
@@ -227,8 +256,6 @@ ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
                                                        stride, padding, dilation, groups);
   check_geometry(g);
   compressor::sparse_cpu::check_row_ptr(kOp, row_ptr, values.numel());
-  compressor::sparse_cpu::check_sorted_columns(kOp, col_idx, "col_idx", row_ptr,
-                                               g.cin_g * g.kh * g.kw, "Cin/groups*kh*kw");
   return g;
 }
 
@@ -243,23 +270,27 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   const ConvGeom g = checked_geometry(input, values, col_idx, row_ptr, bias, kernel_size, stride,
                                       padding, dilation, groups);
   check_residual(residual, g);
+  if (g.kh == 1 && g.kw == 1 && g.ph == 0 && g.pw == 0 && (g.sh > 1 || g.sw > 1)) {
+    // A strided 1x1 conv reads only every sh-th row and sw-th column (a phase-split copy would
+    // copy the whole input to use one phase): subsample once, then run it with stride 1.
+    const auto sub = input.slice(2, 0, c10::nullopt, g.sh).slice(3, 0, c10::nullopt, g.sw);
+    return sparse_conv2d_cpu(sub.contiguous(), values, col_idx, row_ptr, bias, kernel_size,
+                             {1, 1}, padding, dilation, groups, residual, activation);
+  }
+  const Rows prep = prepare_rows(col_idx, row_ptr, g, channel_block_count(g));
+  const at::Tensor &offsets = prep.offsets, &segs = prep.segs;
   auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
   if (output.numel() == 0) return output;
-  const at::Tensor offsets = column_offsets(col_idx, g);
-  const int64_t ncb = channel_block_count(g);
-  const at::Tensor segs =
-      channel_segments(offsets, row_ptr, ncb, (g.cin_g + ncb - 1) / ncb * g.chan);
   // Stride 1 without padding reads the input in place; otherwise groups of images are padded.
   const bool direct = g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
   const int64_t slack = compressor::sparse_cpu::kTile, per_image = g.Cin * g.chan;
   const int64_t step = direct ? g.N : std::max<int64_t>(1, (kKeepFloats - slack) / per_image);
   const Scratch buf = direct ? Scratch{} : scratch(std::min(step, g.N) * per_image + slack, input);
-  if (direct && !all_finite(input.data_ptr<float>(), input.numel()))
+  if (!all_finite(input.data_ptr<float>(), input.numel()))
     return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
   for (int64_t n0 = 0; n0 < g.N; n0 += step) {
     const int64_t n1 = std::min(g.N, n0 + step);
-    if (!direct && !phased_input(input, g, n0, n1, buf.data))
-      return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
+    if (!direct) phased_input(input, g, n0, n1, buf.data);
     ConvGeom part = g;
     part.N = n1 - n0;
     const int64_t out_at = n0 * g.Cout * g.Ho * g.Wo;

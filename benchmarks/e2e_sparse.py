@@ -1,0 +1,172 @@
+"""Whole pruned networks: PyTorch dense vs compressor (sparse.convert) vs onnxruntime dense
+(and DeepSparse when an interpreter with it is given), timed side by side in one run.
+
+python -m benchmarks.e2e_sparse [--quick] [--models resnet50 vgg16 mobilenet_v2]
+    [--sparsities 0.8 0.9 0.95] [--batches 1 16] [--threads 1 2] [--json PATH] [--plot]
+    [--deepsparse-python PATH]
+Models from compressor.models at 224x224, 1000 classes, every conv/linear but the first pruned
+by magnitude, layer by layer, to the same sparsity (BatchNorm statistics randomised so folding
+is not trivial). Per (model, sparsity, batch, threads): the model is converted on its example
+input (sparse.convert: per-layer measured decisions, fused BN/activation/residual, whole-model
+check), the dense model is exported to ONNX, then every engine is timed with interleaved samples
+(compressor.timing.paired_medians). --quick: ResNet-50 and VGG-16 at 90%, batch 1, 2 threads.
+DeepSparse (Neural Magic, pins its own numpy/onnx) runs in its own interpreter:
+python -m venv /work/ds-venv && /work/ds-venv/bin/pip install deepsparse==1.8.0, then
+--deepsparse-python /work/ds-venv/bin/python.
+"""
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.common import RESULTS, machine_info, markdown_table
+from compressor.io import write_json_atomic
+from compressor.models import build_model
+from compressor.sparse import convert
+from compressor.timing import paired_medians
+
+MODELS = {"resnet50": "resnet50", "vgg16": "vgg16", "mobilenet_v2": "mobilenet_v2"}
+DEEPSPARSE_TIMER = """
+import json, sys, time, statistics
+import numpy as np
+from deepsparse import compile_model
+path, batch, threads, repeat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+engine = compile_model(path, batch_size=batch, num_cores=threads)
+x = [np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)]
+for _ in range(3): engine(x)
+samples = []
+for _ in range(repeat):
+    start = time.perf_counter(); engine(x); samples.append(time.perf_counter() - start)
+print(json.dumps({"ms": statistics.median(samples) * 1e3}))
+"""
+
+
+def pruned_model(name: str, sparsity: float) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model(MODELS[name]).eval()
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for layer in layers[1:]:
+            flat = layer.weight.abs().flatten()
+            keep = max(1, round(flat.numel() * (1 - sparsity)))
+            threshold = flat.kthvalue(flat.numel() - keep + 1).values
+            layer.weight.mul_(layer.weight.abs() >= threshold)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, path: Path):
+    from compressor.export.verify import session
+
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"])
+    return session(str(path), threads)
+
+
+def deepsparse_ms(python: str, path: Path, batch: int, threads: int, repeat: int) -> float:
+    out = subprocess.run([python, "-c", DEEPSPARSE_TIMER, str(path), str(batch), str(threads),
+                          str(repeat)], capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"deepsparse failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
+
+
+def measure(name, sparsity, batch, threads, args) -> list[dict]:
+    torch.set_num_threads(threads)
+    model = pruned_model(name, sparsity)
+    x = torch.randn(batch, 3, 224, 224)
+    converted, decisions = convert(model, (x,))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        sess = onnx_session(model, x, threads, path)
+        feed = {"x": x.numpy()}
+        with torch.no_grad():
+            err = (converted(x) - model(x)).abs().max().item()
+            timed = paired_medians([lambda: model(x), lambda: converted(x),
+                                    lambda: sess.run(None, feed)], warmup=2, repeat=args.repeat)
+        engines = {"pytorch dense": timed.medians[0], "compressor": timed.medians[1],
+                   "onnxruntime dense": timed.medians[2]}
+        spreads = dict(zip(engines, timed.spreads, strict=True))
+        if args.deepsparse_python:
+            engines["deepsparse"] = deepsparse_ms(args.deepsparse_python, path, batch, threads,
+                                                  args.repeat) / 1e3
+            spreads["deepsparse"] = None
+    swapped = sum(d.converted for d in decisions)
+    base = engines["pytorch dense"]
+    return [{"model": name, "sparsity": sparsity, "batch": batch, "threads": threads,
+             "engine": engine, "ms": secs * 1e3, "spread": spreads[engine],
+             "speedup_vs_pytorch": base / secs, "layers_sparse": swapped,
+             "layers": len(decisions), "max_abs_err": err} for engine, secs in engines.items()]
+
+
+def plot(rows, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    configs = sorted({(r["model"], r["sparsity"], r["batch"], r["threads"]) for r in rows})
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(configs)), 4.5))
+    width = 0.8 / len(engines)
+    for i, engine in enumerate(engines):
+        ms = [next((r["ms"] for r in rows if (r["model"], r["sparsity"], r["batch"],
+                                              r["threads"]) == c and r["engine"] == engine), 0)
+              for c in configs]
+        ax.bar([j + i * width for j in range(len(configs))], ms, width, label=engine)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(configs))],
+                  [f"{m}\n{s:.0%} b{b} t{t}" for m, s, b, t in configs], fontsize=7)
+    ax.set(ylabel="ms per batch (lower is better)", yscale="log")
+    ax.legend(fontsize=7)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="ResNet-50 and VGG-16 at 90%%, batch 1, 2 threads")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.8, 0.9, 0.95])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=7, help="interleaved samples per engine")
+    parser.add_argument("--json", type=Path, default=RESULTS / "e2e_sparse.json")
+    parser.add_argument("--plot", action="store_true", help="docs/img/e2e_sparse.png")
+    parser.add_argument("--deepsparse-python", help="interpreter with deepsparse installed")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.sparsities, args.batches, args.threads = (["resnet50", "vgg16"], [0.9],
+                                                                    [1], [2])
+    bad = [s for s in args.sparsities if not 0 <= s < 1]
+    if bad or min(args.batches) < 1 or min(args.threads) < 1 or args.repeat < 1:
+        parser.error("sparsities must be in [0, 1); batches, threads and --repeat >= 1")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    rows = []
+    for name in args.models:
+        for sparsity in args.sparsities:
+            for batch in args.batches:
+                for threads in args.threads:
+                    for row in measure(name, sparsity, batch, threads, args):
+                        rows.append(row)
+                        print(row, flush=True)
+    write_json_atomic(args.json, {"machine": machine_info(), "rows": rows})
+    print(markdown_table(rows, ["model", "sparsity", "batch", "threads", "engine", "ms",
+                                "speedup_vs_pytorch", "layers_sparse", "layers"]))
+    print(f"wrote {args.json}")
+    if args.plot:
+        plot(rows, "docs/img/e2e_sparse.png")
+
+
+if __name__ == "__main__":
+    main()
