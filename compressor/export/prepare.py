@@ -45,8 +45,11 @@ def _int8_spec(name: str, module: Int8FakeQuant) -> QuantSpec:
                      float(module.out_scale), int(module.out_zero_point))
 
 
-def _export_children(parent: nn.Module, prefix: str, changes: list, specs: list) -> None:
+def _export_children(parent: nn.Module, prefix: str, changes: list, specs: list,
+                     wrapped: nn.Module | None = None) -> None:
     for name, child in list(parent.named_children()):
+        if child is wrapped:  # an export form that wraps the module it came from
+            continue
         path = f"{prefix}{name}"
         plain = _exported(child, path, changes, specs)
         if plain is not child:
@@ -66,7 +69,7 @@ def _exported(module: nn.Module, path: str, changes: list, specs: list) -> nn.Mo
         if plain is not module:
             changes.append(f"{path or '<model>'}: {type(module).__name__} -> "
                            f"{type(plain).__name__}")
-    _export_children(plain, f"{path}." if path else "", changes, specs)
+    _export_children(plain, f"{path}." if path else "", changes, specs, wrapped=module)
     return plain
 
 
