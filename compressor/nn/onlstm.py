@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.nn.onlstm_scan import ScanONLSTM
+from compressor.nn.scan import ScanONLSTM
 from compressor.ops import reference
 from compressor.ops._dispatch import has_kernel
 from compressor.ops.onlstm import check_chunk, gate_width, onlstm_sequence

@@ -4,6 +4,7 @@ from torch import nn
 
 from compressor.formats.pow2_levels import check_bits
 from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
+from compressor.pruning.selection import compressible_
 
 
 def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = None,
@@ -18,6 +19,8 @@ def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = Non
     """
     check_bits(bits)
     n1 = n1 or {}
+    if not _prefix:  # torch's attention layers hide their projections from the swap
+        compressible_(model)
     for name, child in list(model.named_children()):
         cls = {nn.Linear: Pow2Linear, nn.Conv1d: Pow2Conv1d, nn.Conv2d: Pow2Conv2d}.get(type(child))
         fqn = f"{_prefix}{name}"
