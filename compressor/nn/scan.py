@@ -4,8 +4,9 @@ The plain loop ONLSTM runs without its fused kernels (and torch.export's decompo
 nn.LSTM) unroll into one graph node per time step, so an exported graph only accepts the
 example's length. `ScanONLSTM` and `ScanLSTM` are the export forms. `ScanONLSTM` wraps an
 ONLSTM (sharing its parameters and its input checks) and runs each layer's recurrence as
-torch's scan higher-order op while being exported (torch.onnx writes it as one ONNX Scan: any
-length at run time); run eagerly, it is the plain loop.
+torch's scan higher-order op while being exported with a dynamic length (torch.onnx writes it as
+one ONNX Scan: any length at run time); eagerly, or exported with a fixed length, it is the plain
+loop.
 The cell is compressor.ops.reference.onlstm_cell, the same function the kernels are tested
 against. Eval only (it is what ONLSTM.export_module returns).
 """
@@ -15,6 +16,11 @@ from torch import nn
 from torch._higher_order_ops.scan import scan
 
 from compressor.ops import reference
+
+
+def _dynamic_length(t: torch.Tensor, dim: int = 0) -> bool:
+    """True while torch.export traces `t` with a symbolic length along `dim`."""
+    return torch.compiler.is_exporting() and isinstance(t.shape[dim], torch.SymInt)
 
 
 class ScanONLSTM(nn.Module):
@@ -29,8 +35,9 @@ class ScanONLSTM(nn.Module):
         w_hh = self.rnn._dropconnect(w_hh)
         xg = nn.functional.linear(x, w_ih, b_ih)  # the whole sequence in one matmul
         chunk = self.rnn.chunk_size
-        if not torch.compiler.is_exporting():
-            # eager scan compiles its body on every call; the loop computes the same
+        if not _dynamic_length(xg):
+            # eagerly scan compiles its body on every call, and tracing it costs seconds per
+            # layer: a fixed length runs (and exports) as the plain loop, which computes the same
             out, cells, dist = reference.onlstm_sequence(xg, w_hh, b_hh, h0, c0, chunk)
             last = (out[-1], cells[-1]) if out.shape[0] else (h0, c0)
             return out, last, dist
@@ -70,9 +77,9 @@ def _lstm_cell(x_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: to
 
 class ScanLSTM(nn.Module):
     """The export form of an nn.LSTM `rnn` (same forward and outputs): torch.export unrolls
-    nn.LSTM over the example's length, so each layer and direction runs as one scan instead.
-    Eagerly it is `rnn` itself. proj_size and unbatched inputs are not supported (such an
-    nn.LSTM exports as it is, with a fixed length)."""
+    nn.LSTM over the example's length, so with a dynamic length each layer and direction runs
+    as one scan instead. Eagerly, or with a fixed length, it is `rnn` itself. proj_size and
+    unbatched inputs are not supported (such an nn.LSTM exports as it is, fixed length)."""
 
     def __init__(self, rnn: nn.LSTM):
         super().__init__()
@@ -97,7 +104,8 @@ class ScanLSTM(nn.Module):
 
     def forward(self, input: torch.Tensor, hx=None):
         rnn = self.rnn
-        if not torch.compiler.is_exporting() or input.dim() != 3:
+        time_dim = 1 if rnn.batch_first else 0
+        if input.dim() != 3 or not _dynamic_length(input, time_dim):
             return rnn(input, hx)
         x = input.transpose(0, 1) if rnn.batch_first else input
         dirs = 2 if rnn.bidirectional else 1
