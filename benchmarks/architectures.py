@@ -57,16 +57,16 @@ SIZES = {
         "resnet18": dict(width=8, feature_shape=(3, 32, 32), num_classes=10),
         "resnet50": dict(width=8, blocks=(1, 1, 1, 1), feature_shape=(3, 32, 32),
                          num_classes=10),
-        "mobilenet_v2": dict(width_mult=0.25, feature_shape=(3, 32, 32), num_classes=10),
+        "mobilenet_v2": dict(width_mult=0.1, feature_shape=(3, 16, 16), num_classes=10),
         "vit": dict(feature_shape=(3, 16, 16), patch_size=4, dim=32, depth=2, heads=4,
                     mlp_dim=64, num_classes=10),
-        "bert": dict(feature_shape=(16,), vocab_size=VOCAB, dim=32, depth=2, heads=4,
+        "bert": dict(feature_shape=(10,), vocab_size=VOCAB, dim=32, depth=2, heads=4,
                      mlp_dim=64, num_classes=3),
-        "gpt": dict(feature_shape=(16,), num_classes=VOCAB, dim=32, depth=2, heads=4,
+        "gpt": dict(feature_shape=(10,), num_classes=VOCAB, dim=32, depth=2, heads=4,
                     mlp_dim=64),
-        "lstm_lm": dict(feature_shape=(16,), num_classes=VOCAB, embedding=16, hidden=32,
+        "lstm_lm": dict(feature_shape=(10,), num_classes=VOCAB, embedding=16, hidden=32,
                         layers=1),
-        "onlstm_lm": dict(feature_shape=(16,), num_classes=VOCAB, embedding=16, hidden=32,
+        "onlstm_lm": dict(feature_shape=(8,), num_classes=VOCAB, embedding=16, hidden=32,
                           chunk=4, layers=1),
         "conv1d": dict(feature_shape=(1, 40), num_classes=10, width=16),
     },
@@ -160,7 +160,7 @@ def wf_nm(name, model, data, tmp):
 
 
 def wf_lottery(name, model, data, tmp, size="test"):
-    cfg = LotteryConfig(rounds=1, steps=4, eval_every=4, batch_size=8, controls=(),
+    cfg = LotteryConfig(rounds=1, steps=2, eval_every=2, batch_size=8, controls=(),
                         rate=0.5, output_rate=None)
     run = LotteryRun(cfg, run_dir=Path(tmp) / "lottery", data=data, progress=False,
                      model_fn=lambda: build(name, size))

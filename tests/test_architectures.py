@@ -101,7 +101,7 @@ def test_recurrent_and_embedding_weights_are_on_their_inq_levels():
     run = INQ(model, data, INQConfig(bits=4, portions=(1.0,), steps_per_stage=0), progress=False)
     run.run()
     report = run.report()
-    for name in ("embed.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l1", "decoder.weight"):
+    for name in ("embed.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "decoder.weight"):
         weight = model.get_parameter(name).detach()
         assert torch.equal(quantize_to_levels(weight, run.state.n1[name], 4), weight), name
         assert report[name]["action"] == "INQ 4-bit"
