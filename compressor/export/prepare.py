@@ -3,10 +3,11 @@
 Works on a deep copy. Pruning masks are folded into the weights (compressor.pruning's masks,
 torch.nn.utils.prune reparametrisations); then every module that follows the export protocol
 (compressor.nn.convert.Exportable: SparseConv2d / SparseLinear, Pow2*, Int8FakeQuant, ONLSTM,
-MultiheadAttention) is replaced by what its `export_module()` returns, and the children of that
-are treated the same way. Int8FakeQuant layers also give the QDQ parameters the graph rewrite
-needs. Then one forward pass under a dispatch spy finds any op outside aten (a compressor kernel,
-say) and names the module that calls it, before the exporter fails with a less helpful message.
+MultiheadAttention) is replaced by what its `export_module()` returns (nn.LSTM by its scan form,
+for a dynamic sequence length), and the children of that are treated the same way.
+Int8FakeQuant layers also give the QDQ parameters the graph rewrite needs. Then one forward
+pass under a dispatch spy finds any op outside aten (a compressor kernel, say) and names the
+module that calls it, before the exporter fails with a less helpful message.
 """
 
 import copy
@@ -18,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from compressor.errors import CompressorError
 from compressor.export.qdq import QuantSpec
-from compressor.nn.convert import Exportable
+from compressor.nn.convert import export_form
 from compressor.pruning import fold_masks, get_masks
 from compressor.quantization.int8 import Int8FakeQuant
 
@@ -45,8 +46,11 @@ def _int8_spec(name: str, module: Int8FakeQuant) -> QuantSpec:
                      float(module.out_scale), int(module.out_zero_point))
 
 
-def _export_children(parent: nn.Module, prefix: str, changes: list, specs: list) -> None:
+def _export_children(parent: nn.Module, prefix: str, changes: list, specs: list,
+                     wrapped: nn.Module | None = None) -> None:
     for name, child in list(parent.named_children()):
+        if child is wrapped:  # an export form that wraps the module it came from
+            continue
         path = f"{prefix}{name}"
         plain = _exported(child, path, changes, specs)
         if plain is not child:
@@ -54,19 +58,17 @@ def _export_children(parent: nn.Module, prefix: str, changes: list, specs: list)
 
 
 def _exported(module: nn.Module, path: str, changes: list, specs: list) -> nn.Module:
-    """What `module` exports as (its children exported too)."""
-    plain = module
-    if isinstance(module, Exportable):
-        if isinstance(module, Int8FakeQuant):
-            specs.append(_int8_spec(path, module))
-        plain = module.export_module()
-        if not isinstance(plain, nn.Module):
-            raise CompressorError(f"{path or '<model>'} ({type(module).__name__}): "
-                                  f"export_module() returned {type(plain).__name__}, not a module")
-        if plain is not module:
-            changes.append(f"{path or '<model>'}: {type(module).__name__} -> "
-                           f"{type(plain).__name__}")
-    _export_children(plain, f"{path}." if path else "", changes, specs)
+    """What `module` exports as (compressor.nn.convert.export_form), its children exported
+    too."""
+    if isinstance(module, Int8FakeQuant):
+        specs.append(_int8_spec(path, module))
+    plain = export_form(module)
+    if not isinstance(plain, nn.Module):
+        raise CompressorError(f"{path or '<model>'} ({type(module).__name__}): "
+                              f"export_module() returned {type(plain).__name__}, not a module")
+    if plain is not module:
+        changes.append(f"{path or '<model>'}: {type(module).__name__} -> {type(plain).__name__}")
+    _export_children(plain, f"{path}." if path else "", changes, specs, wrapped=module)
     return plain
 
 

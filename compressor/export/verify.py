@@ -83,9 +83,14 @@ def max_error(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[flo
 def random_like(example: torch.Tensor, gen: torch.Generator, grow: tuple[int, ...] = ()
                 ) -> torch.Tensor:
     """A random input of the example's dtype, in its value range, of its shape with each dim
-    in `grow` one longer (to exercise dynamic dims)."""
+    in `grow` changed (to exercise dynamic dims): the batch (dim 0) one longer, other dims one
+    shorter (a sequence may not outgrow a model's position table), or longer when of size 1."""
     for dim in grow:
-        if dim < example.dim():
+        if dim >= example.dim():
+            continue
+        if dim > 0 and example.shape[dim] > 1:
+            example = example.narrow(dim, 0, example.shape[dim] - 1)
+        else:
             example = torch.cat([example, example.narrow(dim, 0, 1)], dim=dim)
     if example.is_floating_point():
         spread = float(example.float().std()) if example.numel() > 1 else 1.0

@@ -21,6 +21,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.history import HISTORY_ATTRIBUTE
 from compressor.nn.attention import MultiheadAttention
+from compressor.nn.scan import ScanLSTM
 from compressor.nn.transformer import (
     TransformerDecoder,
     TransformerDecoderLayer,
@@ -36,6 +37,16 @@ class Exportable(Protocol):
     writes in its place; compressor.export calls nothing else."""
 
     def export_module(self) -> nn.Module: ...
+
+
+def export_form(module: nn.Module) -> nn.Module:
+    """What `module` exports as: its export_module() when it follows the protocol; nn.LSTM's
+    scan form (a dynamic sequence length in the exported graph); else the module itself."""
+    if isinstance(module, Exportable):
+        return module.export_module()
+    if isinstance(module, nn.LSTM) and ScanLSTM.supports(module):
+        return ScanLSTM(module)
+    return module
 
 
 CONVERTERS = {

@@ -21,6 +21,7 @@ from torch import nn
 
 from compressor.errors import CompressorError
 from compressor.nn.pow2 import Pow2Linear
+from compressor.nn.scan import ScanONLSTM
 from compressor.ops import reference
 from compressor.ops._dispatch import has_kernel
 from compressor.ops.onlstm import check_chunk, gate_width, onlstm_cell, onlstm_sequence
@@ -203,9 +204,6 @@ class ONLSTM(nn.Module):
         return x, final, (d_f, d_i)
 
     def export_module(self) -> nn.Module:
-        """The export protocol: a shallow copy (same parameters) whose recurrence runs as the
-        plain loop of standard torch ops, which torch.onnx.export can trace."""
-        plain = type(self).__new__(type(self))
-        plain.__dict__ = dict(self.__dict__)
-        plain.use_fused_kernels = False
-        return plain
+        """The export protocol: a ScanONLSTM sharing this module, whose recurrence is one scan
+        of standard torch ops (an ONNX Scan: any sequence length in the exported graph)."""
+        return ScanONLSTM(self)

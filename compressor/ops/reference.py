@@ -207,9 +207,10 @@ def onlstm_cell(xg: torch.Tensor, hg: torch.Tensor, c_prev: torch.Tensor, chunk_
     overlap = cforget * cin
     forget = torch.sigmoid(f) * overlap + (cforget - overlap)
     ingate = torch.sigmoid(i) * overlap + (cin - overlap)
-    c = forget * c_prev.reshape(forget.shape) + ingate * torch.tanh(cell)
+    # shapes from static sizes only, so a traced scan body captures no symbolic batch size
+    c = forget * c_prev.unflatten(-1, (m, chunk_size)) + ingate * torch.tanh(cell)
     h = torch.sigmoid(o) * torch.tanh(c)
-    return h.reshape(c_prev.shape), c.reshape(c_prev.shape), dist
+    return h.flatten(-2), c.flatten(-2), dist
 
 
 def onlstm_cell_backward(grad_h, grad_c, grad_dist, gates, c_prev, c, chunk_size: int):

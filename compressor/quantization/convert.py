@@ -10,6 +10,7 @@ from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits
 from compressor.nn.onlstm import ONLSTM
 from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear, _Pow2Packed
+from compressor.pruning.selection import compressible_
 from compressor.timing import median_seconds, paired_medians
 
 _TWINS = {nn.Linear: Pow2Linear, nn.Conv1d: Pow2Conv1d, nn.Conv2d: Pow2Conv2d}
@@ -38,6 +39,7 @@ def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = Non
     example inputs its recurrent mode is timed over the whole layer.
     """
     check_bits(bits)
+    compressible_(model)  # torch's attention layers hide their projections from the swap
     if isinstance(model, ONLSTM) and model.packed_bits is None:  # the root itself
         copy.deepcopy(model).pack_pow2_(bits, n1)  # raises before the model is touched
         model.pack_pow2_(bits, n1)
