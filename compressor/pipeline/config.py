@@ -124,7 +124,10 @@ def build_pipeline(table: dict, overrides: dict[str, dict], where: str) -> Pipel
     run = RunConfig.from_dict({**run_table, **overrides.get("run", {})}, where=where)
     train = TrainConfig.from_dict({**tables.get("train", {}), **overrides.get("train", {})},
                                   where=f"[train] of {where}")
+    # a lottery round trains as long as the dense model did, unless [lottery] says otherwise
     defaults = {"finetune": {"steps": max(1, train.steps // 2), "seed": train.seed + 1},
+                "lottery": {"steps": max(1, train.steps), "rounds": 3,
+                            "eval_every": max(1, min(100, train.steps))},
                 "inq": dict(INQ_DEFAULTS)}
     sections = {"train": train}
     for name, cls in SECTIONS.items():
