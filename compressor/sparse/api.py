@@ -67,12 +67,17 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
     work = copy.deepcopy(model).eval()
     compressible_(work)  # torch's attention layers hide their projections from the swap
     pow2 = {n: m for n, m in work.named_modules() if isinstance(m, (Pow2Linear, Pow2Conv2d))}
-    for name, module in pow2.items():
-        _swap(work, name, _float_twin(module))
+    twins = {name: _float_twin(module) for name, module in pow2.items()}
+    for name, twin in twins.items():
+        _swap(work, name, twin)
     work, decisions = convert(work, inputs, config.min_speedup, filter_fn=filter_fn)
+    modules = dict(work.named_modules())
     for name, module in pow2.items():
-        if not any(d.name == name and d.converted for d in decisions):
-            _swap(work, name, module)  # stays dense: keep the packed codes
+        # stays dense: keep the packed codes. convert returns a copy, so the twin is found by
+        # its type and weights at the same path; a path a fused block absorbed is left alone
+        here = modules.get(name)
+        if type(here) is type(twins[name]) and torch.equal(here.weight, twins[name].weight):
+            _swap(work, name, module)
     layers = {d.name: {"action": "sparse" if d.converted else "kept dense",
                        "sparsity": round(d.sparsity, 4), "speedup": round(d.speedup, 3),
                        "dense_ms": round(d.dense_ms, 4), "sparse_ms": round(d.sparse_ms, 4),
