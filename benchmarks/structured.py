@@ -3,7 +3,8 @@
     python -m benchmarks.structured [--quick] [--json PATH] [--only resnet50 ...] [--part latency
         accuracy] [--threads 2] [--seeds 3]
 
-latency: every shipped architecture (shipped sizes; VGG at 112 px) at 30/50/70% of channels
+latency: every shipped architecture (shipped sizes; VGG-16-BN at 112 px with a 3x3 pool, as
+onnx cannot export a 3->7 adaptive pool) at 30/50/70% of channels
 removed (layerwise L1, round_to 8): parameters, MACs, PyTorch and onnxruntime latency at batch 1
 and 16, each ratio timed interleaved with its dense model in the same run (compressor.timing).
 With torch-pruning installed, the same CNNs pruned by it (L1, same ratio) are timed alongside.
@@ -57,7 +58,7 @@ except ImportError:
 ARCHS = {  # name: (factory kwargs, example input shape without batch, token ids?)
     "resnet18": ({}, (3, 224, 224), False),
     "resnet50": ({}, (3, 224, 224), False),
-    "vgg16_bn": ({"feature_shape": (3, 112, 112)}, (3, 112, 112), False),
+    "vgg16_bn": ({"feature_shape": (3, 112, 112), "pool": 3}, (3, 112, 112), False),
     "mobilenet_v2": ({}, (3, 224, 224), False),
     "resnet_small": ({"feature_shape": (3, 16, 16)}, (3, 16, 16), False),
     "vit": ({"feature_shape": (3, 224, 224), "patch_size": 16, "dim": 192, "depth": 12,
