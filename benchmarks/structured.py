@@ -3,7 +3,8 @@
     python -m benchmarks.structured [--quick] [--json PATH] [--only resnet50 ...] [--part latency
         accuracy] [--threads 2] [--seeds 3]
 
-latency: every shipped architecture (shipped sizes; VGG at 112 px) at 30/50/70% of channels
+latency: every shipped architecture (shipped sizes; VGG-16-BN at 112 px with a 3x3 pool, as
+onnx cannot export a 3->7 adaptive pool) at 30/50/70% of channels
 removed (layerwise L1, round_to 8): parameters, MACs, PyTorch and onnxruntime latency at batch 1
 and 16, each ratio timed interleaved with its dense model in the same run (compressor.timing).
 With torch-pruning installed, the same CNNs pruned by it (L1, same ratio) are timed alongside.
@@ -11,7 +12,8 @@ robustness: the layer-robustness measures (Zhang et al.) of an MLP (3 x 256) on 
 of resnet_small on `shapes`, with their heatmaps (PNG beside the JSON).
 accuracy: resnet_small on `shapes`: train dense, then prune 50% by Taylor, L1 and random
 (iterative, Molchanov: rounds of pruning + fine-tuning, then a final fine-tune; equal steps and
-equal FLOPs for all three, as layerwise ratios give the same widths), per seed.
+equal FLOPs for all three, as layerwise ratios give the same widths), per seed; also each
+criterion alone (50% at once, no fine-tuning).
 Run timings under `flock -x /tmp/compressor-cpu.lock` (docs/structured.md says so).
 """
 
@@ -57,7 +59,7 @@ except ImportError:
 ARCHS = {  # name: (factory kwargs, example input shape without batch, token ids?)
     "resnet18": ({}, (3, 224, 224), False),
     "resnet50": ({}, (3, 224, 224), False),
-    "vgg16_bn": ({"feature_shape": (3, 112, 112)}, (3, 112, 112), False),
+    "vgg16_bn": ({"feature_shape": (3, 112, 112), "pool": 3}, (3, 112, 112), False),
     "mobilenet_v2": ({}, (3, 224, 224), False),
     "resnet_small": ({"feature_shape": (3, 16, 16)}, (3, 16, 16), False),
     "vit": ({"feature_shape": (3, 224, 224), "patch_size": 16, "dim": 192, "depth": 12,
@@ -165,6 +167,10 @@ def accuracy_seed(seed: int, dense_steps: int, rounds: int, round_steps: int,
                                                                       data.y_test),
              "macs": macs(dense, data.x_test[:1])}]
     for criterion in ("taylor", "l1", "random"):
+        one_shot = copy.deepcopy(dense)  # the criterion alone: 50% at once, no fine-tuning
+        prune_channels_(one_shot, StructuredConfig(ratio=0.5, criterion=criterion,
+                                                   taylor_batches=8, seed=seed),
+                        data.x_test[:1], data=data)
         model = copy.deepcopy(dense)
         cfg = StructuredConfig(ratio=0.5, criterion=criterion, iterations=rounds,
                                finetune_steps=round_steps, batch_size=32, lr=1e-3,
@@ -175,6 +181,7 @@ def accuracy_seed(seed: int, dense_steps: int, rounds: int, round_steps: int,
         fit(model, data, TrainConfig(steps=final_steps, batch_size=32, lr=1e-3, seed=seed + 99,
                                      eval_every=0))
         rows.append({"seed": seed, "criterion": criterion,
+                     "acc_one_shot": evaluate(one_shot, data.x_test, data.y_test),
                      "acc_after_rounds": evaluate(one_pass, data.x_test, data.y_test),
                      "test_acc": evaluate(model, data.x_test, data.y_test),
                      "macs": macs(model, data.x_test[:1]),
@@ -206,11 +213,16 @@ def robustness_study(name: str, data, steps: int, checkpoints, out_dir: Path) ->
 def summarise_accuracy(rows: list[dict]) -> list[dict]:
     out = []
     for criterion in ("dense", "taylor", "l1", "random"):
-        accs = [r["test_acc"] for r in rows if r["criterion"] == criterion]
-        if accs:
-            out.append({"criterion": criterion, "mean_acc": statistics.mean(accs),
-                        "spread": (max(accs) - min(accs)) / 2, "seeds": len(accs),
-                        "macs": next(r["macs"] for r in rows if r["criterion"] == criterion)})
+        mine = [r for r in rows if r["criterion"] == criterion]
+        if not mine:
+            continue
+        entry = {"criterion": criterion, "seeds": len(mine), "macs": mine[0]["macs"]}
+        for key in ("acc_one_shot", "acc_after_rounds", "test_acc"):
+            accs = [r[key] for r in mine if key in r]
+            if accs:
+                entry[f"{key}_mean"] = statistics.mean(accs)
+                entry[f"{key}_spread"] = (max(accs) - min(accs)) / 2
+        out.append(entry)
     return out
 
 
@@ -222,7 +234,9 @@ def accuracy_part(args) -> dict:
     rows = [r for s in range(seeds) for r in accuracy_seed(s, *steps, data)]
     out = {"rows": rows, "summary": summarise_accuracy(rows), "dense_steps": steps[0],
            "rounds": steps[1], "round_steps": steps[2], "final_steps": steps[3]}
-    print(markdown_table(out["summary"], ["criterion", "mean_acc", "spread", "seeds", "macs"]))
+    print(markdown_table(out["summary"], ["criterion", "seeds", "macs", "acc_one_shot_mean",
+                                          "acc_after_rounds_mean", "test_acc_mean",
+                                          "test_acc_spread"]))
     return out
 
 

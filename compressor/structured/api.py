@@ -190,9 +190,27 @@ def structured_result(model: nn.Module) -> dict:
     raise CompressorError("structured_result: the model was never channel-pruned")
 
 
+def _lstm_macs(m: nn.LSTM, args, out) -> int:
+    """aten.lstm has no FLOP formula: 4 gates x (input + hidden) per unit, step and sequence."""
+    steps = out[0].shape[0] * out[0].shape[1] if out[0].dim() == 3 else out[0].shape[0]
+    total, width = 0, m.input_size
+    for _ in range(m.num_layers):
+        total += 4 * m.hidden_size * (width + m.hidden_size)
+        width = m.hidden_size
+    return steps * total
+
+
 def macs(model: nn.Module, example_inputs) -> int:
     """Multiply-accumulates of one forward over example_inputs (every matmul and conv,
-    attention's included), from torch's FLOP counter (2 FLOPs per MAC)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(*_inputs(example_inputs))
-    return counter.get_total_flops() // 2
+    attention's included), from torch's FLOP counter (2 FLOPs per MAC), plus nn.LSTM's."""
+    recurrent = [0]
+    handles = [m.register_forward_hook(
+        lambda mod, a, o: recurrent.__setitem__(0, recurrent[0] + _lstm_macs(mod, a, o)))
+        for m in model.modules() if isinstance(m, nn.LSTM)]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*_inputs(example_inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    return counter.get_total_flops() // 2 + recurrent[0]
