@@ -8,11 +8,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from compressor import timing
+from compressor.io import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,40 +43,17 @@ def machine_info() -> dict:
     return info
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def median_seconds(fn, device: str = "cpu", warmup: int = 3, repeat: int = 15,
                    min_seconds: float = 0.05) -> float:
-    """Median wall time of fn() after warm-up. Each sample runs fn enough times to last at least
-    `min_seconds`, so sub-millisecond kernels are not dominated by timer resolution."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    inner, start = 1, time.perf_counter()
-    fn()
-    _sync(device)
-    once = max(time.perf_counter() - start, 1e-7)
-    inner = max(1, int(min_seconds / once))
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        _sync(device)
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
+    """compressor.timing's median, with the benchmarks' defaults (longer samples, more of them)."""
+    return timing.median_seconds(fn, device, warmup, repeat, min_seconds)
 
 
 def write_json(name: str, payload: dict) -> Path:
     """benchmarks/results/<name>.json, with the machine facts added; written atomically."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, {"machine": machine_info(), **payload})
     return path
 
 

@@ -7,15 +7,14 @@ onnxruntime in the same run. int8 QDQ exports (dense and pruned) are rows for co
 Target (issue 7): the 90%-sparse 5-bit model's file >= 4x smaller than the dense fp32 ONNX, and
 not slower in onnxruntime.
 
-Stand-ins, until the pruning and INQ branches land: pruning is one-shot layerwise magnitude
-pruning with mask-held fine-tuning; INQ is one-shot nearest-level rounding with the paper's level
-set, or compressor.quantization.pow2_quantize when it exists (the JSON says which).
+Pruning is compressor's layerwise magnitude pruning with mask-held fine-tuning; the power-of-two
+rows round every weight once with compressor's INQ quantizer (no retraining: this benchmark
+measures files, docs/quantization.md measures INQ's accuracy).
 
     python -m benchmarks.export_size [--quick] [--plot] [--model digits_cnn --dataset digits]
 """
 
 import argparse
-import math
 import tempfile
 from pathlib import Path
 
@@ -25,60 +24,31 @@ from benchmarks.common import markdown_table, write_json
 from compressor.data import load_dataset
 from compressor.export import ExportConfig, to_onnx
 from compressor.models import build_model
-from compressor.quantization import Int8Config, fold_batchnorm, quantize_int8
-from compressor.train import TrainConfig, batches, evaluate, train
-
-
-def pow2_round(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """Nearest of {0} ∪ {±2^n : n2 <= n <= n1}, n1 = floor(log2(4s/3)), n2 = n1 + 1 − 2^(b−1)/2."""
-    s = float(weight.abs().max())
-    if s == 0:
-        return weight.clone()
-    n1 = math.floor(math.log2(4 * s / 3))
-    levels = torch.tensor([0.0] + [2.0**n for n in range(n1 + 1 - 2 ** (bits - 1) // 2, n1 + 1)])
-    nearest = (weight.abs().unsqueeze(-1) - levels).abs().argmin(-1)
-    return torch.sign(weight) * levels[nearest]
-
-
-def pow2_quantizer():
-    try:
-        from compressor.quantization import pow2_quantize
-        return pow2_quantize, "compressor.quantization.pow2_quantize (one shot)"
-    except ImportError:
-        return pow2_round, "local one-shot nearest-level rounding stand-in"
+from compressor.pruning import PruneConfig, fold_masks, prune_and_finetune_
+from compressor.quantization import Int8Config, fold_batchnorm, pow2_quantize, quantize_int8
+from compressor.train import TrainConfig, batches, evaluate, fit
 
 
 def prune_and_finetune(model, data, sparsity: float, steps: int) -> None:
-    weights = [p for p in model.parameters() if p.dim() > 1]
-    masks = []
-    with torch.no_grad():
-        for p in weights:
-            threshold = p.abs().flatten().kthvalue(max(1, int(p.numel() * sparsity))).values
-            masks.append((p.abs() > threshold).float())
-            p.mul_(masks[-1])
-
-    def hold(_step):
-        with torch.no_grad():
-            for p, m in zip(weights, masks, strict=True):
-                p.mul_(m)
-
-    train(model, data, TrainConfig(steps=steps, lr=5e-4), after_step=hold)
+    prune_and_finetune_(model, data, PruneConfig(sparsity=sparsity),
+                        TrainConfig(steps=steps, lr=5e-4))
+    fold_masks(model)
 
 
 def compressed_models(data, model_name: str, steps: int, bits: int):
     torch.manual_seed(0)
     dense = build_model(model_name, feature_shape=data.feature_shape,
                         num_classes=data.num_classes)
-    train(dense, data, TrainConfig(steps=steps))
+    fit(dense, data, TrainConfig(steps=steps))
     dense = fold_batchnorm(dense)
     pruned = fold_batchnorm(dense)
     prune_and_finetune(pruned, data, 0.9, steps // 2)
-    quantize, how = pow2_quantizer()
+    how = "compressor.quantization.pow2_quantize (one shot)"
     inq = fold_batchnorm(pruned)
     with torch.no_grad():
         for p in inq.parameters():
             if p.dim() > 1:
-                p.copy_(quantize(p, bits))
+                p.copy_(pow2_quantize(p, bits))
     calibration = batches(data, 256, seed=1)
     int8 = quantize_int8(dense, calibration, Int8Config(calibration_batches=8))
     int8_pruned = quantize_int8(pruned, calibration, Int8Config(calibration_batches=8))

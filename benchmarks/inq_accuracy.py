@@ -22,7 +22,7 @@ from benchmarks.common import markdown_table, write_json
 from compressor.data import load_dataset
 from compressor.models import build_model
 from compressor.quantization import INQConfig, convert_to_pow2, inq_
-from compressor.train import TrainConfig, evaluate, train
+from compressor.train import TrainConfig, evaluate, fit
 
 MODELS = {  # name -> (dataset, model, dense training steps)
     "digits MLP": ("digits", "lenet", 800),
@@ -51,7 +51,7 @@ def run_seed(label: str, seed: int, stage_steps: int, final_steps: int, dense_sc
     torch.manual_seed(seed)
     dense = build_model(model_name, feature_shape=data.feature_shape,
                         num_classes=data.num_classes)
-    train(dense, data, TrainConfig(steps=int(dense_steps * dense_scale), seed=seed))
+    fit(dense, data, TrainConfig(steps=int(dense_steps * dense_scale), seed=seed))
     fp32 = evaluate(dense, data.x_test, data.y_test)
     rows = [{"model": label, "seed": seed, "weights": "fp32", "test_acc": fp32}]
     for bits in SCHEDULES:

@@ -8,6 +8,15 @@ import importlib
 import os
 import warnings
 
+# Every op csrc/ops.cpp defines. A compressor._C built from older sources lacks some: it is then
+# treated as missing (ops run on their twins) instead of failing the import.
+OP_NAMES = (
+    "cumax", "cumax_backward",
+    "sparse_conv2d", "sparse_linear",
+    "pow2_linear", "pow2_linear_int8",
+    "onlstm_cell", "onlstm_cell_backward", "onlstm_sequence", "onlstm_sequence_backward",
+)
+
 _loaded: bool | None = None
 _error: str | None = None
 
@@ -21,7 +30,7 @@ def load() -> bool:
         else:
             try:
                 importlib.import_module("compressor._C")
-                _loaded = True
+                _loaded, _error = _check_ops()
             except ImportError as exc:  # missing or built against another torch
                 _loaded, _error = False, f"{type(exc).__name__}: {exc}"
         if not _loaded:
@@ -33,6 +42,16 @@ def load() -> bool:
                 stacklevel=2,
             )
     return _loaded
+
+
+def _check_ops() -> tuple[bool, str | None]:
+    import torch
+
+    missing = [op for op in OP_NAMES if not torch._C._dispatch_has_kernel(f"compressor::{op}")]
+    if missing:
+        return False, (f"compressor._C is stale: it lacks {', '.join(missing)} (rebuild it with "
+                       "`pip install --no-build-isolation -e .`)")
+    return True, None
 
 
 def error() -> str | None:

@@ -7,6 +7,9 @@ import argparse
 import importlib
 import sys
 
+DESCRIPTION = ("compressor: prune, quantize, sparsify and export PyTorch models; the commands "
+               "chain by model file (IN --out OUT). `compressor COMMAND --help` for each.")
+
 # name -> (module, one-line help); commands chain by model file: IN --out OUT
 COMMANDS = {
     "info": ("info", "versions, built kernels and why others were not built"),
@@ -20,6 +23,7 @@ COMMANDS = {
     "bench": ("bench", "latency of a model file against its dense baseline"),
     "run": ("run", "the whole pipeline with a report (config.toml and/or flags)"),
     "demo": ("demo", "the main job: `compressor run` on a built-in CNN, report in runs/"),
+    "robustness": ("robustness", "per-layer re-initialisation robustness, heatmap, budgets"),
     "onlstm-lm": ("onlstm_lm", "train a small ON-LSTM language model, fused vs reference"),
 }
 
@@ -30,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="compressor", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="compressor", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
@@ -56,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         return importlib.import_module(args._module).run(args) or 0
     except CompressorError as exc:
         print(f"compressor {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the disk filled up or a file vanished mid-run: not a bug of ours
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"compressor {args.command}: error: {where}{exc.strerror or _one_line(exc)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"compressor {args.command}: interrupted (rerun the same command to resume)",

@@ -144,8 +144,10 @@ def flag_name(field_name: str) -> str:
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type[Config], only=None, exclude=(),
-              group: str | None = None) -> None:
-    """One flag per field of `cls` (default None: unset flags leave the config's default)."""
+              group: str | None = None, defaults: dict | None = None) -> None:
+    """One flag per field of `cls` (default None: unset flags leave the config's default).
+    `defaults`: what the help shows as the default where the command's differs from the
+    config's."""
     target = parser.add_argument_group(group) if group else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -160,15 +162,20 @@ def add_flags(parser: argparse.ArgumentParser, cls: type[Config], only=None, exc
         default = (f.default if f.default is not dataclasses.MISSING
                    else f.default_factory() if f.default_factory is not dataclasses.MISSING
                    else None)
-        help_text = f.metadata.get("help", "")
+        if defaults and f.name in defaults:
+            default = defaults[f.name]
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{help_text} (default: {shown})" if help_text else f"default: {shown}"
+        inner = f"default: {shown}"
+        if f.metadata.get("choices") is not None:
+            # listed in the help, checked by the config (not by argparse): one flag can serve two
+            # configs whose choices differ (--criterion for unstructured and structured pruning)
+            inner = f"one of {', '.join(map(str, f.metadata['choices']))}; {inner}"
+        help_text = f.metadata.get("help", "")
+        help_text = f"{help_text} ({inner})" if help_text else inner
         kwargs = dict(dest=f.name, default=None, help=help_text)
         if tp is bool:
             target.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
-        if f.metadata.get("choices") is not None and typing.get_origin(tp) is not tuple:
-            kwargs["choices"] = list(f.metadata["choices"])
         metavar = {int: "N", float: "X"}.get(tp, f.name.upper())
         target.add_argument(flag, metavar=metavar, **kwargs)
 

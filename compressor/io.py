@@ -6,12 +6,16 @@
   weights_only=True) that carry a SHA-256 digest of their content; a flipped bit anywhere in a
   tensor or a value is detected on load and reported as a one-line error naming the file.
 - `check_writable(path, flag)`: fail before any work when an output cannot be written.
+- `cache_dir()` / `check_cache_writable()`: the one cache directory (COMPRESSOR_CACHE).
 """
 
 import hashlib
 import json
 import os
+import pickle
+import sys
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +55,20 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
+def read_json_cache(path: str | os.PathLike, what: str = "cache file"):
+    """The JSON content of a cache file, or None when it is missing or unreadable: a cache is
+    derived data, so a damaged one is reported in one line and rebuilt, never trusted."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        print(f"compressor: {what} {path} is unreadable ({type(exc).__name__}); rebuilding it",
+              file=sys.stderr)
+        return None
+
+
 def save_torch_atomic(path: str | os.PathLike, obj) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -88,6 +106,24 @@ def save_checked(path: str | os.PathLike, obj) -> Path:
                                     "content": obj})
 
 
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch.load failed, in words a user can act on."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head != b"PK\x03\x04":
+        return "not a zip archive: another kind of file"
+    if not zipfile.is_zipfile(path):
+        return "truncated: its zip archive has no end"
+    with zipfile.ZipFile(path) as archive:
+        if not any(n.endswith("data.pkl") for n in archive.namelist()):
+            return "a zip archive (an .npz?) without torch's data.pkl"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects, not plain tensors and values"
+    return "damaged: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+
+
 def load_checked(path: str | os.PathLike, what: str = "file", fix: str | None = None):
     """The content of a file written by save_checked, verified; one-line errors otherwise.
 
@@ -101,12 +137,11 @@ def load_checked(path: str | os.PathLike, what: str = "file", fix: str | None = 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated or garbled zip/pickle raise many different types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CompressorError(f"{what} {path} is not a readable torch file ({reason})"
-                              f"{fix}") from None
+        raise CompressorError(f"{what} {path} is not a readable torch file "
+                              f"({_unreadable(path, exc)}){fix}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CompressorError(f"{what} {path} was not written by compressor (no checksum)"
-                              f"{fix}")
+        raise CompressorError(f"{what} {path} was not written by compressor or is damaged (no "
+                              f"checksum found){fix}")
     if content_digest(payload.get("content")) != payload.get("sha256"):
         raise CompressorError(f"{what} {path} is corrupted: its content does not match its "
                               f"SHA-256 checksum{fix}")
@@ -114,20 +149,46 @@ def load_checked(path: str | os.PathLike, what: str = "file", fix: str | None = 
 
 
 def check_writable(path: str | os.PathLike, flag: str, directory: bool = False) -> Path:
-    """Raise a one-line error naming `flag` when `path` cannot be created or written."""
+    """Raise a one-line error naming `flag` when `path` cannot be created or written.
+
+    Permission bits do not tell (root passes every os.access test; /proc, read-only mounts and
+    full quotas refuse anyway), so a temporary file is created and removed in the nearest
+    existing directory; nothing else is created."""
     path = Path(path)
     target = path if directory else path.parent
     if not directory and path.is_dir():
         raise CompressorError(f"{flag} {path} is a directory; give a file path")
     if directory and path.exists() and not path.is_dir():
         raise CompressorError(f"{flag} {path} exists and is not a directory")
-    existing = target
+    existing = target.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise CompressorError(f"{flag} {path}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CompressorError(f"{flag} {path}: directory {existing} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".compressor-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CompressorError(f"{flag} {path}: cannot write in {existing} "
+                              f"({exc.strerror or exc})") from None
     if not directory and path.exists() and not os.access(path, os.W_OK):
         raise CompressorError(f"{flag} {path} is not writable")
+    return path
+
+
+def cache_dir() -> Path:
+    """Where generated datasets and measured timings are cached: $COMPRESSOR_CACHE, or
+    ~/.cache/compressor. Not created here."""
+    return Path(os.environ.get("COMPRESSOR_CACHE") or Path.home() / ".cache" / "compressor")
+
+
+def check_cache_writable() -> Path:
+    """The cache directory, created; a one-line error naming COMPRESSOR_CACHE otherwise."""
+    path = check_writable(cache_dir(), "the cache directory (COMPRESSOR_CACHE)", directory=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompressorError(f"the cache directory (COMPRESSOR_CACHE) {path} cannot be "
+                              f"created ({exc.strerror or exc})") from None
     return path

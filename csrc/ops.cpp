@@ -32,6 +32,12 @@ TORCH_LIBRARY(compressor, m) {
   //   n1 must be in -119..127 (every decoded exponent is a normal float32 one); see
   //   /work/wt/pow2-contract-changes.md.
   m.def("pow2_linear(Tensor input, Tensor codes, Tensor nonzero, Tensor? bias, int in_features, int bits, int n1) -> Tensor");
+  // The same codes (bits <= 4) with each input row quantized to int8 at run time, as torch's
+  // dynamic int8 Linear does: amax = max|x| of the row, q = round_half_even(x * (127 / amax))
+  // clamped to +-127 (q = 0 when 127 / amax overflows), W = W_int * 2^(n1 - 6) with W_int in
+  // {0, +-1, ..., +-64}; y = float(q @ W_int^T) * ((amax / 127) * 2^(n1 - 6)) + bias, float32; a
+  // row holding NaN or inf gives NaN. in_features <= 131072. CPU only.
+  m.def("pow2_linear_int8(Tensor input, Tensor codes, Tensor nonzero, Tensor? bias, int in_features, int bits, int n1) -> Tensor");
 
   // ---- ON-LSTM fused cell ----
   // gates = xg + hg, width 4D + 2m (m = D / chunk_size): [master in | master forget | o | c | i | f].

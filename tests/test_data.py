@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from compressor.data import load_dataset
 from compressor.errors import CompressorError
@@ -35,7 +36,7 @@ def test_npz_roundtrip(tmp_path):
     ({"X": np.zeros((5, 2))}, "lacks array"),
     ({"X": np.zeros((5, 2)), "y": np.zeros(4, dtype=int)}, "y must be integer labels"),
     ({"X": np.zeros((5, 2)), "y": np.zeros(5)}, "y must be integer labels"),
-    ({"X": np.zeros(5), "y": np.zeros(5, dtype=int)}, "X must be numeric with shape"),
+    ({"X": np.zeros(5), "y": np.zeros(5, dtype=int)}, r"X must have shape \(N, features"),
 ])
 def test_npz_errors(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
@@ -47,10 +48,61 @@ def test_npz_errors(tmp_path, arrays, message):
 def test_npz_not_a_zip(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_text("not numpy")
-    with pytest.raises(CompressorError, match="not a readable .npz"):
+    with pytest.raises(CompressorError, match="is not an .npz file"):
         load_dataset(str(path))
 
 
 def test_unknown_dataset():
     with pytest.raises(CompressorError, match="unknown dataset"):
         load_dataset("imagenet")
+
+
+def _damage(path, at: float):
+    raw = bytearray(path.read_bytes())
+    raw[int(len(raw) * at)] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("name, kwargs", [("shapes", {"num_samples": 40}),
+                                          ("mnist1d", {"num_samples": 200})])
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "garbage"])
+def test_corrupt_cache_is_regenerated(tmp_path, monkeypatch, capsys, name, kwargs, damage):
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path))
+    first = load_dataset(name, **kwargs)
+    (path,) = tmp_path.glob(f"{name}-*.npz")
+    if damage == "flipped byte":
+        _damage(path, 0.6)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.write_text("garbage")
+    capsys.readouterr()
+    again = load_dataset(name, **kwargs)
+    err = capsys.readouterr().err
+    assert f"cached dataset {path}" in err and "regenerating it" in err and err.count("\n") == 1
+    assert torch.equal(again.x_train, first.x_train) and torch.equal(again.y_test, first.y_test)
+    load_dataset(name, **kwargs)  # the regenerated file is read back without a word
+    assert capsys.readouterr().err == ""
+
+
+def test_unwritable_cache_fails_before_generating(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(CompressorError, match=r"COMPRESSOR_CACHE.*is a file, not a directory"):
+        load_dataset("shapes", num_samples=40)
+
+
+def test_builtin_data_is_validated_too(monkeypatch):
+    """A generator or cache gone wrong must not train on NaN (the same check as user data)."""
+    from compressor.data import datasets
+
+    real = datasets.DATASETS["digits"]
+
+    def broken(**kwargs):
+        data = real(**kwargs)
+        data.x_test[5, 7] = float("nan")
+        return data
+
+    monkeypatch.setitem(datasets.DATASETS, "digits", broken)
+    with pytest.raises(CompressorError, match=r"dataset digits: x_test\[5, 7\] = nan"):
+        load_dataset("digits")

@@ -15,8 +15,8 @@ from compressor.formats.int8_codes import (
     fake_quant_uint8,
     weight_quant_params,
 )
+from compressor.pruning import PruneConfig, fold_masks, prune_
 from compressor.quantization import Int8Config, Int8FakeQuant, fold_batchnorm, quantize_int8
-from tests.export_standins import magnitude_prune_
 
 
 def trained_bn(model, shape):
@@ -93,7 +93,7 @@ def int8_cnn(prune=0.0):
 
     model = trained_bn(DigitsCNN(width=16), (1, 8, 8))
     if prune:
-        magnitude_prune_(model, prune)
+        fold_masks(prune_(model, PruneConfig(sparsity=prune)))
     torch.manual_seed(1)
     calibration = [torch.randn(32, 1, 8, 8) for _ in range(4)]
     return model, quantize_int8(model, calibration, Int8Config(calibration_batches=4))
@@ -127,7 +127,8 @@ def test_int8_exports_as_qdq_and_matches_the_fake_quant_model(tmp_path, prune):
                      ExportConfig(measure_latency=False))
     model = onnx.load(str(tmp_path / "q.onnx"))
     ops = [n.op_type for n in model.graph.node]
-    assert report.quantized_layers == 4 and ops.count("QuantizeLinear") == 4
+    # each layer quantizes its input and its output
+    assert report.quantized_layers == 4 and ops.count("QuantizeLinear") == 8
     weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
                  and n.name.endswith("weight_DequantizeLinear")]
     assert len(weight_dq) == 4
@@ -137,6 +138,33 @@ def test_int8_exports_as_qdq_and_matches_the_fake_quant_model(tmp_path, prune):
     assert report.bytes <= report.dense_bytes - 3 * weight_bytes + 20_000
     if prune:
         assert report.size_ratio > 6
+
+
+def ort_ops(path, level="ORT_ENABLE_EXTENDED"):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.optimized_model_filepath = str(path.with_name("optimized.onnx"))
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+@pytest.mark.parametrize("outputs", [True, False])
+def test_onnxruntime_runs_int8_kernels_only_with_quantized_outputs(tmp_path, outputs):
+    torch.manual_seed(0)
+    model = SequenceModel()
+    quantized = quantize_int8(model, [torch.randn(8, 3, 12) for _ in range(2)],
+                              Int8Config(outputs=outputs))
+    to_onnx(quantized, torch.randn(2, 3, 12), tmp_path / "q.onnx",
+            ExportConfig(measure_latency=False))
+    ops = ort_ops(tmp_path / "q.onnx")
+    fused = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat"} & set(ops)
+    if outputs:
+        assert len(fused) == 2 and not {"Conv", "Gemm", "MatMul"} & set(ops), ops
+    else:  # the last layer (no quantized consumer) stays fp32 on weights dequantized per run
+        assert len(fused) < 2 and "DequantizeLinear" in ops
 
 
 def test_int8_weights_decode_to_the_fake_quant_weights(tmp_path):

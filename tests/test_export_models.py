@@ -1,8 +1,6 @@
 """Round trip for every model kind: export -> onnx.checker -> onnxruntime -> compare with PyTorch
 (to_onnx does all of it and raises when anything fails), plus sizes against the dense export."""
 
-import importlib
-
 import numpy as np
 import onnx
 import pytest
@@ -13,16 +11,10 @@ from torch import nn
 from compressor.export import ExportConfig, to_onnx
 from compressor.export.encode import MIN_ELEMENTS
 from compressor.export.verify import decoded_weights
+from compressor.formats.pow2_levels import pow2_quantize
+from compressor.nn import ONLSTM, Pow2Conv2d, Pow2Linear, SparseLinear
+from compressor.pruning import PruneConfig, fold_masks, prune_, set_mask
 from compressor.quantization import fold_batchnorm
-from tests.export_standins import (
-    MaskedLinear,
-    StandInONLSTM,
-    StandInPow2Conv2d,
-    StandInPow2Linear,
-    StandInSparseLinear,
-    magnitude_prune_,
-    pow2_round,
-)
 
 DECODER_SLACK = 3000  # bytes per encoded tensor for decode nodes, small constants and names
 
@@ -44,6 +36,11 @@ def weights_of(model):
     return [p for p in model.parameters() if p.dim() > 1]
 
 
+def magnitude_prune_(model, sparsity):
+    """Prune every weight layerwise with compressor's pruning, masks folded in."""
+    return fold_masks(prune_(model, PruneConfig(sparsity=sparsity)))
+
+
 def test_default_exporter_is_dynamo_with_opset_and_ir_onnxruntime_accepts(tmp_path):
     report, model = export(mlp(), torch.randn(3, 64), tmp_path, measure_latency=True)
     assert report.exporter == "dynamo"
@@ -61,16 +58,19 @@ def test_torchscript_exporter_still_works(tmp_path):
     assert report.exporter == "torchscript" and report.size_ratio > 2
 
 
-def test_pruned_mask_buffers_are_folded_and_stored_as_bitmap(tmp_path):
+def test_pruned_masks_are_folded_and_stored_as_bitmap(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(MaskedLinear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 10))
+    mask = (torch.rand(256, 128, generator=torch.Generator().manual_seed(1)) > 0.9).float()
+    set_mask(model[0], "weight", mask)
     report, onnx_model = export(model, torch.randn(4, 128), tmp_path)
-    assert report.notes["folded_masks"] == ["0.weight_mask"]
+    assert report.notes["folded_masks"] == ["0.weight"]
+    assert model[0].weight_mask is not None  # the caller's model keeps its mask
     names = [t.name for t in onnx_model.graph.initializer]
-    assert not any(n.endswith("weight_mask") for n in names)
+    assert not any("mask" in n for n in names)
     (big,) = [e for e in report.encodings if e["kind"] in ("bitmap", "gaps")]
     nnz, numel = big["nonzeros"], 128 * 256
-    assert nnz == int(model[0].weight_mask.sum())
+    assert nnz == int(mask.sum())
     # positions: 1 bit per element (bitmap) or ~1 byte per nonzero (gaps), + 4 bytes per nonzero
     positions = min(numel / 8, nnz + numel / 255)
     expected = report.dense_bytes - 4 * numel + positions + 4 * nnz + DECODER_SLACK
@@ -90,51 +90,21 @@ def test_torch_prune_reparametrisation_is_removed(tmp_path):
     assert report.size_ratio > 1.5
 
 
-def test_real_fold_masks_when_available(tmp_path):
-    pruning = pytest.importorskip("compressor.pruning", reason="pruning branch not merged yet")
-    if not hasattr(pruning, "set_mask"):
-        pytest.skip("compressor.pruning has no set_mask yet")
-    model = mlp()
-    mask = (torch.rand(256, 64, generator=torch.Generator().manual_seed(0)) > 0.9).float()
-    pruning.set_mask(model[0], "weight", mask)
-    report, onnx_model = export(model, torch.randn(2, 64), tmp_path)
-    assert report.notes["folded_masks"] == ["0.weight_mask"]
-    assert not any(t.name.endswith("_mask") for t in onnx_model.graph.initializer)
-    assert model[0].weight_mask is not None  # the caller's model keeps its mask
-    assert report.size_ratio > 2
-
-
-def test_sparse_module_exports_through_to_dense(tmp_path):
-    model = mlp()
-    magnitude_prune_(model, 0.9)
-    sparse = nn.Sequential(StandInSparseLinear(model[0]), nn.ReLU(), model[2])
+def test_sparse_module_exports_through_its_dense_equivalent(tmp_path):
+    model = magnitude_prune_(mlp(), 0.9)
+    sparse = nn.Sequential(SparseLinear.from_dense(model[0]), nn.ReLU(), model[2])
     report, _ = export(sparse, torch.randn(5, 64), tmp_path)
-    assert report.notes["converted"] == ["0: StandInSparseLinear -> Linear"]
-    assert report.size_ratio > 2
-
-
-def test_real_sparse_modules_when_available(tmp_path):
-    cnn = pytest.importorskip("compressor.nn", reason="sparse branch not merged yet")
-    if not hasattr(cnn, "SparseLinear"):
-        pytest.skip("compressor.nn.SparseLinear not available yet")
-    model = mlp()
-    magnitude_prune_(model, 0.9)
-    module = next((m for m in (getattr(cnn.SparseLinear, "from_dense", None),
-                               getattr(cnn.SparseLinear, "from_linear", None)) if m), None)
-    if module is None:
-        pytest.skip("compressor.nn.SparseLinear has no from_dense/from_linear constructor")
-    report, _ = export(nn.Sequential(module(model[0]), nn.ReLU(), model[2]),
-                       torch.randn(3, 64), tmp_path)
+    assert report.notes["converted"] == ["0: SparseLinear -> Linear"]
     assert report.size_ratio > 2
 
 
 def pow2_cnn(bits=5):
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 32, 3, stride=2, padding=1)  # big enough that codes beat dense
-    magnitude_prune_(conv, 0.5)
+    magnitude_prune_(nn.Sequential(conv), 0.5)
     linear = nn.Linear(32 * 5 * 5, 10)
-    return nn.Sequential(StandInPow2Conv2d(conv, bits), nn.ReLU(), nn.Flatten(),
-                         StandInPow2Linear(linear, bits))
+    return nn.Sequential(Pow2Conv2d.from_float(conv, bits), nn.ReLU(), nn.Flatten(),
+                         Pow2Linear.from_float(linear, bits))
 
 
 @pytest.mark.parametrize("bits", [2, 5])
@@ -158,7 +128,7 @@ def test_pow2_weights_are_codes_and_decode_bit_exactly(tmp_path, bits):
 def test_pow2_5bit_file_size_follows_the_code_width(tmp_path):
     torch.manual_seed(0)
     linear = nn.Linear(256, 256)
-    model = nn.Sequential(StandInPow2Linear(linear, 5))
+    model = nn.Sequential(Pow2Linear.from_float(linear, 5))
     report, _ = export(model, torch.randn(2, 256), tmp_path)
     numel = 256 * 256
     nnz = int((model[0].dequantized_weight() != 0).sum())
@@ -169,62 +139,28 @@ def test_pow2_5bit_file_size_follows_the_code_width(tmp_path):
     assert report.same_ort_graph_as_dense
 
 
-def test_real_pow2_modules_when_available(tmp_path):
-    cnn = pytest.importorskip("compressor.nn", reason="inq branch not merged yet")
-    if not hasattr(cnn, "Pow2Linear"):
-        pytest.skip("compressor.nn.Pow2Linear not available yet")
-    torch.manual_seed(0)
-    model = nn.Sequential(cnn.Pow2Linear.from_float(nn.Linear(64, 128), 5))
-    report, onnx_model = export(model, torch.randn(2, 64), tmp_path)
-    (enc,) = [e for e in report.encodings if e["kind"].endswith("codebook")]
-    decoded = decoded_weights(onnx_model, {enc["name"]: 1})[enc["name"]]
-    want = model[0].dequantized_weight().detach().numpy()
-    assert np.array_equal(decoded, want) or np.array_equal(decoded, want.T)
-
-
 def test_plain_inq_weights_are_detected_from_values(tmp_path):
     model = mlp()
     with torch.no_grad():
         for p in weights_of(model):
-            p.copy_(pow2_round(p, 4)[0])
+            p.copy_(pow2_quantize(p, 4))
     report, _ = export(model, torch.randn(2, 64), tmp_path)
     kinds = {e["name"]: e for e in report.encodings if e["kind"].endswith("codebook")}
     assert len(kinds) == 2 and all(e["pow2_bits"] <= 4 for e in kinds.values())
 
 
-def onlstm_classes():
-    classes = [StandInONLSTM]
-    try:
-        real = importlib.import_module("compressor.nn")
-        if hasattr(real, "ONLSTM"):
-            classes.append(real.ONLSTM)
-    except ImportError:
-        pass
-    return classes
-
-
-def build_real_onlstm(cls):
-    """The ONLSTM branch's constructor is not fixed yet: try the likely signatures."""
-    for args, kwargs in [((), dict(input_size=6, hidden_size=8, chunk_size=2)),
-                         ((6, 8), dict(chunk_size=2)), ((6, 8, 2), {})]:
-        try:
-            return cls(*args, **kwargs)
-        except TypeError:
-            continue
-    pytest.skip("compressor.nn.ONLSTM: constructor signature unknown to this test")
-
-
-@pytest.mark.parametrize("cls", onlstm_classes(), ids=lambda c: c.__name__)
-def test_onlstm_exports_with_standard_ops_only(tmp_path, cls):
+def test_onlstm_exports_as_one_scan_with_a_dynamic_sequence_length(tmp_path):
     torch.manual_seed(0)
-    model = cls(6, 8, 2) if cls is StandInONLSTM else build_real_onlstm(cls)
-    report, onnx_model = export(model, torch.randn(5, 3, 6), tmp_path)
-    assert any("use_fused_kernels=False" in c for c in report.notes["converted"])
-    assert model.use_fused_kernels  # the caller's model is left as it was
-    domains = {n.domain for n in onnx_model.graph.node}
-    assert domains <= {"", "ai.onnx"}
-    ops = {n.op_type for n in onnx_model.graph.node}
-    assert {"CumSum", "Softmax", "Sigmoid", "Tanh"} <= ops
+    model = ONLSTM(6, 8, chunk_size=2)
+    fused = model.use_fused_kernels
+    # dim 0 is time here; the random inputs are 6 steps long, the example 5
+    report, onnx_model = export(model, torch.randn(5, 3, 6), tmp_path, dynamic_dims=(0,))
+    assert report.notes["converted"] == ["<model>: ONLSTM -> ScanONLSTM"]
+    assert model.use_fused_kernels == fused  # the caller's model is left as it was
+    assert {n.domain for n in onnx_model.graph.node} <= {"", "ai.onnx"}
+    assert "Scan" in {n.op_type for n in onnx_model.graph.node}
+    dim = onnx_model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value
 
 
 def test_batchnorm_folded_cnn_round_trip(tmp_path):

@@ -267,3 +267,43 @@ def test_torch_compile():
     x = torch.randn(3, 20)
     compiled = torch.compile(mod, fullgraph=True)
     torch.testing.assert_close(compiled(x), mod(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fractional_or_bool_ints_are_rejected(dtype):
+    """float64 runs the twin, float32 the kernel: both refuse a non-int n1 / bits / in_features."""
+    _, codes, nonzero, n1 = packed_layer(4, 10, 4)
+    x = torch.randn(2, 10, dtype=dtype)
+    for args, name in [((10, 4, n1 + 0.5), "n1"), ((10, 4, float(n1)), "n1"),
+                       ((10, True, n1), "bits"), ((10.0, 4, n1), "in_features")]:
+        with pytest.raises(CompressorError, match=f"pow2_linear: {name} must be an int"):
+            pow2_linear(x, codes, nonzero, None, *args)
+    with pytest.raises(CompressorError, match="pow2_linear: n1 must be an int"):
+        reference.pow2_linear(x, codes, nonzero, None, 10, 4, 0.5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [4, 5])
+def test_nan_and_inf_propagate_on_every_path(isa, bits):
+    require_kernel("pow2_linear", "cpu")
+    _, codes, nonzero, n1 = packed_layer(9, 300, bits)
+    codes[:, 40:60] = 0  # zero weights (for 5 bits: code 0 with a zero bit) meet the NaN
+    if bits == 5:
+        nonzero[:, 10:15] = 0
+    x = torch.randn(3, 300)
+    x[0, 85], x[2, 100] = float("nan"), float("inf")
+    w = unpack_pow2(codes, nonzero, 300, bits, n1)
+    with cpu_path(isa):
+        got = torch.ops.compressor.pow2_linear(x, codes, nonzero, None, 300, bits, n1)
+    want = torch.nn.functional.linear(x, w)
+    assert torch.equal(got.isnan(), want.isnan()) and got[0].isnan().all()
+    torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-5)
+
+
+def test_zero_in_features_give_the_bias():
+    require_kernel("pow2_linear", "cpu")
+    codes, empty, bias = torch.zeros(4, 0, dtype=torch.uint8), torch.empty(0, dtype=torch.uint8), \
+        torch.randn(4)
+    for x in (torch.randn(3, 0), torch.randn(2, 5, 0)):
+        got = pow2_linear(x, codes, empty, bias, 0, 4, 0)
+        torch.testing.assert_close(got, bias.expand(*x.shape[:-1], 4))

@@ -185,8 +185,43 @@ def test_nm_prune_model_and_errors():
     model = nn.Sequential(nn.Linear(8, 16), nn.LSTM(16, 4))
     P.prune(model, P.PruneConfig(nm="2:4"))
     assert all(P.is_nm_sparse(m, 2, 4) for m in P.get_masks(model).values())
-    with pytest.raises(CompressorError, match="not a multiple of M=4; exclude this layer"):
+    with pytest.raises(CompressorError, match=r"cannot prune weight: reduction dim 6 .* not a "
+                       "multiple of M=4; no weight of the model"):
         P.prune_nm(nn.Linear(6, 3))
+
+
+def test_nm_skips_and_names_layers_it_cannot_take():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Conv1d(8, 6, 3), nn.Conv1d(6, 8, 1),
+                          nn.Flatten(), nn.Linear(48, 4))
+    report = {}
+    masks = P.prune_nm(model, 2, 4, report=report)
+    assert sorted(masks) == ["1.weight", "4.weight"]
+    assert "not a multiple of M=4" in report["2.weight"]["reason"]
+    assert "lookup" in report["0.weight"]["reason"]
+    assert report["1.weight"]["action"] == "pruned 2:4"
+    fresh = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 6), nn.Linear(6, 2))
+    with pytest.raises(CompressorError, match=r"cannot prune 2\.weight.*drop strict"):
+        P.prune_nm(fresh, 2, 4, strict=True)
+    assert not P.has_masks(fresh)  # strict refuses before touching the model
+
+
+def test_global_pruning_keeps_a_floor_per_layer_and_warns():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-3)  # one threshold would empty the output layer
+    report = {}
+    with pytest.warns(UserWarning, match="would leave 1.weight almost or entirely empty"):
+        masks = P.prune_global(model, 0.9, report=report)
+    assert int(masks["1.weight"].sum()) == 10  # 1% of 1000
+    assert sum(int(m.sum()) for m in masks.values()) == 11000 - round(0.9 * 11000)
+    assert "floor" in report["1.weight"]["reason"]
+    top = model[1].weight.detach().abs().flatten().topk(10).indices
+    assert masks["1.weight"].flatten()[top].all()  # the floor keeps the layer's largest
+    off = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+    with torch.no_grad():
+        off[1].weight.mul_(1e-3)
+    assert int(P.prune_global(off, 0.9, min_keep=0.0)["1.weight"].sum()) == 0
     with pytest.raises(CompressorError, match="0 < N < M"):
         P.nm_mask(torch.randn(4, 4), 4, 4)
 
@@ -196,7 +231,6 @@ def test_schedules():
     assert agp.sparsity_at(0) == 0 and agp.sparsity_at(1100) == pytest.approx(0.9)
     assert agp.sparsity_at(600) == pytest.approx(0.9 * (1 - 0.5**3))
     assert agp.is_pruning_step(300) and not agp.is_pruning_step(350)
-    assert P.Iterative(0.2, 3).sparsity_at(2) == pytest.approx(0.36)
     model = lenet()
     pruner = P.GradualPruner(model, agp, {"0.weight": 0.9, "2.weight": 0.9, "4.weight": 0.45})
     for step in range(0, 1101, 100):

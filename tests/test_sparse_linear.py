@@ -10,6 +10,7 @@ from compressor.errors import CompressorError
 from compressor.formats.csr import csr_from_dense
 from compressor.nn import SparseLinear
 from compressor.ops import reference
+from compressor.ops._dispatch import has_kernel
 from tests.conftest import require_kernel
 
 
@@ -91,3 +92,56 @@ def test_fuzz_against_linear(m, k, n, sparsity):
     with torch.no_grad():
         torch.testing.assert_close(SparseLinear.from_dense(lin)(x),
                                    F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 130])
+def test_nonfinite_inputs_spread_as_in_linear(device, batch):
+    """A NaN or inf meets the pruned zeros in F.linear, so its whole output row is non-finite."""
+    require_kernel("sparse_linear", device)
+    lin = pruned_linear(37, 19, 0.9, device)
+    x = torch.randn(batch, 37, device=device)
+    x[0, 3] = float("nan")
+    x[-1, 36] = float("inf")
+    with torch.no_grad():
+        got, want = SparseLinear.from_dense(lin)(x), lin(x)
+    assert torch.equal(got.isfinite(), want.isfinite())
+    assert not got[0].isfinite().any() and not got[-1].isfinite().any()
+    rows = slice(1, batch - 1)
+    torch.testing.assert_close(got[rows], want[rows], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (2, 4, 0), (0,)])
+def test_zero_in_features_give_the_bias(device, shape):
+    require_kernel("sparse_linear", device)
+    lin = torch.nn.Linear(0, 6).to(device)
+    x = torch.randn(shape, device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(SparseLinear.from_dense(lin)(x), lin(x))
+        flat = torch.randn(3, 0, device=device)
+        torch.testing.assert_close(reference.sparse_linear(flat, *csr_from_dense(lin.weight),
+                                                           lin.bias), lin(flat))
+
+
+def _bad_weights():
+    values, col, row_ptr = csr_from_dense(pruned_linear(20, 9, 0.5, "cpu").weight)
+    neg, high, back, start = col.clone(), col.clone(), row_ptr.clone(), row_ptr.clone()
+    neg[0], high[-1] = -1, 20
+    back[2], back[3] = back[3], back[2] - 1
+    start[0] = 1
+    return [("col_idx entries must lie in \\[0, 20\\)", (values, neg, row_ptr)),
+            ("col_idx entries must lie in \\[0, 20\\)", (values, high, row_ptr)),
+            ("row_ptr must be non-decreasing", (values, col, back)),
+            ("row_ptr must run from 0", (values, col, start)),
+            ("col_idx and row_ptr must be int32", (values, col.long(), row_ptr)),
+            ("col_idx has \\d+ entries but values has", (values[1:], col, row_ptr))]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_twin_checks_the_kernel_contract(case):
+    message, (values, col, row_ptr) = _bad_weights()[case]
+    x = torch.randn(3, 20, dtype=torch.float64)  # float64: the twin's path in the wrapper
+    with pytest.raises(CompressorError, match=f"sparse_linear: {message}"):
+        reference.sparse_linear(x, values, col, row_ptr, None)
+    if case < 3 and has_kernel("sparse_linear", "cpu"):  # the kernel's own message, same cause
+        with pytest.raises(RuntimeError, match="sparse_linear: (col_idx|row_ptr)"):
+            torch.ops.compressor.sparse_linear(x.float(), values, col, row_ptr, None)

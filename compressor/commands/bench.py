@@ -2,11 +2,17 @@
 a model file against its dense baseline, side by side in one run (medians after warm-up)."""
 
 
-from compressor.commands.common import add_threads, set_threads
+from compressor.commands.common import (
+    add_threads,
+    check_batch_size,
+    check_exists,
+    check_outputs,
+    set_threads,
+)
 from compressor.errors import CompressorError
-from compressor.io import check_writable, write_json_atomic
+from compressor.io import write_json_atomic
 from compressor.pipeline.bench import layer_latency, onnx_latency, torch_latency
-from compressor.pipeline.inputs import data_of, example_input
+from compressor.pipeline.inputs import check_fits, data_of, example_input
 from compressor.pipeline.modelfile import load_model
 from compressor.pruning import fold_masks
 
@@ -23,16 +29,19 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    if args.batch_size < 1:
-        raise CompressorError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_batch_size(args)
     if (args.onnx is None) != (args.dense_onnx is None):
         raise CompressorError("--onnx and --dense-onnx go together")
-    if args.json:
-        check_writable(args.json, "--json")
+    for flag in ("--onnx", "--dense-onnx"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None:
+            check_exists(path, flag)
+    check_outputs(args, {"--json": ".json"}, inputs=("input", "baseline", "onnx", "dense_onnx"))
     threads = set_threads(args)
     model, info = load_model(args.input)
     dense, _ = load_model(args.baseline, "--baseline model file")
     data, _ = data_of(info)
+    check_fits(dense, data, f"--baseline {args.baseline}")
     x = example_input(data, args.batch_size)
     for m in (model, dense):
         fold_masks(m)  # masks are training machinery: time the weights as they are
@@ -44,7 +53,11 @@ def run(args) -> int:
           f"{t['dense']['median_s'] * 1e3:.3f} ms, compressed "
           f"{t['compressed']['median_s'] * 1e3:.3f} ms ({speedup:.2f}x)")
     if args.onnx:
-        result["onnxruntime"] = o = onnx_latency(args.dense_onnx, args.onnx, x, threads)
+        try:
+            result["onnxruntime"] = o = onnx_latency(args.dense_onnx, args.onnx, x, threads)
+        except Exception as exc:  # onnxruntime's own errors for a file that is not a model
+            raise CompressorError(f"onnxruntime cannot run {args.onnx} / {args.dense_onnx}: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
         print(f"onnxruntime: dense {o['dense_s'] * 1e3:.3f} ms, compressed "
               f"{o['compressed_s'] * 1e3:.3f} ms ({o['speedup']:.2f}x)")
     if args.layers:

@@ -7,12 +7,12 @@ from compressor.commands.common import (
     add_input,
     add_output,
     add_threads,
-    check_out,
+    check_batch_size,
+    check_outputs,
     read_input,
     set_threads,
 )
 from compressor.config import add_flags, from_args
-from compressor.errors import CompressorError
 from compressor.export import ExportConfig
 from compressor.pipeline.stages import export_stage
 
@@ -31,11 +31,8 @@ def add_arguments(parser):
 def run(args) -> int:
     threads = set_threads(args)
     cfg = from_args(ExportConfig, args, base={"threads": threads})
-    if args.batch_size < 1:
-        raise CompressorError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_out(args, ".onnx")
-    if args.dense_out:
-        check_out(args, ".onnx", "--dense-out")
+    check_batch_size(args)
+    check_outputs(args, {"--out": ".onnx", "--dense-out": ".onnx"})
     model, _, data, _ = read_input(args)
     report = export_stage(model, data, cfg, args.out, args.dense_out, args.batch_size)
     if args.json:

@@ -14,7 +14,9 @@ from compressor.commands.common import (
     add_output,
     add_threads,
     check_out,
+    check_patterns,
     read_input,
+    reject_momentum,
     set_threads,
     write_output,
 )
@@ -24,6 +26,7 @@ from compressor.lottery import LotteryConfig
 from compressor.lottery import distributed as dist
 from compressor.lottery.report import write_report
 from compressor.pipeline.stages import lottery_stage
+from compressor.pruning import prunable_parameters
 
 
 def add_arguments(parser):
@@ -35,13 +38,22 @@ def add_arguments(parser):
     add_threads(parser)
 
 
+def _config(args, **base) -> LotteryConfig:
+    if args.strategy == "global" and args.output_rate is None:
+        base["output_rate"] = None  # the layerwise default has no meaning for one threshold
+    cfg = from_args(LotteryConfig, args, base=base)
+    reject_momentum(args, cfg.optimizer)
+    return cfg
+
+
 def run(args) -> int:
+    _config(args)  # every value checked before any work
     check_out(args)
     check_writable(args.root, "--root", directory=True)
     set_threads(args)
-    _, info, data, data_cfg = read_input(args)
-    cfg = from_args(LotteryConfig, args, base={"dataset": data_cfg.source(),
-                                               "model": info.factory})
+    model, info, data, data_cfg = read_input(args)
+    cfg = _config(args, dataset=data_cfg.source(), model=info.factory)
+    check_patterns(model, cfg.exclude, "--exclude", prunable_parameters(model))
     run_dir = Path(args.root) / cfg.run_name()
     if dist.is_main():
         print(f"run directory: {run_dir}")

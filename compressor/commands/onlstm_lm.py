@@ -6,14 +6,16 @@ distances induce for one sentence (Shen et al. 2019, unsupervised parsing)."""
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from compressor.config import Config, add_flags, from_args
+from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.models import LanguageModel
+from compressor.train import TrainConfig, fit
 
 WORDS = {
     "Det": ["the", "a"], "N": ["dog", "cat", "bird", "man", "woman", "child", "house", "park"],
@@ -52,27 +54,34 @@ def make_corpus(tokens: int, seed: int) -> list[str]:
     return words
 
 
+FLAGS = ("steps", "batch", "bptt", "hidden", "chunk", "layers", "seed", "train_tokens",
+         "tolerance")
+
+
 @dataclass
-class OnlstmLmConfig:
-    steps: int = 400
-    batch: int = 16
-    bptt: int = 35
+class OnlstmLmConfig(Config):
+    steps: int = field(default=400, metadata={"help": "training steps"})
+    batch: int = field(default=16, metadata={"help": "windows per step"})
+    bptt: int = field(default=35, metadata={"help": "tokens per window"})
     embedding: int = 32
-    hidden: int = 64
-    chunk: int = 4
-    layers: int = 2
+    hidden: int = field(default=64, metadata={"help": "hidden units per layer"})
+    chunk: int = field(default=4, metadata={"help": "ON-LSTM chunk size (divides --hidden)"})
+    layers: int = field(default=2, metadata={"help": "ON-LSTM layers"})
     lr: float = 3e-3
     dropout: float = 0.1
     dropconnect: float = 0.2
-    train_tokens: int = 60_000
-    seed: int = 0
-    tolerance: float = 1e-3
+    train_tokens: int = field(default=60_000, metadata={"help": "tokens of training text"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    tolerance: float = field(default=1e-3, metadata={
+        "help": "largest allowed |fused - reference| training loss"})
 
-    def __post_init__(self):
+    def validate(self) -> None:
         for name in ("steps", "batch", "bptt", "embedding", "hidden", "chunk", "layers",
                      "train_tokens"):
             if getattr(self, name) <= 0:
-                raise CompressorError(f"onlstm-lm: --{name} must be positive")
+                raise CompressorError(f"onlstm-lm: --{name.replace('_', '-')} must be positive, "
+                                      f"got {getattr(self, name)}")
+        self.require(self.tolerance >= 0, "tolerance", "must be >= 0")
         if self.hidden % self.chunk:
             raise CompressorError(f"onlstm-lm: --hidden {self.hidden} must be a multiple of "
                                   f"--chunk {self.chunk}")
@@ -86,35 +95,32 @@ def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     return ids[:usable].view(batch, -1).t().contiguous()
 
 
-def train_lm(cfg: OnlstmLmConfig, data: torch.Tensor, vocab: int, fused: bool, label: str):
-    """Trains from cfg.seed; returns (per-step losses, model)."""
+def windows(ids: torch.Tensor, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, next-token targets), both (N, bptt): consecutive windows of the stream."""
+    n = (ids.numel() - 1) // bptt
+    return ids[:n * bptt].view(n, bptt), ids[1:n * bptt + 1].view(n, bptt)
+
+
+def train_lm(cfg: OnlstmLmConfig, ids: torch.Tensor, vocab: int, fused: bool, label: str):
+    """Trains from cfg.seed with compressor's one training loop on independent windows of the
+    stream (no hidden state carried between batches); returns (per-step losses, model)."""
     torch.manual_seed(cfg.seed)
     model = LanguageModel(vocab, cfg.embedding, cfg.hidden, cfg.chunk, cfg.layers, cfg.dropout,
-                          cfg.dropconnect)
+                          cfg.dropconnect, batch_first=True)
     model.rnn.use_fused_kernels = fused
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    losses, state, pos = [], None, 0
-    for _ in tqdm(range(cfg.steps), desc=label, leave=False):
-        if pos + cfg.bptt + 1 > data.shape[0]:
-            pos, state = 0, None
-        x, y = data[pos:pos + cfg.bptt], data[pos + 1:pos + cfg.bptt + 1]
-        pos += cfg.bptt
-        logits, state, _ = model(x, state)
-        state = [(h.detach(), c.detach()) for h, c in state]
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 0.25)
-        opt.step()
-        losses.append(loss.item())
-    return losses, model
+    x, y = windows(ids, cfg.bptt)
+    data = Dataset("grammar", x, y, x[:cfg.batch], y[:cfg.batch])
+    train = TrainConfig(steps=cfg.steps, batch_size=cfg.batch, lr=cfg.lr, grad_clip=0.25,
+                        seed=cfg.seed, eval_every=0)
+    result = fit(model, data, train, progress=True, desc=label)
+    return result.losses, model
 
 
 @torch.no_grad()
 def perplexity(model: LanguageModel, data: torch.Tensor) -> float:
-    model.eval()
-    logits, _, _ = model(data[:-1])
-    loss = nn.functional.cross_entropy(logits.flatten(0, 1), data[1:].flatten())
+    model.eval()  # data: (B, T) token rows, the model batch-first
+    logits, _, _ = model(data[:, :-1])
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
     return math.exp(loss.item())
 
 
@@ -129,28 +135,21 @@ def tree_from_distances(words: list[str], dist: list[float]):
 
 
 def add_arguments(parser):
-    defaults = OnlstmLmConfig()
-    for name in ("steps", "batch", "bptt", "hidden", "chunk", "layers", "seed", "train_tokens"):
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=int, default=getattr(defaults, name))
-    parser.add_argument("--tolerance", type=float, default=defaults.tolerance,
-                        help="largest allowed |fused - reference| training loss")
+    add_flags(parser, OnlstmLmConfig, only=FLAGS)
     parser.add_argument("--no-compare", action="store_true", help="skip the reference run")
 
 
 def run(args) -> int:
-    cfg = OnlstmLmConfig(steps=args.steps, batch=args.batch, bptt=args.bptt, hidden=args.hidden,
-                         chunk=args.chunk, layers=args.layers, seed=args.seed,
-                         train_tokens=args.train_tokens, tolerance=args.tolerance)
+    cfg = from_args(OnlstmLmConfig, args, only=FLAGS)
     train_words = make_corpus(cfg.train_tokens, seed=1000 + cfg.seed)
     valid_words = make_corpus(cfg.train_tokens // 10, seed=2000 + cfg.seed)
     vocab = {w: i for i, w in enumerate(sorted(set(train_words) | set(valid_words)))}
     encode = lambda ws: torch.tensor([vocab[w] for w in ws])  # noqa: E731
-    train = batchify(encode(train_words), cfg.batch)
+    train = encode(train_words)
     start = time.perf_counter()
     fused_losses, model = train_lm(cfg, train, len(vocab), True, "fused")
     fused_secs = time.perf_counter() - start
-    ppl = perplexity(model, batchify(encode(valid_words), 10))
+    ppl = perplexity(model, batchify(encode(valid_words), 10).t())
     print(f"ON-LSTM LM ({cfg.layers}x{cfg.hidden}, chunk {cfg.chunk}), {len(vocab)}-word grammar, "
           f"{cfg.steps} steps: train loss {fused_losses[0]:.3f} -> {fused_losses[-1]:.3f}, "
           f"validation perplexity {ppl:.2f} ({fused_secs:.1f} s fused)")
@@ -174,7 +173,7 @@ def show_parse(model: LanguageModel, vocab: dict, words: list[str]) -> None:
     sentence = words[:words.index("<eos>")]
     model.eval()
     with torch.no_grad():
-        ids = torch.tensor([vocab[w] for w in sentence])[:, None]
+        ids = torch.tensor([vocab[w] for w in sentence])[None, :]
         _, _, (d_f, _) = model(ids)
     print("tree induced by the last layer's master-forget distances: "
-          + tree_from_distances(sentence, d_f[-1, :, 0].tolist()))
+          + tree_from_distances(sentence, d_f[-1, 0, :].tolist()))

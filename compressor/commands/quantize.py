@@ -9,14 +9,15 @@ from compressor.commands.common import (
     add_input,
     add_output,
     add_threads,
-    check_out,
+    check_outputs,
     read_input,
+    reject_given,
+    reject_momentum,
+    reject_quantized,
     set_threads,
     write_output,
 )
-from compressor.config import Config, add_flags, from_args
-from compressor.errors import CompressorError
-from compressor.io import check_writable
+from compressor.config import add_flags, from_args
 from compressor.pipeline.stages import accuracy, quantize_stage
 from compressor.quantization import PRESETS, INQConfig, Int8Config
 
@@ -32,7 +33,7 @@ def add_arguments(parser):
     parser.add_argument("--method", default="inq", choices=sorted(METHODS))
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="the paper's INQ schedule for a bit width (sets bits and portions)")
-    add_flags(parser, INQConfig, group="INQ (--method inq)")
+    add_flags(parser, INQConfig, group="INQ (--method inq)", defaults=INQ_DEFAULTS)
     add_flags(parser, Int8Config, group="int8 (--method int8)")
     parser.add_argument("--checkpoint", default=None, help="INQ checkpoint file (resumes)")
     add_data_override(parser)
@@ -40,35 +41,32 @@ def add_arguments(parser):
     add_threads(parser)
 
 
-def _given(args, cls: type[Config]) -> list[str]:
-    return [f"--{n.replace('_', '-')}" for n in cls.field_names()
-            if getattr(args, n, None) is not None]
-
-
 def _config(args) -> INQConfig | Int8Config:
     other = Int8Config if args.method == "inq" else INQConfig
-    stray = [f for f in _given(args, other) if f not in _given(args, METHODS[args.method])]
-    if stray:
-        raise CompressorError(f"{', '.join(stray)} do(es) not apply to --method {args.method}")
+    own = set(METHODS[args.method].field_names())
+    reject_given(args, [n for n in other.field_names() if n not in own],
+                 f"with --method {args.method}")
     if args.method == "int8":
-        if args.preset or args.checkpoint:
-            raise CompressorError("--preset and --checkpoint apply to --method inq only")
-        return from_args(Int8Config, args)
+        reject_given(args, ["preset", "checkpoint"], "with --method int8 (INQ only)")
+        config = from_args(Int8Config, args)
+        if config.observer != "percentile":
+            reject_given(args, ["percentile"], f"with --observer {config.observer}")
+        return config
     base = dict(INQ_DEFAULTS)
     if args.preset:
-        if args.bits is not None or args.portions is not None:
-            raise CompressorError("--preset sets --bits and --portions; give one or the other")
+        reject_given(args, ["bits", "portions"], f"with --preset {args.preset} (it sets them)")
         base["bits"], base["portions"] = PRESETS[args.preset]
-    return from_args(INQConfig, args, base=base)
+    config = from_args(INQConfig, args, base=base)
+    reject_momentum(args, config.optimizer)
+    return config
 
 
 def run(args) -> int:
     config = _config(args)
-    check_out(args)
-    if args.checkpoint:
-        check_writable(args.checkpoint, "--checkpoint")
+    check_outputs(args, {"--out": ".pt", "--checkpoint": None})
     set_threads(args)
     model, info, data, data_cfg = read_input(args)
+    reject_quantized(model, args.input, "quantize")
     before = accuracy(model, data)
     metrics = quantize_stage(model, data, config, checkpoint=args.checkpoint, progress=True)
     label = f"INQ {config.bits}-bit" if args.method == "inq" else "int8"

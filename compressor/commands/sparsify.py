@@ -5,13 +5,14 @@ from compressor.commands.common import (
     add_input,
     add_output,
     add_threads,
+    check_batch_size,
     check_out,
     read_input,
     set_threads,
     write_output,
 )
 from compressor.config import add_flags, from_args
-from compressor.errors import CompressorError
+from compressor.io import check_cache_writable
 from compressor.pipeline.stages import sparsify_stage
 from compressor.sparse import SparsifyConfig
 
@@ -27,9 +28,9 @@ def add_arguments(parser):
 
 def run(args) -> int:
     cfg = from_args(SparsifyConfig, args)
-    if args.batch_size < 1:
-        raise CompressorError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_batch_size(args)
     check_out(args)
+    check_cache_writable()  # the measured timings are cached there
     threads = set_threads(args)
     model, info, data, data_cfg = read_input(args)
     metrics = sparsify_stage(model, data, cfg, args.batch_size)

@@ -2,8 +2,15 @@
 compare with PyTorch; exit 1 when they disagree beyond the tolerance."""
 
 import json
+import math
 
-from compressor.commands.common import add_threads, read_input, set_threads
+from compressor.commands.common import (
+    add_threads,
+    check_batch_size,
+    check_exists,
+    read_input,
+    set_threads,
+)
 from compressor.errors import CompressorError
 from compressor.pipeline.stages import verify_onnx
 
@@ -21,12 +28,12 @@ def add_arguments(parser):
 def run(args) -> int:
     for name in ("rtol", "atol"):
         value = getattr(args, name)
-        if not value >= 0:  # also false for NaN
-            raise CompressorError(f"--{name} must be a number >= 0, got {value}")
-    if args.batch_size < 1:
-        raise CompressorError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if not (math.isfinite(value) and value >= 0):
+            raise CompressorError(f"--{name} must be a finite number >= 0, got {value}")
+    check_batch_size(args)
     if not str(args.onnx).endswith(".onnx"):
         raise CompressorError(f"ONNX must be an .onnx file, got {args.onnx!r}")
+    check_exists(args.onnx, "ONNX file")
     threads = set_threads(args)
     model, _, data, _ = read_input(args)
     try:

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from compressor.data.shapes import shape_arrays
+from compressor.data.validate import cached, check_split, features, labels, read_npz
 from compressor.errors import CompressorError
+from compressor.io import cache_dir
 
 
 @dataclass
@@ -34,13 +36,6 @@ class Dataset:
     @property
     def feature_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("COMPRESSOR_CACHE") or Path.home() / ".cache" / "compressor"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _split(name, x, y, test_fraction, seed) -> Dataset:
@@ -64,6 +59,20 @@ def digits(test_fraction: float = 0.2, seed: int = 0, image: bool = False) -> Da
     return _split("digits", x, bunch.target, test_fraction, seed)
 
 
+KEYS = ("x", "y", "x_test", "y_test")
+
+
+def _check_mnist1d(arrays: dict, path) -> None:
+    where = f"cached dataset {path}"
+    for split in ("", "_test"):
+        x = features(arrays["x" + split], where, "x" + split)
+        if arrays["y" + split].shape != (len(x),):
+            raise CompressorError(f"{where}: y{split} has shape {arrays['y' + split].shape}, "
+                                  f"expected ({len(x)},)")
+    y = np.concatenate([arrays["y"], arrays["y_test"]])
+    labels(y, len(y), where)
+
+
 def mnist1d(num_samples: int = 10_000, seed: int = 42, channel: bool = False) -> Dataset:
     """MNIST-1D (Greydanus 2020) generated locally: (N, 40), or (N, 1, 40) with channel=True.
 
@@ -75,18 +84,15 @@ def mnist1d(num_samples: int = 10_000, seed: int = 42, channel: bool = False) ->
     args.update(num_samples=num_samples, seed=seed)
     args.pop("url")
     key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
-    cache = _cache_dir() / f"mnist1d-{key}.npz"
-    if cache.exists():
-        with np.load(cache) as f:
-            arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
-    else:
+
+    def make():
         from mnist1d.data import ObjectView
 
         made = make_dataset(ObjectView(args))
-        arrays = {k: made[k] for k in ("x", "y", "x_test", "y_test")}
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)  # atomic: a killed run never leaves a half-written cache
+        return {k: made[k] for k in KEYS}
+
+    path = cache_dir() / f"mnist1d-{key}.npz"
+    arrays = cached(path, KEYS, make, lambda a: _check_mnist1d(a, path))
     shape = (-1, 1, 40) if channel else (-1, 40)
     f32 = lambda a: torch.from_numpy(a.astype(np.float32).reshape(shape))  # noqa: E731
     i64 = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
@@ -100,55 +106,21 @@ def shapes(num_samples: int = 8000, size: int = 16, seed: int = 0,
     the first test_fraction of the generated samples is the test split."""
     if not 0 < test_fraction < 1:
         raise CompressorError(f"shapes: test_fraction must be in (0, 1), got {test_fraction}")
-    x, y = shape_arrays(num_samples, size, seed, _cache_dir())
+    x, y = shape_arrays(num_samples, size, seed, cache_dir())
     n_test = int(round(num_samples * test_fraction))
     images = torch.from_numpy(x.astype(np.float32) / 255.0)
     labels = torch.from_numpy(y)
     return Dataset("shapes", images[n_test:], labels[n_test:], images[:n_test], labels[:n_test])
 
 
-# More classes than this is almost surely a column of ids, not labels (it would build a huge
-# output layer); a user who needs more can raise it.
-MAX_CLASSES = 10_000
-
-
 def from_npz(path: str | os.PathLike, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """A user's .npz with arrays X (N, ...) float and y (N,) integer labels."""
+    """A user's .npz with arrays X (N, ...) float and y (N,) integer labels, validated."""
     path = Path(path)
-    if not path.exists():
-        raise CompressorError(f"data file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = {"X", "y"} - set(f.files)
-            if missing:
-                raise CompressorError(f"data file {path} lacks array(s) {sorted(missing)}; "
-                                      f"it has {sorted(f.files)} (expected X and y)")
-            x, y = f["X"], f["y"]
-    except CompressorError:
-        raise
-    except Exception as exc:  # truncated zip, a .npy renamed .npz, pickled objects, ...
-        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise CompressorError(f"data file {path} is not a readable .npz ({reason})") from None
-    if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
-        raise CompressorError(f"data file {path}: X must be numeric with shape (N, features...), "
-                              f"got {x.dtype} {x.shape}")
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise CompressorError(f"data file {path}: y must be integer labels of shape ({len(x)},), "
-                              f"got {y.dtype} {y.shape}")
-    if len(x) < 2:
-        raise CompressorError(f"data file {path}: needs at least 2 samples, got {len(x)}")
-    if y.min() < 0 or y.max() >= MAX_CLASSES:
-        bad = int(np.flatnonzero((y < 0) | (y >= MAX_CLASSES))[0])
-        raise CompressorError(f"data file {path}: labels must be in 0..{MAX_CLASSES - 1} "
-                              f"(class indices), got y[{bad}] = {y[bad]}")
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-    if not finite.all():
-        raise CompressorError(f"data file {path}: X holds NaN or inf (first in sample "
-                              f"{int(np.flatnonzero(~finite)[0])}); clean the data first")
-    n_test = int(round(len(x) * test_fraction))
-    if n_test < 1 or n_test >= len(x):
-        raise CompressorError(f"data file {path}: {len(x)} samples are too few for a train and "
-                              f"a non-empty test split of {test_fraction:.0%}")
+    arrays = read_npz(path, ("X", "y"))
+    where = f"data file {path}"
+    x = features(arrays["X"], where)
+    y = labels(arrays["y"], len(x), where)
+    check_split(len(x), int(round(len(x) * test_fraction)), where)
     return _split(path.stem, x, y, test_fraction, seed)
 
 
@@ -156,9 +128,24 @@ DATASETS = {"digits": digits, "mnist1d": mnist1d, "shapes": shapes}
 
 
 def load_dataset(name: str, **kwargs) -> Dataset:
-    """'digits', 'mnist1d', 'shapes', or a path to an .npz file."""
+    """'digits', 'mnist1d', 'shapes', or a path to an .npz file; validated before any use."""
     if name in DATASETS:
-        return DATASETS[name](**kwargs)
+        data = DATASETS[name](**kwargs)
+        return check_dataset(data, f"dataset {name}")
     if name.endswith(".npz"):
         return from_npz(name, **kwargs)
+    if name.endswith(".npy"):
+        raise CompressorError(f"data file {name} is a single .npy array; save X and y together "
+                              "with numpy.savez(path.npz, X=..., y=...)")
     raise CompressorError(f"unknown dataset {name!r}: use one of {sorted(DATASETS)} or a .npz path")
+
+
+def check_dataset(data: Dataset, where: str) -> Dataset:
+    """Finite features, labels 0..K-1 and non-empty splits (built-in sets are checked too: a
+    generator or cache gone wrong must not train an all-NaN model)."""
+    check_split(len(data.x_train) + len(data.x_test), len(data.x_test), where)
+    features(data.x_train.numpy(), where, "x_train")
+    features(data.x_test.numpy(), where, "x_test")
+    y = torch.cat([data.y_train, data.y_test]).numpy()
+    labels(y, len(y), where, "y")
+    return data

@@ -7,13 +7,12 @@ distractor blob and pixel noise keep it from being trivially separable. Determin
 """
 
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
 
+from compressor.data.validate import cached, labels
 from compressor.errors import CompressorError
-from compressor.io import write_bytes_atomic
 
 CLASSES = ("disk", "ring", "square", "square_outline", "triangle", "plus", "x_cross",
            "h_stripes", "v_stripes", "ellipse")
@@ -72,15 +71,15 @@ def _draw(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), labels.astype(np.int64)
 
 
-def _cached(path: Path, num_samples: int, size: int, seed: int):
-    if path.exists():
-        with np.load(path) as f:
-            return f["x"], f["y"]
-    x, y = _draw(num_samples, size, np.random.default_rng(seed))
-    buffer = io.BytesIO()
-    np.savez(buffer, x=x, y=y)
-    write_bytes_atomic(path, buffer.getvalue())
-    return x, y
+def _check(arrays: dict, path: Path, num_samples: int, size: int) -> None:
+    x, y = arrays["x"], arrays["y"]
+    if x.dtype != np.uint8 or x.shape != (num_samples, 3, size, size):
+        raise CompressorError(f"cached dataset {path} holds x {x.dtype} {x.shape}, expected "
+                              f"uint8 {(num_samples, 3, size, size)}")
+    labels(y, num_samples, f"cached dataset {path}")
+    if int(y.max()) >= len(CLASSES):
+        raise CompressorError(f"cached dataset {path} holds label {int(y.max())}, expected "
+                              f"0..{len(CLASSES) - 1}")
 
 
 def shape_arrays(num_samples: int, size: int, seed: int, cache_dir: Path):
@@ -89,4 +88,11 @@ def shape_arrays(num_samples: int, size: int, seed: int, cache_dir: Path):
         raise CompressorError(f"shapes: need num_samples >= 20 and size >= 8, got "
                               f"{num_samples} and {size}")
     key = hashlib.sha1(f"{VERSION}-{num_samples}-{size}-{seed}".encode()).hexdigest()[:12]
-    return _cached(Path(cache_dir) / f"shapes-{key}.npz", num_samples, size, seed)
+    path = Path(cache_dir) / f"shapes-{key}.npz"
+
+    def make():
+        x, y = _draw(num_samples, size, np.random.default_rng(seed))
+        return {"x": x, "y": y}
+
+    arrays = cached(path, ("x", "y"), make, lambda a: _check(a, path, num_samples, size))
+    return arrays["x"], arrays["y"]

@@ -28,11 +28,16 @@ MAX_IR_VERSION = 10  # onnxruntime refuses IR > 13; 10 is the level we verified 
 class ExportConfig(Config):
     """opset: ONNX opset (>= 17). exporter: 'dynamo' (torch.export based, the default; pinned by
     tests) or 'torchscript' (legacy). encodings: compact encodings allowed for fp32 weights.
-    rtol/atol: outputs must satisfy max|ort − torch| <= atol + rtol · max|torch| (int8 QDQ models
-    use int8_rtol: ORT may round an activation one step differently, see docs/export.md).
-    random_inputs: extra random inputs checked. threads: onnxruntime intra-op threads for timing.
-    measure_latency: time the compact and the dense file in onnxruntime. dynamic_batch: dim 0 of
-    every input is dynamic in the file (random inputs are then checked with another batch size)."""
+    rtol/atol: outputs must satisfy max|ort − torch| <= atol + rtol · max|torch|. int8 QDQ
+    models are judged against the float model instead (DESIGN §6): onnxruntime's int8 output may
+    be at most `int8_noise_ratio` times as far from it as PyTorch's int8 model is (a quantizer
+    rounds a value one step differently when two runtimes compute its input a rounding error
+    apart, so the int8 outputs of two correct runtimes differ by quantization noise; see
+    docs/export.md). random_inputs: extra random inputs checked. threads: onnxruntime intra-op
+    threads for timing. measure_latency: time the compact and the dense file in onnxruntime.
+    dynamic_batch: dim 0 of every input is dynamic in the file; dynamic_dims: more dynamic dims
+    of every input (1 for the sequence of batch-first (B, T) / (B, T, E) inputs). Random inputs
+    are checked with each dynamic dim one longer than the example's."""
 
     opset: int = field(default=18, metadata={"help": "ONNX opset"})
     exporter: str = field(default="dynamo", metadata={"choices": EXPORTERS})
@@ -40,18 +45,22 @@ class ExportConfig(Config):
         "choices": ENCODINGS, "help": "compact weight encodings allowed, comma-separated"})
     rtol: float = 1e-4
     atol: float = 1e-5
-    int8_rtol: float = 2e-2
+    int8_noise_ratio: float = 2.0
     random_inputs: int = 2
     threads: int = field(default=1, metadata={"help": "CPU threads for timing"})
     measure_latency: bool = True
     seed: int = 0
     dynamic_batch: bool = False
+    dynamic_dims: tuple[int, ...] = field(default=(), metadata={
+        "help": "dims of every input that stay dynamic besides the batch, e.g. 1 (sequence)"})
 
     def validate(self) -> None:
         highest = onnx.defs.onnx_opset_version()
         self.require(17 <= self.opset <= highest, "opset", f"must be in 17..{highest}")
-        for name in ("rtol", "atol", "int8_rtol"):
+        for name in ("rtol", "atol"):
             self.require(getattr(self, name) >= 0, name, "must be >= 0")
+        self.require(self.int8_noise_ratio >= 1, "int8_noise_ratio", "must be >= 1")
+        self.require(all(d >= 0 for d in self.dynamic_dims), "dynamic_dims", "must be >= 0")
         self.require(self.random_inputs >= 0, "random_inputs", "must be >= 0")
         self.require(self.threads >= 1, "threads", "must be >= 1")
 
@@ -83,8 +92,8 @@ class ExportReport:
         lines = [f"wrote {self.path}: {self.bytes:,} bytes, dense fp32 ONNX {self.dense_bytes:,} "
                  f"({self.size_ratio:.2f}x smaller)",
                  f"encodings: {kinds}; int8 QDQ layers: {self.quantized_layers}",
-                 f"onnxruntime vs PyTorch: max error {self.max_error:.3g} "
-                 f"(tolerance {self.tolerance:.3g})"]
+                 f"onnxruntime vs {'the float model' if self.quantized_layers else 'PyTorch'}: "
+                 f"max error {self.max_error:.3g} (tolerance {self.tolerance:.3g})"]
         if self.ort_latency_s is not None:
             lines.append(f"onnxruntime latency {self.ort_latency_s * 1e3:.3f} ms vs dense "
                          f"{self.dense_ort_latency_s * 1e3:.3f} ms (median, same run)")
@@ -147,13 +156,15 @@ def _export(model: nn.Module, inputs: tuple, path: Path, config: ExportConfig) -
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
             warnings.simplefilter("ignore")
             if config.exporter == "dynamo":
-                dynamic = (tuple({0: torch.export.Dim.DYNAMIC} for _ in inputs)
-                           if config.dynamic_batch else None)
+                dims = _dynamic_dims(config)
+                dynamic = (tuple({d: torch.export.Dim.DYNAMIC for d in dims if d < t.dim()}
+                                 for t in inputs) if dims else None)
                 torch.onnx.export(model, inputs, str(path), dynamo=True, opset_version=config.opset,
                                   external_data=False, verbose=False, dynamic_shapes=dynamic)
             else:
                 names = [f"input_{i}" for i in range(len(inputs))]
-                axes = {n: {0: "batch"} for n in names} if config.dynamic_batch else None
+                axes = {n: {d: f"dim{d}" for d in _dynamic_dims(config) if d < t.dim()}
+                        for n, t in zip(names, inputs, strict=True)} or None
                 torch.onnx.export(model, inputs, str(path), dynamo=False, input_names=names,
                                   dynamic_axes=axes, opset_version=config.opset)
     except Exception as exc:
@@ -165,6 +176,10 @@ def _export(model: nn.Module, inputs: tuple, path: Path, config: ExportConfig) -
             f"exporter='{'torchscript' if config.exporter == 'dynamo' else 'dynamo'}'") from exc
     finally:
         logger.setLevel(level)
+
+
+def _dynamic_dims(config: ExportConfig) -> tuple[int, ...]:
+    return tuple(sorted({*((0,) if config.dynamic_batch else ()), *config.dynamic_dims}))
 
 
 def _culprit(model: nn.Module, inputs: tuple) -> str:
@@ -207,8 +222,8 @@ def to_onnx(model: nn.Module, example_inputs, path, config: ExportConfig | None 
         staged = path.with_name(path.name + ".tmp")
         onnx.save(compact, str(staged))
         try:
-            report = _verify(model, inputs, reference, compact, chosen, staged, dense_file,
-                             config, notes, len(specs), before)
+            report = _verify(model, plain, inputs, reference, compact, chosen, staged,
+                             dense_file, config, notes, specs, before)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
@@ -217,8 +232,8 @@ def to_onnx(model: nn.Module, example_inputs, path, config: ExportConfig | None 
         return report
 
 
-def _verify(model, inputs, reference, compact, chosen, path, dense_file, config, notes,
-            quantized, before: dict) -> ExportReport:
+def _verify(model, plain, inputs, reference, compact, chosen, path, dense_file, config, notes,
+            specs, before: dict) -> ExportReport:
     """`before`: the initializers before compact encoding, which decoding must reproduce."""
     try:
         verify.check(compact)
@@ -230,7 +245,8 @@ def _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
         if not (value.shape == original.shape and (value == original).all()):
             raise CompressorError(f"internal error: weight {name} does not decode exactly")
     session = verify.session(str(path), config.threads)
-    error, tolerance = _output_error(model, inputs, reference, session, config, quantized)
+    error, tolerance = _output_error(model, plain, inputs, reference, session, config, specs,
+                                     notes)
     latency = dense_latency = None
     if config.measure_latency:
         dense_session = verify.session(str(dense_file), config.threads)
@@ -240,25 +256,52 @@ def _verify(model, inputs, reference, compact, chosen, path, dense_file, config,
     return ExportReport(
         str(path), size, dense_size, dense_size / size, error, tolerance, latency, dense_latency,
         verify.optimized_ops(str(path)) == verify.optimized_ops(str(dense_file)),
-        config.exporter, config.opset, quantized,
+        config.exporter, config.opset, len(specs),
         [{"name": c.name, "kind": c.kind, "bytes": c.nbytes, **c.details} for c in chosen], notes)
 
 
-def _output_error(model, inputs, reference, session, config, quantized) -> tuple[float, float]:
-    """(max error, tolerance) of onnxruntime against PyTorch on the example and random inputs;
-    raises when the error is over the tolerance."""
-    error, scale = verify.max_error(reference, session.run(None, verify.feeds(session, inputs)))
+def _output_error(model, plain, inputs, reference, session, config, specs, notes
+                  ) -> tuple[float, float]:
+    """(max error, tolerance) of onnxruntime on the example and random inputs; raises when the
+    error is over the tolerance. fp32 graphs are compared with the model; int8 QDQ graphs with
+    the float model `plain` (dequantized weights, float activations), against the distance of
+    PyTorch's int8 model from it."""
     gen = torch.Generator().manual_seed(config.seed)
+    dims = _dynamic_dims(config)
+    batches = [(inputs, reference)]
     for _ in range(config.random_inputs):
-        extra = tuple(verify.random_like(t, gen, config.dynamic_batch) for t in inputs)
-        want = _reference_outputs(model, extra)
-        e, s = verify.max_error(want, session.run(None, verify.feeds(session, extra)))
+        extra = tuple(verify.random_like(t, gen, dims) for t in inputs)
+        batches.append((extra, _reference_outputs(model, extra)))
+    error = scale = noise = 0.0
+    for x, want in batches:
+        got = session.run(None, verify.feeds(session, x))
+        if specs:
+            floats = _reference_outputs(plain, x)
+            e, s = verify.max_error(floats, got)
+            noise = max(noise, verify.max_error(floats, [t.numpy() for t in want])[0])
+            notes["ort_vs_torch_int8"] = max(notes.get("ort_vs_torch_int8", 0.0),
+                                             verify.max_error(want, got)[0])
+        else:
+            e, s = verify.max_error(want, got)
         error, scale = max(error, e), max(scale, s)
-    tolerance = config.atol + (config.int8_rtol if quantized else config.rtol) * scale
+    tolerance = config.atol + config.rtol * scale + config.int8_noise_ratio * noise
+    if specs:
+        notes["torch_int8_vs_float"] = noise
     if not error <= tolerance:
-        hint = ("; int8 weights with full [-127, 127] codes saturate in onnxruntime's x86 "
-                "kernels without VNNI: quantize with Int8Config(reduce_range=True)"
-                if quantized else "")
-        raise CompressorError(f"onnxruntime output differs from PyTorch by {error:.3g} > "
-                              f"tolerance {tolerance:.3g}{hint}")
+        raise CompressorError(_mismatch(error, tolerance, noise, specs, config))
     return error, tolerance
+
+
+def _mismatch(error: float, tolerance: float, noise: float, specs, config) -> str:
+    if not specs:
+        return (f"onnxruntime output differs from PyTorch by {error:.3g} > tolerance "
+                f"{tolerance:.3g}")
+    widest = max(int(abs(s.weight_int8).max()) for s in specs)
+    cause = (f"; weight codes reach ±{widest}: onnxruntime's x86 u8s8 kernels without VNNI "
+             "saturate their int16 pair sums at that range, quantize with "
+             "Int8Config(reduce_range=True)" if widest > 63 else
+             "; the weights use the reduced ±63 range, so this is not saturation: a QDQ "
+             "parameter does not describe the layer it was written for")
+    return (f"onnxruntime's int8 output is {error:.3g} from the float model, more than "
+            f"{config.int8_noise_ratio:g}x the {noise:.3g} PyTorch's int8 model is from it "
+            f"(tolerance {tolerance:.3g}){cause}")

@@ -4,9 +4,12 @@ Each quantized layer's weight initializer (matched by value: it holds the layer'
 weight, in whichever orientation the exporter chose) becomes int8 codes + per-channel scales feeding
 a DequantizeLinear whose output keeps the weight's name, so the consuming Conv/Gemm/MatMul is
 unchanged. The layer's activation input gets QuantizeLinear -> DequantizeLinear with its calibrated
-uint8 scale and zero point. This is the form onnxruntime's QDQ optimizer recognises; PyTorch's own
-fake-quant export rejects symmetric [-127, 127] ranges (checked with torch 2.13), so we write the
-nodes ourselves.
+uint8 scale and zero point, and so does its output (after the bias Add when the exporter wrote a
+Linear as MatMul + Add): onnxruntime fuses DQ -> Gemm/MatMul/Conv -> Q into its int8 kernels
+(QGemm, QLinearConv) only when the output is quantized too; without the output Q it runs the
+layer in fp32 and dequantizes the weights at every run (measured: slower than the fp32 file).
+PyTorch's own fake-quant export rejects symmetric [-127, 127] ranges (checked with torch 2.13),
+so we write the nodes ourselves.
 """
 
 from dataclasses import dataclass
@@ -30,6 +33,8 @@ class QuantSpec:
     weight_scale: np.ndarray
     act_scale: float
     act_zero_point: int
+    out_scale: float = 0.0  # 0: the layer's output stays float
+    out_zero_point: int = 0
 
     def dequantized(self) -> np.ndarray:
         shape = (-1,) + (1,) * (self.weight_int8.ndim - 1)
@@ -74,29 +79,69 @@ def _activation_qdq(tensor: str, spec: QuantSpec, tag: str) -> tuple[list, list,
     return inits, nodes, f"{tag}_act_dq"
 
 
+def _output_producer(nodes: list, index: int, constants: dict) -> int:
+    """Index of the node whose output is the layer's output: nodes[index], or the bias Add that
+    is the only consumer of a MatMul's output."""
+    node = nodes[index]
+    if node.op_type != "MatMul":
+        return index
+    users = [i for i, n in enumerate(nodes) if node.output[0] in n.input]
+    if len(users) == 1:
+        add = nodes[users[0]]
+        if add.op_type == "Add" and any(i in constants for i in add.input
+                                        if i != node.output[0]):
+            return users[0]
+    return index
+
+
+def _output_qdq(producer, spec: QuantSpec, tag: str) -> tuple[list, list]:
+    """Q -> DQ on the producer's output, which keeps its name (the producer writes to a new
+    tensor), so no consumer and no graph output changes."""
+    out = producer.output[0]
+    producer.output[0] = f"{tag}_out_float"
+    scale, zero = f"{tag}_out_scale", f"{tag}_out_zero_point"
+    inits = [_scalar(scale, spec.out_scale, np.float32),
+             _scalar(zero, spec.out_zero_point, np.uint8)]
+    nodes = [helper.make_node("QuantizeLinear", [producer.output[0], scale, zero],
+                              [f"{tag}_out_q"], name=f"{tag}_out_QuantizeLinear"),
+             helper.make_node("DequantizeLinear", [f"{tag}_out_q", scale, zero], [out],
+                              name=f"{tag}_out_DequantizeLinear")]
+    return inits, nodes
+
+
 def insert_qdq(model: onnx.ModelProto, specs: list[QuantSpec]) -> onnx.ModelProto:
     """A QDQ copy of `model`; every spec must match exactly one weight initializer."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     weights = {t.name: t for t in out.graph.initializer}
-    used, new_inits, nodes = set(), [], []
-    for node in out.graph.node:
+    constants = dict(weights)
+    used, new_inits, before, after = set(), [], {}, {}
+    graph_nodes = list(out.graph.node)
+    for index, node in enumerate(graph_nodes):
         weight = weights.get(node.input[1]) if node.op_type in WEIGHT_OPS else None
         match = _match(numpy_helper.to_array(weight), specs, used) if weight is not None else None
-        if match is not None:
-            spec, axis = match
-            used.add(spec.name)
-            inits, dq = _weight_dq(weight.name, spec, axis)
-            del weights[weight.name]
-            act_inits, qdq, dq_input = _activation_qdq(node.input[0], spec, weight.name)
-            new_inits += inits + act_inits
-            nodes += dq + qdq
-            node.input[0] = dq_input
-        nodes.append(node)
+        if match is None:
+            continue
+        spec, axis = match
+        used.add(spec.name)
+        inits, dq = _weight_dq(weight.name, spec, axis)
+        del weights[weight.name]
+        act_inits, qdq, dq_input = _activation_qdq(node.input[0], spec, weight.name)
+        new_inits += inits + act_inits
+        before[index] = dq + qdq
+        node.input[0] = dq_input
+        if spec.out_scale > 0:
+            producer = _output_producer(graph_nodes, index, constants)
+            out_inits, out_nodes = _output_qdq(graph_nodes[producer], spec, weight.name)
+            new_inits += out_inits
+            after[producer] = out_nodes
     missing = [s.name for s in specs if s.name not in used]
     if missing:
         raise CompressorError(f"int8 layers {missing} were not found as Conv/Gemm/MatMul weights "
                               "in the exported graph; export them as standard layers")
+    nodes = []
+    for index, node in enumerate(graph_nodes):
+        nodes += [*before.get(index, []), node, *after.get(index, [])]
     del out.graph.initializer[:]
     out.graph.initializer.extend([*weights.values(), *new_inits])
     del out.graph.node[:]

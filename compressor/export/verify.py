@@ -1,9 +1,7 @@
 """Checks run on every export: onnx.checker, exact weight decoding, onnxruntime against PyTorch,
 and onnxruntime latency of the compact file against the dense fp32 file in the same run."""
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from compressor.errors import CompressorError
+from compressor.timing import paired_medians
 
 
 def densified(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -81,12 +80,18 @@ def max_error(reference: list[torch.Tensor], got: list[np.ndarray]) -> tuple[flo
     return err, scale
 
 
-def random_like(example: torch.Tensor, gen: torch.Generator, other_batch: bool = False
+def random_like(example: torch.Tensor, gen: torch.Generator, grow: tuple[int, ...] = ()
                 ) -> torch.Tensor:
-    """A random input of the example's dtype, in its value range, of its shape (with dim 0 one
-    larger when `other_batch`, to exercise a dynamic batch dim)."""
-    if other_batch and example.dim() > 0:
-        example = torch.cat([example, example[:1]])
+    """A random input of the example's dtype, in its value range, of its shape with each dim
+    in `grow` changed (to exercise dynamic dims): the batch (dim 0) one longer, other dims one
+    shorter (a sequence may not outgrow a model's position table), or longer when of size 1."""
+    for dim in grow:
+        if dim >= example.dim():
+            continue
+        if dim > 0 and example.shape[dim] > 1:
+            example = example.narrow(dim, 0, example.shape[dim] - 1)
+        else:
+            example = torch.cat([example, example.narrow(dim, 0, 1)], dim=dim)
     if example.is_floating_point():
         spread = float(example.float().std()) if example.numel() > 1 else 1.0
         noise = torch.randn(example.shape, generator=gen) * max(spread, 1e-3)
@@ -141,19 +146,8 @@ def optimized_ops(path: str) -> list[str]:
 
 def paired_median_latency(sessions: list, feed: dict, repeat: int = 15,
                           min_seconds: float = 0.01) -> list[float]:
-    """Median seconds per run of each session after warm-up. Samples alternate between the
-    sessions, so a machine that gets busier during the measurement slows all of them alike."""
-    for sess in sessions:
-        for _ in range(3):
-            sess.run(None, feed)
-    start = time.perf_counter()
-    sessions[0].run(None, feed)
-    inner = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-7)))
-    samples = [[] for _ in sessions]
-    for _ in range(repeat):
-        for sess, out in zip(sessions, samples, strict=True):
-            start = time.perf_counter()
-            for _ in range(inner):
-                sess.run(None, feed)
-            out.append((time.perf_counter() - start) / inner)
-    return [statistics.median(s) for s in samples]
+    """Median seconds per run of each session after warm-up, samples interleaved between the
+    sessions (compressor.timing), so a machine that gets busier slows all of them alike."""
+    timed = paired_medians([lambda s=s: s.run(None, feed) for s in sessions], warmup=3,
+                           repeat=repeat, min_seconds=min_seconds)
+    return timed.medians

@@ -25,10 +25,13 @@ def _fail(op: str, message: str) -> None:
     raise CompressorError(f"{op}: {message}")
 
 
-def check_csr(op: str, values, col, row_ptr, n_cols: int, col_name: str = "col_idx") -> None:
+def check_csr(op: str, values, col, row_ptr, n_cols: int, col_name: str = "col_idx",
+              sorted_rows: bool = True) -> None:
     """The CSR contract every kernel and twin checks, with one-line errors naming the argument:
     1-dim tensors, int32 indices, len(col) == len(values), row_ptr from 0 to nnz without
-    decreasing, and in each row columns strictly increasing within [0, n_cols)."""
+    decreasing, columns within [0, n_cols) and, with `sorted_rows` (sparse_conv2d, whose kernel
+    blocks by column order), strictly increasing within each row. sparse_linear takes rows in any
+    order and sums a duplicated column, as its kernel does (one multiply-add per entry)."""
     for name, t in (("values", values), (col_name, col), ("row_ptr", row_ptr)):
         if not isinstance(t, torch.Tensor) or t.dim() != 1:
             _fail(op, f"{name} must be a 1-dim tensor")
@@ -51,6 +54,8 @@ def check_csr(op: str, values, col, row_ptr, n_cols: int, col_name: str = "col_i
     if lo < 0 or hi >= n_cols:
         _fail(op, f"{col_name} entries must lie in [0, {n_cols}), got [{lo}, {hi}]; the weight "
                   "does not match the layer")
+    if not sorted_rows:
+        return
     row_start = torch.zeros(nnz, dtype=torch.bool, device=col.device)
     row_start[rp[:-1][rp[:-1] < nnz]] = True
     bad = (c[1:] <= c[:-1]) & ~row_start[1:]
@@ -60,16 +65,18 @@ def check_csr(op: str, values, col, row_ptr, n_cols: int, col_name: str = "col_i
                   f"{int(c[k - 1])} then {int(c[k])} at {col_name}[{k}]")
 
 
-def dense_from_csr(values, col, row_ptr, shape, op: str = "dense_from_csr") -> torch.Tensor:
-    """The dense weight of `shape` whose flattened rows hold the CSR entries (checked first)."""
+def dense_from_csr(values, col, row_ptr, shape, op: str = "dense_from_csr",
+                   sorted_rows: bool = True) -> torch.Tensor:
+    """The dense weight of `shape` whose flattened rows hold the CSR entries (checked first with
+    the same contract as the kernel; duplicated columns sum, as in the kernels)."""
     n_cols = int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
     if row_ptr.numel() != shape[0] + 1:
         _fail(op, f"row_ptr has {row_ptr.numel()} entries for {shape[0]} rows")
-    check_csr(op, values, col, row_ptr, n_cols)
+    check_csr(op, values, col, row_ptr, n_cols, sorted_rows=sorted_rows)
     rows = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1, device=values.device),
                                    (row_ptr[1:] - row_ptr[:-1]).long(), output_size=values.numel())
     dense = torch.zeros(shape[0], n_cols, dtype=values.dtype, device=values.device)
-    dense[rows, col.long()] = values
+    dense.index_put_((rows, col.long()), values, accumulate=True)
     return dense.reshape(shape)
 
 

@@ -16,7 +16,11 @@ def load_records(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "records.json"
     if not path.exists():
         raise CompressorError(f"{run_dir} has no records.json: run the lottery there first")
-    return json.loads(path.read_text())["records"]
+    try:
+        return json.loads(path.read_text())["records"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise CompressorError(f"{path} is damaged; rerun the lottery command (it rewrites the "
+                              "file from its checksummed state.pt)") from None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

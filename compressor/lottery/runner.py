@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from compressor.data import Dataset, load_dataset
 from compressor.errors import CompressorError
-from compressor.io import load_checked, save_checked, write_json_atomic
+from compressor.io import content_digest, load_checked, save_checked, write_json_atomic
 from compressor.lottery import distributed as dist
 from compressor.lottery.config import LotteryConfig, describe_difference
 from compressor.lottery.records import job_record
@@ -96,11 +96,25 @@ class LotteryRun:
     def _save_state(self) -> None:
         if dist.is_main():
             save_checked(self._state_path(), self.state)
-            write_json_atomic(self.dir / "records.json",
-                              {"config": self.cfg.identity(), "records": self.state["records"]})
+            self._write_records()
+
+    def _write_records(self) -> None:
+        """records.json, for people and plots: derived from the checked state, never read back
+        into it."""
+        write_json_atomic(self.dir / "records.json",
+                          {"config": self.cfg.identity(), "records": self.state["records"]})
+
+    def _origin(self, init: dict) -> str:
+        """Digest of what the config does not name: the data's content and the architecture
+        with its initial weights (a dataset path or model name can hold something else)."""
+        data = [self.data.x_train, self.data.y_train, self.data.x_test, self.data.y_test]
+        return content_digest({"data": data, "init": init})
 
     def _open(self) -> None:
-        """Load or create state.pt; a different config in the directory is an error."""
+        """Load or create state.pt; a different config, data or model in the directory is an
+        error."""
+        model = _seeded(self.cfg.seed, self.model_fn)
+        origin = self._origin(_clone_state(model))
         if self._state_path().exists():
             self.state = load_checked(self._state_path(), "lottery checkpoint",
                                       f"delete {self.dir} to start the run over")
@@ -109,10 +123,15 @@ class LotteryRun:
                     f"run dir {self.dir} holds a run with a different config "
                     f"({describe_difference(self.state.get('config') or {}, self.cfg.identity())})"
                     f"; rerun with the original settings or choose another run dir")
+            if self.state.get("origin") != origin:
+                raise CompressorError(
+                    f"run dir {self.dir} holds a run on other data or another architecture "
+                    "(same settings, different content); delete it or choose another run dir")
+            if dist.is_main():  # a damaged records.json is rebuilt from the checked state
+                self._write_records()
             return
-        model = _seeded(self.cfg.seed, self.model_fn)
         names = list(self._rates(model))  # fails early on a model with nothing to prune
-        self.state = {"config": self.cfg.identity(), "records": [], "done": 0,
+        self.state = {"config": self.cfg.identity(), "origin": origin, "records": [], "done": 0,
                       "init": _clone_state(model), "rewind": None, "masks": {}, "names": names}
         if dist.is_main():
             self.dir.mkdir(parents=True, exist_ok=True)

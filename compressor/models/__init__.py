@@ -12,6 +12,7 @@ from compressor.models.nets import (
     digits_cnn,
     lenet,
     lenet_300_100,
+    mlp,
 )
 from compressor.models.recurrent import LanguageModel, LSTMLanguageModel, lstm_lm, onlstm_lm
 from compressor.models.registry import MODELS, build_model
@@ -31,6 +32,6 @@ __all__ = [
     "MODELS", "BasicBlock", "BertEncoder", "Bottleneck", "CausalSelfAttention", "ConvNet1d",
     "DigitsCNN", "GPTDecoder", "InvertedResidual", "LSTMLanguageModel", "LanguageModel",
     "MobileNetV2", "ResNet", "VGG", "VisionTransformer", "bert", "build_model", "conv2", "conv4",
-    "conv6", "digits_cnn", "gpt", "lenet", "lenet_300_100", "lstm_lm", "mobilenet_v2",
+    "conv6", "digits_cnn", "gpt", "lenet", "lenet_300_100", "lstm_lm", "mlp", "mobilenet_v2",
     "onlstm_lm", "resnet18", "resnet50", "resnet_small", "vgg16", "vgg16_bn", "vit",
 ]

@@ -72,6 +72,15 @@ def _needs_channel(name: str, feature_shape) -> tuple[int, int]:
     raise CompressorError(f"{name}: feature_shape must be (C, L) or (L,), got {shape}")
 
 
+def mlp(*, num_classes: int = 10, feature_shape=(40,), hidden=(256, 256, 256)) -> nn.Sequential:
+    """A ReLU MLP on the flattened input (the layer-robustness paper's FCN: 3 x 256)."""
+    layers, width = [nn.Flatten()], math.prod(int(v) for v in feature_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.ReLU()]
+        width = int(h)
+    return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
 def lenet(*, num_classes: int = 10, feature_shape=(40,)) -> nn.Sequential:
     """LeNet-300-100 on the flattened input."""
     return lenet_300_100(math.prod(int(v) for v in feature_shape), num_classes)

@@ -7,7 +7,7 @@ from torch import nn
 
 from compressor.errors import CompressorError
 from compressor.models.mobilenet import mobilenet_v2
-from compressor.models.nets import conv2, conv4, conv6, digits_cnn, lenet
+from compressor.models.nets import conv2, conv4, conv6, digits_cnn, lenet, mlp
 from compressor.models.recurrent import lstm_lm, onlstm_lm
 from compressor.models.resnet import resnet18, resnet50, resnet_small
 from compressor.models.text import bert, gpt
@@ -15,7 +15,8 @@ from compressor.models.vgg import vgg16, vgg16_bn
 from compressor.models.vit import vit
 
 MODELS = {
-    "lenet": lenet, "conv2": conv2, "conv4": conv4, "conv6": conv6, "digits_cnn": digits_cnn,
+    "lenet": lenet, "mlp": mlp, "conv2": conv2, "conv4": conv4, "conv6": conv6,
+    "digits_cnn": digits_cnn,
     "resnet_small": resnet_small, "resnet18": resnet18, "resnet50": resnet50,
     "vgg16": vgg16, "vgg16_bn": vgg16_bn, "mobilenet_v2": mobilenet_v2,
     "vit": vit, "bert": bert, "gpt": gpt, "lstm_lm": lstm_lm, "onlstm_lm": onlstm_lm,

@@ -68,15 +68,13 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal attention written out: separate query/key/value projections, heads
     split by view(B, T, num_heads, head_dim); num_heads is this module's own attribute."""
 
-    def __init__(self, dim: int, heads: int, max_len: int):
+    def __init__(self, dim: int, heads: int):
         super().__init__()
         self.num_heads = heads
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
-        self.register_buffer("causal_mask", torch.ones(max_len, max_len).tril().bool()[None, None],
-                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t = x.shape[0], x.shape[1]
@@ -84,16 +82,18 @@ class CausalSelfAttention(nn.Module):
         k = self.key(x).view(b, t, self.num_heads, -1).transpose(1, 2)
         v = self.value(x).view(b, t, self.num_heads, -1).transpose(1, 2)
         scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-        scores = scores.masked_fill(~self.causal_mask[:, :, :t, :t], float("-inf"))
+        # the mask is made per call, not kept as a buffer: nothing to store or rebuild on load
+        future = scores.new_ones(t, t, dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_dim: int, max_len: int):
+    def __init__(self, dim: int, heads: int, mlp_dim: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, heads, max_len)
+        self.attn = CausalSelfAttention(dim, heads)
         self.ln_2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(OrderedDict(fc=nn.Linear(dim, mlp_dim), act=nn.GELU(),
                                       proj=nn.Linear(mlp_dim, dim)))
@@ -108,7 +108,7 @@ class GPTDecoder(nn.Module):
         super().__init__()
         self.tok_embed = nn.Embedding(vocab, dim)
         self.pos_embed = nn.Parameter(torch.empty(1, max_len, dim).normal_(std=0.02))
-        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, mlp_dim, max_len)
+        self.blocks = nn.ModuleList(DecoderBlock(dim, heads, mlp_dim)
                                     for _ in range(depth))
         self.ln_f = nn.LayerNorm(dim)
         self.lm_head = nn.Linear(dim, vocab, bias=False)

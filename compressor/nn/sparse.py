@@ -115,6 +115,11 @@ class SparseConv2d(_CsrModule):
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"groups={self.groups}, sparsity={self.sparsity:.3f}{fused}")
 
+    def export_module(self) -> nn.Module:
+        """The export protocol: the equivalent nn.Conv2d (the exporter stores its zeros
+        compactly)."""
+        return self.to_dense()
+
 
 def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
     if isinstance(conv.padding, tuple):
@@ -156,7 +161,7 @@ class SparseLinear(_CsrModule):
                            device=self.values.device)
         with torch.no_grad():
             linear.weight.copy_(dense_from_csr(self.values, self.col_idx, self.row_ptr,
-                                               linear.weight.shape))
+                                               linear.weight.shape, sorted_rows=False))
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
@@ -164,3 +169,7 @@ class SparseLinear(_CsrModule):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"sparsity={self.sparsity:.3f}")
+
+    def export_module(self) -> nn.Module:
+        """The export protocol: the equivalent nn.Linear."""
+        return self.to_dense()

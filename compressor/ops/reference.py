@@ -6,6 +6,8 @@ import torch
 
 from compressor.errors import CompressorError
 from compressor.formats.csr import check_csr
+from compressor.formats.pow2_codes import check_n1, padded_in_features, unpack_pow2
+from compressor.formats.pow2_levels import check_bits
 
 # ---- cumax -------------------------------------------------------------------------------------
 
@@ -71,16 +73,54 @@ def sparse_conv2d(input, values, col_idx, row_ptr, bias, kernel_size, stride, pa
 
 def sparse_linear(input, values, col_idx, row_ptr, bias):
     """F.linear with a CSR weight: input (M, K), values/col_idx (nnz,), row_ptr (N_out + 1,),
-    bias (N_out,) or None. Returns (M, N_out)."""
+    bias (N_out,) or None. Returns (M, N_out). Duplicate columns in a row are summed, as the
+    kernels do (each stored entry is one multiply-add)."""
+    check_csr("sparse_linear", values, col_idx, row_ptr, input.shape[-1], sorted_rows=False)
+    if not values.is_floating_point():
+        raise CompressorError(f"sparse_linear: values must be floating point, got {values.dtype}")
+    if bias is not None and tuple(bias.shape) != (row_ptr.numel() - 1,):
+        raise CompressorError(f"sparse_linear: bias must have shape ({row_ptr.numel() - 1},), "
+                              f"got {tuple(bias.shape)}")
     n_out = row_ptr.numel() - 1
     weight = torch.zeros(n_out, input.shape[-1], dtype=values.dtype, device=values.device)
     weight.index_put_((_csr_rows(row_ptr, values.numel()), col_idx.long()), values,
                       accumulate=True)
-    return torch.nn.functional.linear(input, weight, bias)
-
+    return torch.nn.functional.linear(input, weight.to(input.dtype),
+                                      None if bias is None else bias.to(input.dtype))
 
 
 # ---- power-of-two quantized matmul ---------------------------------------------------------------
+
+
+def check_int(op: str, name: str, value) -> int:
+    """`value` as an int; a float (even 3.0), a bool or anything else is an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CompressorError(f"{op}: {name} must be an int, got {value!r}")
+    return value
+
+
+def check_pow2_packed(op: str, codes, nonzero, in_features, bits, n1, device) -> None:
+    """The packed-weight contract of the pow2 block of csrc/ops.cpp, as the kernels check it."""
+    check_bits(check_int(op, "bits", bits))
+    check_n1(check_int(op, "n1", n1))
+    if check_int(op, "in_features", in_features) < 0:
+        raise CompressorError(f"{op}: in_features must be >= 0, got {in_features}")
+    for name, t in (("codes", codes), ("nonzero", nonzero)):
+        if not isinstance(t, torch.Tensor):
+            raise CompressorError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    k_pad = padded_in_features(in_features)
+    if codes.dtype != torch.uint8 or codes.dim() != 2 or codes.shape[1] != k_pad // 2:
+        raise CompressorError(f"{op}: codes must be uint8 of shape (out_features, {k_pad // 2}) "
+                              f"for in_features={in_features}, got {codes.dtype} "
+                              f"{tuple(codes.shape)}")
+    want = (codes.shape[0], k_pad // 8) if bits == 5 else (0,)
+    if nonzero.dtype != torch.uint8 or (tuple(nonzero.shape) != want if bits == 5
+                                        else nonzero.numel() != 0):
+        raise CompressorError(f"{op}: nonzero must be uint8 of shape {want} for bits={bits}, "
+                              f"got {nonzero.dtype} {tuple(nonzero.shape)}")
+    for name, t in (("codes", codes), ("nonzero", nonzero)):
+        if t.device != torch.device(device) and not (name == "nonzero" and t.numel() == 0):
+            raise CompressorError(f"{op}: {name} is on {t.device} but input is on {device}")
 
 
 def pow2_linear(input: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor,
@@ -91,11 +131,50 @@ def pow2_linear(input: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor,
     bias: (N,) or None; K = in_features. Returns (M, N) in input's dtype.
     Format: compressor/formats/pow2_codes.py.
     """
-    from compressor.formats.pow2_codes import unpack_pow2
-
+    check_pow2_packed("pow2_linear", codes, nonzero, in_features, bits, n1, input.device)
     weight = unpack_pow2(codes, nonzero, in_features, bits, n1).to(input.dtype)
     return torch.nn.functional.linear(input, weight, None if bias is None else bias.to(input.dtype))
 
+
+def pow2_int8_rows(input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8 quantization of input (M, K), as pow2_linear_int8 does it.
+
+    With amax = max |x| of a row (float32) and inv = 127 / amax: q = round_half_even(x * inv)
+    clamped to -127..127 and scale = amax / 127. A row whose inv overflows (amax = 0 or below
+    ~3.7e-37) has q = 0. Returns q (M, K) float32 integers, scale (M,), finite (M,) bool (the
+    row holds no NaN or inf).
+    """
+    x = input.float()
+    amax = x.abs().amax(dim=1) if x.shape[1] else x.new_zeros(x.shape[0])
+    finite = torch.isfinite(amax)
+    # Tensor / tensor: `127.0 / amax` would be amax.reciprocal() * 127 (1 ulp off a division).
+    c127 = torch.full_like(amax, 127.0)
+    inv = c127 / amax
+    usable = finite & torch.isfinite(inv)
+    q = torch.round(x * torch.where(usable, inv, 0.0)[:, None]).clamp(-127, 127)
+    q = torch.where(usable[:, None], q, torch.zeros_like(q))
+    return q, torch.where(usable, amax / c127, 0.0), finite
+
+
+def pow2_linear_int8(input: torch.Tensor, codes: torch.Tensor, nonzero: torch.Tensor,
+                     bias: torch.Tensor | None, in_features: int, bits: int,
+                     n1: int) -> torch.Tensor:
+    """pow2_linear with each input row quantized to int8 first (bits <= 4), like torch's
+    dynamic int8 Linear: y[m] = (q[m] @ W_int^T) * (scale[m] * 2^(n1 - 6)) + bias, where
+    W = W_int * 2^(n1 - 6) holds the exact integers 0, +-1, ..., +-64. A row with NaN or inf is
+    NaN throughout. input (M, K) float; returns (M, N) float32. Contract: the pow2 block of
+    csrc/ops.cpp."""
+    check_pow2_packed("pow2_linear_int8", codes, nonzero, in_features, bits, n1, input.device)
+    if bits == 5:
+        raise CompressorError("pow2_linear_int8: bits must be <= 4 (a 5-bit level, 128 * "
+                              "2^(n1 - 7), is no int8); use pow2_linear")
+    q, scale, finite = pow2_int8_rows(input)
+    w_int = unpack_pow2(codes, nonzero, in_features, bits, 6)  # n1 = 6: levels 1 .. 64
+    acc = (q.double() @ w_int.double().T).float()  # exact integers, as the kernel's int32 sums
+    out = acc * (scale * 2.0 ** (n1 - 6))[:, None]
+    if bias is not None:
+        out = out + bias.float()
+    return torch.where(finite[:, None], out, torch.full_like(out, float("nan")))
 
 
 # ---- ON-LSTM fused cell --------------------------------------------------------------------------
@@ -128,9 +207,10 @@ def onlstm_cell(xg: torch.Tensor, hg: torch.Tensor, c_prev: torch.Tensor, chunk_
     overlap = cforget * cin
     forget = torch.sigmoid(f) * overlap + (cforget - overlap)
     ingate = torch.sigmoid(i) * overlap + (cin - overlap)
-    c = forget * c_prev.reshape(forget.shape) + ingate * torch.tanh(cell)
+    # shapes from static sizes only, so a traced scan body captures no symbolic batch size
+    c = forget * c_prev.unflatten(-1, (m, chunk_size)) + ingate * torch.tanh(cell)
     h = torch.sigmoid(o) * torch.tanh(c)
-    return h.reshape(c_prev.shape), c.reshape(c_prev.shape), dist
+    return h.flatten(-2), c.flatten(-2), dist
 
 
 def onlstm_cell_backward(grad_h, grad_c, grad_dist, gates, c_prev, c, chunk_size: int):

@@ -4,6 +4,8 @@ Weights come packed as CSR by output row; see compressor.formats.csr for how to 
 Inference only: there is no backward (train with masks on dense kernels, then convert).
 """
 
+import math
+
 import torch
 
 from compressor import _extension
@@ -75,11 +77,15 @@ def sparse_conv2d(input, values, col_idx, row_ptr, bias=None, *, kernel_size, st
 
 
 def sparse_linear(input, values, col_idx, row_ptr, bias=None) -> torch.Tensor:
-    """F.linear(input, W, bias) with W (N_out, K) in CSR. input (..., K) -> (..., N_out)."""
+    """F.linear(input, W, bias) with W (N_out, K) in CSR. input (..., K) -> (..., N_out).
+
+    NaN / inf in a row of the input make that whole output row non-finite, as in F.linear (where
+    the pruned zeros multiply them too): the kernels fill such rows with NaN."""
     if not isinstance(input, torch.Tensor) or input.dim() < 1:
         raise ValueError("sparse_linear: input must be a tensor with at least 1 dim (..., K)")
     _check_csr("sparse_linear", values, col_idx, row_ptr, bias, "col_idx")
-    flat = input.reshape(-1, input.shape[-1])
+    # Not reshape(-1, K): with K = 0 the -1 is ambiguous and reshape fails.
+    flat = input.reshape(math.prod(input.shape[:-1]), input.shape[-1])
     if _use_kernel("sparse_linear", input):
         out = torch.ops.compressor.sparse_linear(flat.contiguous(), values, col_idx, row_ptr, bias)
     else:

@@ -3,13 +3,14 @@ overridden by command-line flags.
 
     name = "demo"            # the run directory: <root>/<name>
     root = "runs"
-    prune = "magnitude"      # magnitude | lottery | none
+    prune = "magnitude"      # magnitude | structured | lottery | none
     quantize = "inq"         # inq | int8 | none
     skip = ["lottery"]       # stages not to run
     [data]     dataset = "shapes"
     [model]    model = "resnet_small"
     [train]    steps = 300
     [prune_config]  sparsity = 0.9      (PruneConfig)
+    [structured]    ratio = 0.5         (StructuredConfig)
     [finetune] steps = 150             (TrainConfig of the fine-tuning)
     [lottery]  rounds = 3               (LotteryConfig)
     [inq]      bits = 5                 (INQConfig)
@@ -31,14 +32,16 @@ from compressor.pipeline.inputs import DataConfig, ModelConfig
 from compressor.pruning import PruneConfig
 from compressor.quantization import INQConfig, Int8Config
 from compressor.sparse import SparsifyConfig
+from compressor.structured import StructuredConfig
 from compressor.train import TrainConfig
 
 STAGES = ("train", "prune", "quantize", "sparsify", "export", "verify", "bench", "report")
-PRUNE_METHODS = ("magnitude", "lottery", "none")
+PRUNE_METHODS = ("magnitude", "structured", "lottery", "none")
 QUANTIZE_METHODS = ("inq", "int8", "none")
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-            "prune_config": PruneConfig, "finetune": TrainConfig, "lottery": LotteryConfig,
+            "prune_config": PruneConfig, "structured": StructuredConfig,
+            "finetune": TrainConfig, "lottery": LotteryConfig,
             "inq": INQConfig, "int8": Int8Config, "sparsify": SparsifyConfig,
             "export": ExportConfig}
 
@@ -57,7 +60,7 @@ class RunConfig(Config):
         "choices": STAGES, "help": "run this stage alone (earlier ones must be done)"})
     batch_sizes: tuple[int, ...] = field(default=(1, 16), metadata={
         "help": "batch sizes the benchmark measures"})
-    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: all)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (None: all)"})
 
     def validate(self) -> None:
         self.require(bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
@@ -67,6 +70,8 @@ class RunConfig(Config):
         self.require(self.threads is None or self.threads >= 1, "threads", "must be >= 1")
         self.require("train" not in self.skip, "skip", "cannot contain 'train' (every later "
                      "stage starts from the dense model)")
+        off = set(self.skip) | {s for s in ("prune", "quantize") if getattr(self, s) == "none"}
+        self.require(self.only not in off, "only", "names a stage this run skips")
 
 
 @dataclass
@@ -119,7 +124,10 @@ def build_pipeline(table: dict, overrides: dict[str, dict], where: str) -> Pipel
     run = RunConfig.from_dict({**run_table, **overrides.get("run", {})}, where=where)
     train = TrainConfig.from_dict({**tables.get("train", {}), **overrides.get("train", {})},
                                   where=f"[train] of {where}")
+    # a lottery round trains as long as the dense model did, unless [lottery] says otherwise
     defaults = {"finetune": {"steps": max(1, train.steps // 2), "seed": train.seed + 1},
+                "lottery": {"steps": max(1, train.steps), "rounds": 3,
+                            "eval_every": max(1, min(100, train.steps))},
                 "inq": dict(INQ_DEFAULTS)}
     sections = {"train": train}
     for name, cls in SECTIONS.items():

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from compressor.config import Config
-from compressor.data import Dataset, load_dataset
+from compressor.data import DATASETS, Dataset, load_dataset
 from compressor.errors import CompressorError
 from compressor.pipeline.modelfile import ModelFile, build, resolve_factory
 
@@ -20,6 +20,14 @@ class DataConfig(Config):
 
     dataset: str = field(default="digits", metadata={"help": "built-in dataset or .npz path"})
     data: str | None = field(default=None, metadata={"help": "your own .npz (arrays X, y)"})
+
+    def validate(self) -> None:
+        if self.data is not None and not self.data.endswith(".npz"):
+            raise CompressorError(f"--data must be an .npz file (arrays X and y), got "
+                                  f"{self.data!r}")
+        if self.dataset not in DATASETS and not self.dataset.endswith(".npz"):
+            raise CompressorError(f"--dataset must be one of {sorted(DATASETS)} or an .npz "
+                                  f"path, got {self.dataset!r}")
 
     def source(self) -> str:
         return self.data or self.dataset
@@ -73,7 +81,9 @@ def new_model(cfg: ModelConfig, data: Dataset, data_cfg: DataConfig, seed: int =
 
 
 def check_fits(model: torch.nn.Module, data: Dataset, name: str) -> None:
-    """One forward pass on two examples, so a model that does not fit the data fails now."""
+    """One forward pass on two examples, so a model that does not fit the data fails now
+    (the model's train/eval mode is left as it was)."""
+    was_training = model.training
     try:
         with torch.no_grad():
             out = model.eval()(data.x_train[:2])
@@ -83,7 +93,7 @@ def check_fits(model: torch.nn.Module, data: Dataset, name: str) -> None:
                               f"{tuple(data.x_train.shape[1:])}: {type(exc).__name__}: {first}"
                               ) from None
     finally:
-        model.train()
+        model.train(was_training)
     logits = out[0] if isinstance(out, (tuple, list)) else out
     if not isinstance(logits, torch.Tensor) or logits.shape[-1] < data.num_classes:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)

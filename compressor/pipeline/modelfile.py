@@ -113,7 +113,7 @@ def describe(module: nn.Module, where: str) -> dict:
     cannot be stored as plain values (a function, a tensor outside the buffers)."""
     attrs, caches = {}, []
     for key, value in _attributes(module).items():
-        if key.startswith("_") and type(value) in (dict, list, set):
+        if key.startswith("_") and type(value) in (dict, list, set, tuple) and not _plain(value):
             caches.append([key, type(value).__name__])  # a private cache: rebuilt empty
             continue
         if not _plain(value):
@@ -158,7 +158,7 @@ def rebuild(desc: dict, state: dict, prefix: str, factory: str) -> nn.Module:
     nn.Module.__init__(module)
     module.__dict__.update(desc["attrs"])
     for key, kind in desc["caches"]:
-        module.__dict__[key] = {"dict": dict, "list": list, "set": set}[kind]()
+        module.__dict__[key] = {"dict": dict, "list": list, "set": set, "tuple": tuple}[kind]()
     for name, requires_grad in desc["params"].items():
         if requires_grad is None:
             module.register_parameter(name, None)

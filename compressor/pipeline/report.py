@@ -107,7 +107,10 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
         if bench["layers"]:
             plots.append(_layer_plot(run_dir / "layers.png", bench["layers"]))
             lines += ["", f"## Latency per layer (PyTorch, batch {bench['layer_batch']})", ""]
-            lines += _table([[r["layer"], r["kind"], f"{r.get('dense_ms', float('nan')):.3f}",
+            lines += ["A fused block (conv + BatchNorm + activation, + residual) has no dense "
+                      "layer of its name: its time is compared in the decisions below.", ""]
+            lines += _table([[r["layer"], r["kind"],
+                              f"{r['dense_ms']:.3f}" if "dense_ms" in r else "-",
                               f"{r['compressed_ms']:.3f}",
                               f"{r['speedup']:.2f}x" if "speedup" in r else "-"]
                              for r in bench["layers"]],
@@ -115,9 +118,13 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
     sparsify = done.get("sparsify", {}).get("metrics", {}).get("layers")
     if sparsify:
         lines += ["", "## Sparse-kernel decisions (measured on this machine)", ""]
-        lines += _table([[n, f"{r['sparsity']:.2f}", f"{r['speedup']:.2f}x", r["action"]]
+        lines += _table([[n, f"{r['sparsity']:.2f}", r.get("fused") or "-",
+                          f"{r['dense_ms']:.3f}" if "dense_ms" in r else "-",
+                          f"{r['sparse_ms']:.3f}" if "sparse_ms" in r else "-",
+                          f"{r['speedup']:.2f}x", r["action"]]
                          for n, r in sparsify.items()],
-                        ["layer", "sparsity", "measured sparse/dense", "decision"])
+                        ["layer", "sparsity", "fused", "dense ms", "sparse ms", "speedup",
+                         "decision"])
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Files: " + ", ".join(f"`{n}`" for n in files) + ", `metrics.json`."]
     return write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")

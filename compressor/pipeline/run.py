@@ -20,6 +20,7 @@ from compressor.errors import CompressorError
 from compressor.io import check_writable, load_checked, save_checked, write_json_atomic
 from compressor.pipeline import stages
 from compressor.pipeline.bench import benchmark
+from compressor.pipeline.checkpoint import data_digest
 from compressor.pipeline.config import Pipeline
 from compressor.pipeline.inputs import load_data, new_model
 from compressor.pipeline.modelfile import load_model, save_model
@@ -35,19 +36,23 @@ def _digest(*parts) -> str:
 
 
 class Runner:
-    def __init__(self, pipeline: Pipeline, log=print):
+    def __init__(self, pipeline: Pipeline, log=print, data=None):
+        """`data`: the run's data when the caller has loaded (and checked) it already."""
         self.p, self.log = pipeline, log
         self.run_cfg, self.s = pipeline.run, pipeline.sections
         self.dir = Path(self.run_cfg.root) / self.run_cfg.name
         self.state = {"stages": {}}
-        self.data = None
+        self.data, self.data_digest = data, ""
         self.digest = ""
 
     # ----- bookkeeping
     def _stage_settings(self, stage: str) -> dict:
         s, r = self.s, self.run_cfg
-        return {"train": {k: s[k].to_dict() for k in ("data", "model", "train")},
+        # the data's content, not only its name: an edited .npz must not keep the old stages
+        return {"train": {**{k: s[k].to_dict() for k in ("data", "model", "train")},
+                          "data_digest": self.data_digest},
                 "prune": {"method": r.prune, "prune": s["prune_config"].to_dict(),
+                          "structured": s["structured"].to_dict(),
                           "finetune": s["finetune"].to_dict(), "lottery": s["lottery"].to_dict()},
                 "quantize": {"method": r.quantize, "inq": s["inq"].to_dict(),
                              "int8": s["int8"].to_dict()},
@@ -87,8 +92,10 @@ class Runner:
 
     # ----- the run
     def run(self) -> Path:
+        if self.data is None:  # before the run directory is made: bad data writes nothing
+            self.data = load_data(self.s["data"])
         self._open()
-        self.data = load_data(self.s["data"])
+        self.data_digest = data_digest(self.data)
         plan = self._planned()
         only = self.run_cfg.only
         latest = None  # the model file the next stage starts from
@@ -132,6 +139,9 @@ class Runner:
             cfg = self.s["lottery"].replace(dataset=self.s["data"].source(), model=info.factory)
             model, metrics = stages.lottery_stage(info, self.data, cfg, self.dir / "lottery",
                                                   progress=True)
+        elif self.run_cfg.prune == "structured":
+            metrics = stages.structured_stage(model, self.data, self.s["structured"],
+                                              self.s["finetune"], progress=True)
         else:
             metrics = stages.prune_stage(model, self.data, self.s["prune_config"],
                                          self.s["finetune"], progress=True)
@@ -165,8 +175,15 @@ class Runner:
 
     def _verify(self, latest):
         model, _ = load_model(latest)
+        export = self.s["export"]
         metrics = stages.verify_onnx(self.dir / "model.onnx", model, self.data, batch=64,
-                                     rtol=self.s["export"].rtol, atol=self.s["export"].atol)
+                                     rtol=export.rtol, atol=export.atol)
+        exported = self.state["stages"]["export"]["metrics"]
+        if exported.get("quantized_layers"):
+            # an int8 QDQ graph may round an activation one step apart from PyTorch; the export
+            # stage judged it against the float model (docs/export.md): hold it to that bound
+            metrics["tolerance"] = max(metrics["tolerance"], exported["tolerance"])
+            metrics["ok"] = bool(metrics["max_error"] <= metrics["tolerance"])
         if not metrics["ok"]:
             raise CompressorError(f"onnxruntime disagrees with PyTorch on {self.dir}/model.onnx "
                                   f"(max error {metrics['max_error']:.3g} > tolerance "

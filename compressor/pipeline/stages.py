@@ -17,6 +17,7 @@ from compressor.pipeline.modelfile import ModelFile, build
 from compressor.pruning import PruneConfig, fold_masks, has_masks, prune_and_finetune_
 from compressor.quantization import INQConfig, Int8Config, quantize_
 from compressor.sparse import SparsifyConfig, sparsify_
+from compressor.structured import StructuredConfig, prune_channels_
 from compressor.train import TrainConfig, evaluate, fit
 
 
@@ -36,6 +37,17 @@ def prune_stage(model: nn.Module, data: Dataset, cfg: PruneConfig, train: TrainC
     prune_and_finetune_(model, data, cfg, train, progress=progress)
     return {"test_acc": accuracy(model, data),
             "sparsity": history(model)[-1].get("total_sparsity")}
+
+
+def structured_stage(model: nn.Module, data: Dataset, cfg: StructuredConfig,
+                     train: TrainConfig, progress: bool = False) -> dict:
+    """Channel pruning (the model physically shrinks), then `train.steps` of fine-tuning."""
+    params = sum(p.numel() for p in model.parameters())
+    prune_channels_(model, cfg, (data.x_train[:2],), data=data)
+    if train.steps:
+        fit(model, data, train, progress=progress, desc="fine-tune")
+    return {"test_acc": accuracy(model, data), "params_before": params,
+            "params_after": sum(p.numel() for p in model.parameters())}
 
 
 def lottery_stage(info: ModelFile, data: Dataset, cfg: LotteryConfig, run_dir: Path,

@@ -23,11 +23,11 @@ from compressor.pruning.masks import (
     sparsity,
 )
 from compressor.pruning.nm import is_nm_sparse, nm_mask, prune_nm
-from compressor.pruning.schedules import Gradual, GradualPruner, Iterative, OneShot
+from compressor.pruning.schedules import Gradual, GradualPruner
 from compressor.pruning.selection import layer_rates, prunable_parameters
 
 __all__ = [
-    "Gradual", "GradualPruner", "HoldMasks", "Iterative", "OneShot", "PruneConfig", "apply_masks",
+    "Gradual", "GradualPruner", "HoldMasks", "PruneConfig", "apply_masks",
     "fold_masks", "get_masks", "has_masks", "is_nm_sparse", "layer_rates", "load_state_dict",
     "nm_mask", "parse_nm", "prunable_parameters", "prune", "prune_", "prune_and_finetune_",
     "prune_global", "prune_layerwise", "prune_nm", "prune_to_sparsity", "random_masks_like",

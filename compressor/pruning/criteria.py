@@ -6,6 +6,9 @@ are exact: a layer with s survivors and rate p loses round(p * s) of them; the g
 loses round(p * S) of all S survivors. Ties are broken by position, so results are deterministic.
 """
 
+import math
+import warnings
+
 import torch
 from torch import nn
 
@@ -62,11 +65,52 @@ def prune_layerwise(model: nn.Module, rates: dict[str, float], criterion: str = 
     return out
 
 
+MIN_KEEP = 0.01  # global pruning keeps at least this fraction of every layer (and 1 weight)
+
+
+def _floor(numel: int, survivors: int, min_keep: float) -> int:
+    if min_keep <= 0:
+        return 0
+    return min(survivors, max(1, math.ceil(min_keep * numel)))
+
+
+def _global_keep(scores: list, masks: list, keep_total: int, floors: list) -> tuple[list, set]:
+    """Per-layer keep masks for one global threshold, with every layer the threshold would
+    take below its floor held at its floor instead (its own best weights) and the rest of the
+    budget spent globally on the other layers. Returns (masks, indices of floored layers)."""
+    floored: set[int] = set()
+    while True:
+        free = [i for i in range(len(scores)) if i not in floored]
+        budget = max(0, keep_total - sum(floors[i] for i in floored))
+        kept = keep_top(torch.cat([scores[i] for i in free]),
+                        torch.cat([masks[i] for i in free]), budget) if free else None
+        out, start, newly = {}, 0, []
+        for i in free:
+            out[i] = kept[start:start + scores[i].numel()]
+            start += scores[i].numel()
+            if int(out[i].count_nonzero()) < floors[i]:
+                newly.append(i)
+        if not newly:
+            break
+        floored.update(newly)
+    for i in floored:
+        out[i] = keep_top(scores[i], masks[i], floors[i])
+    return [out[i] for i in range(len(scores))], floored
+
+
 def prune_global(model: nn.Module, rate: float, names=None, criterion: str = "magnitude",
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                 generator: torch.Generator | None = None, min_keep: float = MIN_KEEP,
+                 report: dict | None = None) -> dict[str, torch.Tensor]:
     """Prune round(rate * S) of the S survivors of all named parameters together, lowest scores
-    first (magnitudes compared across layers as they are, as in Frankle & Carbin)."""
+    first (magnitudes compared across layers as they are, as in Frankle & Carbin).
+
+    Per-layer floor: a layer keeps at least ceil(min_keep * its size) weights (and at least 1;
+    min_keep=0 turns the floor off). A layer the threshold would take below it keeps its own
+    largest weights up to the floor, with a warning, and the others lose that many more, so
+    the total stays exact. `report` gets {weight: {"action", "sparsity", ...}}."""
     rate = check_rate(rate)
+    if not 0.0 <= min_keep < 1.0:
+        raise CompressorError(f"min_keep must be a fraction in [0, 1), got {min_keep!r}")
     chosen = _resolve(model, names if names is not None else prunable_parameters(model))
     if not chosen:
         raise CompressorError("global pruning needs at least one prunable weight")
@@ -74,16 +118,22 @@ def prune_global(model: nn.Module, rate: float, names=None, criterion: str = "ma
     for module, name in chosen.values():
         scores.append(_scores(module._parameters[name], criterion, generator).flatten().cpu())
         masks.append(current_mask(module, name).flatten().cpu())
-    all_masks = torch.cat(masks)
-    survivors = int(all_masks.count_nonzero())
-    keep_all = keep_top(torch.cat(scores), all_masks, survivors - round(rate * survivors))
-    out, start = {}, 0
-    for qual, (module, name) in chosen.items():
-        size = module._parameters[name].numel()
-        new = keep_all[start:start + size].view_as(module._parameters[name])
-        set_mask(module, name, new)
+    survivors = int(torch.cat(masks).count_nonzero())
+    floors = [_floor(m.numel(), int(m.count_nonzero()), min_keep) for m in masks]
+    kept, floored = _global_keep(scores, masks, survivors - round(rate * survivors), floors)
+    out = {}
+    for index, (qual, (module, name)) in enumerate(chosen.items()):
+        set_mask(module, name, kept[index].view_as(module._parameters[name]))
         out[qual] = current_mask(module, name)
-        start += size
+        if index in floored:
+            warnings.warn(f"global pruning at {rate:.0%} would leave {qual} almost or entirely "
+                          f"empty; it keeps its {floors[index]} largest weights (floor "
+                          f"min_keep={min_keep:g} of {masks[index].numel()})", stacklevel=2)
+        if report is not None:
+            report[qual] = {"action": "pruned", "sparsity": round(
+                float((out[qual] == 0).float().mean()), 4)}
+            if index in floored:
+                report[qual]["reason"] = f"held at the per-layer floor (min_keep={min_keep:g})"
     return out
 
 

@@ -40,19 +40,51 @@ def is_nm_sparse(tensor: torch.Tensor, n: int = 2, m: int = 4) -> bool:
     return bool(((_grouped(tensor, m, "tensor") != 0).sum(-1) <= n).all())
 
 
-def prune_nm(model: nn.Module, n: int = 2, m: int = 4, exclude=()) -> dict[str, torch.Tensor]:
+def nm_skip_reason(module: nn.Module, param: torch.Tensor, m: int) -> str | None:
+    """Why N:M pruning leaves this weight alone, or None when it applies."""
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return "an embedding is a lookup, not a matmul: N:M sparsity accelerates nothing"
+    if param.shape[1] % m:
+        return (f"reduction dim {param.shape[1]} (dim 1 of {tuple(param.shape)}) is not a "
+                f"multiple of M={m}")
+    return None
+
+
+def prune_nm(model: nn.Module, n: int = 2, m: int = 4, exclude=(), strict: bool = False,
+             report: dict | None = None) -> dict[str, torch.Tensor]:
     """Apply N:M masks to every prunable weight not excluded (intersected with existing masks);
-    returns the masks."""
+    returns the masks. A weight N:M cannot apply to (its reduction dim is not a multiple of M,
+    an embedding) is skipped and named in `report` ({weight: {"action", "reason"}}), or is an
+    error with `strict`."""
+    _check_nm(n, m)
     params = prunable_parameters(model, exclude)
     if not params:
         raise CompressorError(f"{type(model).__name__} has nothing to prune (no weight with "
                               f">= 2 dims left after exclusions)")
+    skipped = {}
+    for qual, (module, name) in params.items():
+        reason = nm_skip_reason(module, module._parameters[name], m)
+        if reason is not None:
+            skipped[qual] = {"action": "kept dense", "reason": reason}
+    if skipped and (strict or len(skipped) == len(params)):  # before any mask is set
+        first, info = next(iter(skipped.items()))
+        raise CompressorError(f"N:M {n}:{m} cannot prune {first}: {info['reason']}"
+                              + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "")
+                              + ("; exclude these weights or drop strict" if strict else
+                                 "; no weight of the model can take this pattern"))
     out = {}
     for qual, (module, name) in params.items():
+        if qual in skipped:
+            continue
         mask = nm_mask(module._parameters[name], n, m, what=qual)
         previous = module._buffers.get(name + MASK_SUFFIX)
         if previous is not None:  # a pruned weight stays pruned
             mask = mask * previous
         set_mask(module, name, mask)
         out[qual] = mask
+        if report is not None:
+            report[qual] = {"action": f"pruned {n}:{m}",
+                            "sparsity": round(float((mask == 0).float().mean()), 4)}
+    if report is not None:
+        report.update(skipped)
     return out

@@ -1,5 +1,5 @@
-"""When to prune how much: one-shot, iterative (p% of survivors per round) and gradual (the cubic
-automated gradual pruning schedule of Zhu & Gupta, 2017)."""
+"""Gradual pruning: the cubic automated gradual pruning schedule of Zhu & Gupta (2017). (One-shot
+pruning is `prune_`; iterative pruning is the lottery runner's rounds.)"""
 
 from dataclasses import dataclass
 
@@ -9,35 +9,6 @@ from compressor.errors import CompressorError
 from compressor.pruning.criteria import prune_to_sparsity
 from compressor.pruning.selection import check_rate
 from compressor.train import Callback
-
-
-@dataclass(frozen=True)
-class OneShot:
-    """Prune to `sparsity` at once."""
-
-    sparsity: float
-
-    def __post_init__(self):
-        check_rate(self.sparsity, "sparsity")
-
-    def sparsity_at(self, step: int) -> float:
-        return self.sparsity
-
-
-@dataclass(frozen=True)
-class Iterative:
-    """Prune `rate` of the survivors each round: sparsity after r rounds is 1 - (1 - rate)^r."""
-
-    rate: float
-    rounds: int
-
-    def __post_init__(self):
-        check_rate(self.rate)
-        if self.rounds < 1:
-            raise CompressorError(f"rounds must be >= 1, got {self.rounds}")
-
-    def sparsity_at(self, round_index: int) -> float:
-        return 1.0 - (1.0 - self.rate) ** min(max(round_index, 0), self.rounds)
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,16 @@ from compressor.config import Config
 from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
-from compressor.io import load_checked, save_checked
+from compressor.io import content_digest, load_checked, save_checked
+from compressor.pruning.selection import compressible_, is_connection_weight
 from compressor.train import Callback, TrainConfig, evaluate, fit
 
-# Modules whose "weight*" parameters INQ quantizes by default (matched by class name so ON-LSTM,
-# which lives in compressor.nn.onlstm, needs no import here).
-SUPPORTED_MODULES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ONLSTM")
+# Modules whose connection weights INQ quantizes by default, by class name (a subclass matches
+# its base: torch's NonDynamicallyQuantizableLinear out_proj is a Linear). Recurrent and
+# embedding weights are weights like any other; nn.MultiheadAttention's in_proj_weight is
+# quantized in place too (INQ converts torch's attention first, see compressible_).
+SUPPORTED_MODULES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ONLSTM", "LSTM", "GRU", "RNN",
+                     "Embedding", "MultiheadAttention")
 
 # The paper's accumulated portions: 5-bit default; 4-bit, 3-bit and ternary schedules of Sec. 4.
 PRESETS = {
@@ -97,14 +101,35 @@ def quantizable_parameters(model: nn.Module, config: INQConfig) -> dict[str, nn.
         return {n: params[n] for n in config.param_names}
     chosen = {}
     for mod_name, module in model.named_modules():
-        if type(module).__name__ not in config.module_types:
+        if not _selected_type(module, config.module_types):
             continue
         for p_name, p in module.named_parameters(recurse=False):
-            if p_name.startswith("weight") and p.is_floating_point():
+            if is_connection_weight(module, p_name, p) and p.is_floating_point():
                 chosen[f"{mod_name}.{p_name}" if mod_name else p_name] = p
     if not chosen:
         raise CompressorError(f"INQ: the model has no weights of {config.module_types} to quantize")
     return chosen
+
+
+def _selected_type(module: nn.Module, types: tuple[str, ...]) -> bool:
+    return any(cls.__name__ in types for cls in type(module).__mro__)
+
+
+def not_quantized(model: nn.Module, chosen) -> dict[str, dict]:
+    """{parameter: {"action": "kept float", "reason"}} for the parameters INQ leaves alone."""
+    owners = {f"{m}.{n}" if m else n: (module, n, p) for m, module in model.named_modules()
+              for n, p in module.named_parameters(recurse=False)}
+    out = {}
+    for qual, (module, name, param) in owners.items():
+        if qual in chosen:
+            continue
+        if not is_connection_weight(module, name, param):
+            reason = "not a connection weight (bias, norm scale, embedding offset): kept float"
+        else:
+            reason = (f"{type(module).__name__} is not among INQConfig.module_types or "
+                      "param_names")
+        out[qual] = {"action": "kept float", "reason": reason}
+    return out
 
 
 @dataclass
@@ -151,7 +176,14 @@ class INQ:
         self.loss_fn = loss_fn
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self.progress = progress
+        # torch's attention layers hide their projections from the packing that follows INQ:
+        # convert them now, so the weights INQ fixes (and their n1) are the ones packed later
+        self.conversions = compressible_(model)
         self.params = quantizable_parameters(model, config)
+        # what the result depends on besides the config: a checkpoint of other data or other
+        # starting weights must not be resumed
+        self.origin = content_digest({"model": model.state_dict(), "data": [
+            data.x_train, data.y_train, data.x_test, data.y_test]})
         self.state = self._load() or self._fresh_state()
 
     def _fresh_state(self) -> _State:
@@ -203,12 +235,21 @@ class INQ:
             count += int(new.sum())
         return count
 
+    def report(self) -> dict[str, dict]:
+        """{parameter: {"action", ...}}: what INQ did to each weight (bits, n1, how many were
+        pruned zeros it kept) and why it left the other parameters alone."""
+        out = {name: {"action": f"INQ {self.config.bits}-bit", "n1": self.state.n1[name],
+                      "stage": self.state.stage, "kept_zeros": int(self.state.pruned[name].sum())}
+               for name in self.params}
+        out.update(not_quantized(self.model, self.params))
+        return out
+
     def _save(self) -> None:
         if self.checkpoint is None:
             return
         s = self.state
-        payload = {"config": _config_key(self.config), "stage": s.stage, "n1": s.n1,
-                   "frozen": s.frozen, "pruned": s.pruned, "history": s.history,
+        payload = {"config": _config_key(self.config), "origin": self.origin, "stage": s.stage,
+                   "n1": s.n1, "frozen": s.frozen, "pruned": s.pruned, "history": s.history,
                    "model": self.model.state_dict()}
         save_checked(self.checkpoint, payload)  # atomic and checksummed
 
@@ -220,6 +261,9 @@ class INQ:
         if ckpt.get("config") != _config_key(self.config) or set(ckpt["n1"]) != set(self.params):
             raise CompressorError(f"INQ checkpoint {self.checkpoint} was made by a different "
                                   "config or model; use another checkpoint path")
+        if ckpt.get("origin") != self.origin:
+            raise CompressorError(f"INQ checkpoint {self.checkpoint} was made from other data or "
+                                  "other starting weights; use another checkpoint path")
         self.model.load_state_dict(ckpt["model"])
         return _State(ckpt["stage"], dict(ckpt["n1"]), dict(ckpt["frozen"]),
                       dict(ckpt["pruned"]), list(ckpt["history"]))

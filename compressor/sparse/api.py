@@ -15,6 +15,7 @@ from torch import nn
 from compressor.config import Config
 from compressor.history import record
 from compressor.nn.pow2 import Pow2Conv2d, Pow2Linear
+from compressor.pruning.selection import compressible_
 from compressor.sparse.converter import convert
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -64,6 +65,7 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
         raise ValueError("sparsify_ needs example_inputs: decisions are measured on them")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     work = copy.deepcopy(model).eval()
+    compressible_(work)  # torch's attention layers hide their projections from the swap
     pow2 = {n: m for n, m in work.named_modules() if isinstance(m, (Pow2Linear, Pow2Conv2d))}
     for name, module in pow2.items():
         _swap(work, name, _float_twin(module))
@@ -72,7 +74,9 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
         if not any(d.name == name and d.converted for d in decisions):
             _swap(work, name, module)  # stays dense: keep the packed codes
     layers = {d.name: {"action": "sparse" if d.converted else "kept dense",
-                       "sparsity": round(d.sparsity, 4), "speedup": round(d.speedup, 3)}
+                       "sparsity": round(d.sparsity, 4), "speedup": round(d.speedup, 3),
+                       "dense_ms": round(d.dense_ms, 4), "sparse_ms": round(d.sparse_ms, 4),
+                       "fused": d.fused}
               for d in decisions}
     model.__dict__.update({k: v for k, v in work.__dict__.items()
                            if k != "_compressor_history"})

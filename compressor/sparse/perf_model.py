@@ -12,7 +12,6 @@ the kernels, so a rebuilt kernel is measured afresh instead of judged by stale t
 """
 
 import hashlib
-import json
 import math
 import os
 import platform
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from compressor import _extension
-from compressor.io import write_json_atomic
+from compressor.io import cache_dir, read_json_cache, write_json_atomic
 from compressor.timing import paired_medians
 
 # Bump when the sparse kernels change in a way a cached timing should not survive; a rebuilt
@@ -42,7 +41,7 @@ def kernel_build() -> str:
 
 
 def cache_path() -> Path:
-    root = Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+    root = cache_dir()
     machine = f"{platform.node()}-{platform.machine()}-{platform.processor()}"
     machine += f"-torch{torch.__version__}-{kernel_build()}"
     digest = hashlib.sha1(machine.encode()).hexdigest()[:12]
@@ -74,7 +73,8 @@ class PerfModel:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path is not None else cache_path()
-        self.table = json.loads(self.path.read_text()) if self.path.exists() else {}
+        table = read_json_cache(self.path, "timing cache")
+        self.table = table if isinstance(table, dict) else {}
 
     @staticmethod
     def signature(dense: torch.nn.Module, sparse_sparsity: float, x: torch.Tensor,
@@ -113,5 +113,4 @@ class PerfModel:
         return entry
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, self.table)

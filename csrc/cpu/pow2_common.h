@@ -6,10 +6,40 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
+#include "compressor/checks.h"
+#include "compressor/pow2_checks.h"
+
 namespace compressor::pow2_cpu {
+
+enum class Isa { kScalar, kAvx2, kAvx512 };
+
+// The best compiled-in path, or a slower one that COMPRESSOR_POW2_ISA asks for (read per call,
+// a few hundred nanoseconds, so a test can switch paths in one process). `best` is what the
+// calling op built; an op with fewer paths passes its own.
+inline Isa pick_isa(const char* op, Isa best) {
+  const char* want = std::getenv("COMPRESSOR_POW2_ISA");
+  if (want == nullptr || *want == '\0') return best;
+  const bool scalar = std::strcmp(want, "scalar") == 0, avx2 = std::strcmp(want, "avx2") == 0;
+  CMP_CHECK(scalar || avx2, op, "COMPRESSOR_POW2_ISA must be 'avx2' or 'scalar' (or unset for "
+            "the best path built), got '", want, "'");
+  if (scalar) return Isa::kScalar;
+  // avx2 on a build without AVX2 keeps the best path built (the scalar one), as documented.
+  return best == Isa::kAvx512 ? Isa::kAvx2 : best;
+}
+
+inline Isa pick_isa(const char* op) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__BMI2__)
+  return pick_isa(op, Isa::kAvx512);
+#elif defined(__AVX2__) && defined(__FMA__)
+  return pick_isa(op, Isa::kAvx2);
+#else
+  return pick_isa(op, Isa::kScalar);
+#endif
+}
 
 struct Pow2Table {
   alignas(64) float value[16];  // the float weight of each 4-bit code
@@ -31,6 +61,44 @@ inline Pow2Table make_table(int64_t bits, int64_t n1) {
     t.value[c] = v;
   }
   return t;
+}
+
+// The packed-weight and input contract of the pow2 block of csrc/ops.cpp (CPU, float32 input).
+inline void check_pow2_args(const char* op, const at::Tensor& input, const at::Tensor& codes,
+                            const at::Tensor& nonzero, const c10::optional<at::Tensor>& bias,
+                            int64_t in_features, int64_t bits, int64_t n1) {
+  compressor::check_pow2_format(op, bits, n1, in_features);
+  CMP_CHECK_DIM(input, 2, op, "input");
+  CMP_CHECK_DTYPE(input, at::kFloat, op, "input");
+  CMP_CHECK_CONTIGUOUS(input, op, "input");
+  CMP_CHECK(input.size(1) == in_features, op, "input has ", input.size(1),
+            " columns but in_features is ", in_features);
+  const int64_t k_pad = (in_features + 7) / 8 * 8;
+  CMP_CHECK_DIM(codes, 2, op, "codes");
+  CMP_CHECK_DTYPE(codes, at::kByte, op, "codes");
+  CMP_CHECK_CONTIGUOUS(codes, op, "codes");
+  CMP_CHECK(codes.size(1) == k_pad / 2, op, "codes must have ", k_pad / 2,
+            " columns for in_features=", in_features, ", got shape ", codes.sizes());
+  CMP_CHECK_DEVICE(codes, input.device(), op, "codes");
+  CMP_CHECK_DTYPE(nonzero, at::kByte, op, "nonzero");
+  if (bits == 5) {
+    CMP_CHECK_CONTIGUOUS(nonzero, op, "nonzero");
+    CMP_CHECK_DEVICE(nonzero, input.device(), op, "nonzero");
+    CMP_CHECK(nonzero.dim() == 2 && nonzero.size(0) == codes.size(0) &&
+                  nonzero.size(1) == k_pad / 8,
+              op, "nonzero must have shape (", codes.size(0), ", ", k_pad / 8,
+              ") for bits=5, got ", nonzero.sizes());
+  } else {
+    CMP_CHECK(nonzero.numel() == 0, op, "nonzero must be empty for bits <= 4, got shape ",
+              nonzero.sizes());
+  }
+  if (bias.has_value()) {
+    CMP_CHECK_DTYPE(*bias, at::kFloat, op, "bias");
+    CMP_CHECK_CONTIGUOUS(*bias, op, "bias");
+    CMP_CHECK_DEVICE(*bias, input.device(), op, "bias");
+    CMP_CHECK(bias->dim() == 1 && bias->size(0) == codes.size(0), op, "bias must have shape (",
+              codes.size(0), "), got ", bias->sizes());
+  }
 }
 
 // One output row's packed weights: K_pad/2 code bytes and, for 5 bits, K_pad/8 bitmap bytes.

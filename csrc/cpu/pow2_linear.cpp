@@ -18,11 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
-#include "compressor/checks.h"
-#include "compressor/pow2_checks.h"
 #include "pow2_avx2.h"
 #include "pow2_avx512.h"
 #include "pow2_common.h"
@@ -30,28 +26,6 @@
 namespace {
 
 using namespace compressor::pow2_cpu;
-
-enum class Isa { kScalar, kAvx2, kAvx512 };
-
-// The best compiled-in path, or a slower one that COMPRESSOR_POW2_ISA asks for (read per call,
-// a few hundred nanoseconds, so a test can switch paths in one process).
-Isa pick_isa() {
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__BMI2__)
-  Isa best = Isa::kAvx512;
-#elif defined(__AVX2__) && defined(__FMA__)
-  Isa best = Isa::kAvx2;
-#else
-  Isa best = Isa::kScalar;
-#endif
-  const char* want = std::getenv("COMPRESSOR_POW2_ISA");
-  if (want == nullptr || *want == '\0') return best;
-  const bool scalar = std::strcmp(want, "scalar") == 0, avx2 = std::strcmp(want, "avx2") == 0;
-  CMP_CHECK(scalar || avx2, "pow2_linear", "COMPRESSOR_POW2_ISA must be 'avx2' or 'scalar' (or "
-            "unset for the best path built), got '", want, "'");
-  if (scalar) return Isa::kScalar;
-  // avx2 on a build without AVX2 keeps the best path built (the scalar one), as documented.
-  return best == Isa::kAvx512 ? Isa::kAvx2 : best;
-}
 
 // Portable path: the float table, one weight at a time, on the input as given. Partial sums
 // per 128 columns: one running float sum over thousands of columns drifts past the tolerance the
@@ -63,7 +37,8 @@ float scalar_dot(const Pow2Table& t, const BlockSource& s, const float* x, int64
     for (int64_t col = col0; col < std::min(k, col0 + 128); ++col) {
       const int nib = (s.codes[col / 2] >> (4 * (col & 1))) & 0xF;
       const bool nz = s.bitmap == nullptr || ((s.bitmap[col / 8] >> (col % 8)) & 1);
-      if (nz) part += t.value[nib] * x[col];
+      // A zero weight still multiplies: 0 * NaN must stay NaN, as in F.linear.
+      part += (nz ? t.value[nib] : 0.0f) * x[col];
     }
     acc += part;
   }
@@ -104,47 +79,10 @@ void compute(Isa isa, const Pow2Table& t, bool bitmap, Source source, const floa
   compute_scalar(t, source, x, rows, n_out, k, y);
 }
 
-void check_args(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& nonzero,
-                const c10::optional<at::Tensor>& bias, int64_t in_features, int64_t bits,
-                int64_t n1) {
-  const char* op = "pow2_linear";
-  compressor::check_pow2_format(op, bits, n1, in_features);
-  CMP_CHECK_DIM(input, 2, op, "input");
-  CMP_CHECK_DTYPE(input, at::kFloat, op, "input");
-  CMP_CHECK_CONTIGUOUS(input, op, "input");
-  CMP_CHECK(input.size(1) == in_features, op, "input has ", input.size(1),
-            " columns but in_features is ", in_features);
-  const int64_t k_pad = (in_features + 7) / 8 * 8;
-  CMP_CHECK_DIM(codes, 2, op, "codes");
-  CMP_CHECK_DTYPE(codes, at::kByte, op, "codes");
-  CMP_CHECK_CONTIGUOUS(codes, op, "codes");
-  CMP_CHECK(codes.size(1) == k_pad / 2, op, "codes must have ", k_pad / 2, " columns for in_features=",
-            in_features, ", got shape ", codes.sizes());
-  CMP_CHECK_DEVICE(codes, input.device(), op, "codes");
-  CMP_CHECK_DTYPE(nonzero, at::kByte, op, "nonzero");
-  if (bits == 5) {
-    CMP_CHECK_CONTIGUOUS(nonzero, op, "nonzero");
-    CMP_CHECK_DEVICE(nonzero, input.device(), op, "nonzero");
-    CMP_CHECK(nonzero.dim() == 2 && nonzero.size(0) == codes.size(0) && nonzero.size(1) == k_pad / 8,
-              op, "nonzero must have shape (", codes.size(0), ", ", k_pad / 8, ") for bits=5, got ",
-              nonzero.sizes());
-  } else {
-    CMP_CHECK(nonzero.numel() == 0, op, "nonzero must be empty for bits <= 4, got shape ",
-              nonzero.sizes());
-  }
-  if (bias.has_value()) {
-    CMP_CHECK_DTYPE(*bias, at::kFloat, op, "bias");
-    CMP_CHECK_CONTIGUOUS(*bias, op, "bias");
-    CMP_CHECK_DEVICE(*bias, input.device(), op, "bias");
-    CMP_CHECK(bias->dim() == 1 && bias->size(0) == codes.size(0), op, "bias must have shape (",
-              codes.size(0), "), got ", bias->sizes());
-  }
-}
-
 at::Tensor pow2_linear_cpu(const at::Tensor& input, const at::Tensor& codes,
                            const at::Tensor& nonzero, const c10::optional<at::Tensor>& bias,
                            int64_t in_features, int64_t bits, int64_t n1) {
-  check_args(input, codes, nonzero, bias, in_features, bits, n1);
+  check_pow2_args("pow2_linear", input, codes, nonzero, bias, in_features, bits, n1);
   const int64_t rows = input.size(0), n_out = codes.size(0), code_bytes = codes.size(1);
   // The kernels accumulate into y, so it starts as the bias (one pass, no add afterwards). Not
   // expand().contiguous(): for one row that is the bias itself, which the kernel would overwrite.
@@ -161,7 +99,7 @@ at::Tensor pow2_linear_cpu(const at::Tensor& input, const at::Tensor& codes,
   auto source = [&](int64_t n) {
     return BlockSource{cp + n * code_bytes, bp ? bp + n * bm_bytes : nullptr, code_bytes};
   };
-  compute(pick_isa(), table, bits == 5, source, input.data_ptr<float>(), rows, n_out,
+  compute(pick_isa("pow2_linear"), table, bits == 5, source, input.data_ptr<float>(), rows, n_out,
           in_features, out.data_ptr<float>());
   return out;
 }

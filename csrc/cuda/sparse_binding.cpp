@@ -292,6 +292,11 @@ at::Tensor sparse_linear_cuda(const at::Tensor& input, const at::Tensor& values,
   p.dtype = compressor::to_dtype(input, op, "input");
   compressor::check_launch(
       compressor::launch_sparse_linear(p, c10::cuda::getCurrentCUDAStream()), op);
+  // NaN / inf in an input row reach every output of that row in F.linear (the pruned zeros
+  // multiply them too); the kernel only reads the kept columns, so such rows are set here.
+  if (input.numel() > 0 && out.numel() > 0)
+    out.masked_fill_(input.isfinite().logical_not().any(1, /*keepdim=*/true),
+                     std::numeric_limits<float>::quiet_NaN());
   return out;
 }
 
