@@ -5,7 +5,8 @@ python -m benchmarks.sparse_conv [--quick] [--plot] [--threads 1 2] [--only resn
 Layers: the 3x3 and 1x1 convs of ResNet-50, VGG-16 and AlexNet conv2-5; sparsity 50-98%; batch
 1 and 16; CPU at 1 and 2 threads (and CUDA vs cuDNN defaults when a GPU is present).
 Each row times its own pruned dense layer (dense conv time varies by up to 1.8x between weight
-tensors of one shape here, so a shared baseline would skew whole rows). Run in pieces with
+tensors of one shape here, so a shared baseline would skew whole rows), dense and sparse samples
+interleaved (compressor.timing.paired_medians). Run in pieces with
 --only/--threads and --append.
 """
 
@@ -16,12 +17,12 @@ import torch
 from benchmarks.common import (
     cpu_configs,
     markdown_table,
-    median_seconds,
     run_sweep,
     save_rows,
     sweep_parser,
 )
 from compressor.nn import SparseConv2d
+from compressor.timing import paired_medians
 
 # name: (cin, cout, kernel, stride, padding, hw)
 LAYERS = {
@@ -35,7 +36,8 @@ LAYERS = {
     "alexnet.conv2": (64, 192, 5, 1, 2, 27), "alexnet.conv3": (192, 384, 3, 1, 1, 13),
     "alexnet.conv4": (384, 256, 3, 1, 1, 13), "alexnet.conv5": (256, 256, 3, 1, 1, 13),
 }
-QUICK = ["resnet50.l1.3x3", "resnet50.l3.3x3", "resnet50.l3.1x1a", "vgg16.conv4_2"]
+QUICK = ["resnet50.l1.3x3", "resnet50.l3.3x3", "resnet50.l4.3x3", "resnet50.l1.1x1a",
+         "resnet50.l1.1x1b", "resnet50.l3.1x1a", "resnet50.l3.1x1b", "vgg16.conv4_2"]
 
 
 def pruned(cin, cout, k, s, p, sparsity, device):
@@ -48,11 +50,6 @@ def pruned(cin, cout, k, s, p, sparsity, device):
     return conv
 
 
-def timed(fn, device) -> float:
-    # 5 samples of >= 20 ms after warm-up: the full sweep (476 rows) takes ~10 minutes here.
-    return median_seconds(fn, device, warmup=2, repeat=5, min_seconds=0.02)
-
-
 def measure(name, batch, sparsities, device, threads) -> list[dict]:
     cin, cout, k, s, p, hw = LAYERS[name]
     x = torch.randn(batch, cin, hw, hw, device=device)
@@ -61,11 +58,13 @@ def measure(name, batch, sparsities, device, threads) -> list[dict]:
         conv = pruned(cin, cout, k, s, p, sparsity, device)
         sparse = SparseConv2d.from_dense(conv).to(device)
         with torch.no_grad():
-            dense_s = timed(lambda: conv(x), device)  # noqa: B023 (called at once)
-            sparse_s = timed(lambda: sparse(x), device)  # noqa: B023
+            # interleaved samples of >= 20 ms after warm-up: a busier machine slows both alike
+            timed = paired_medians([lambda: conv(x), lambda: sparse(x)], device,  # noqa: B023
+                                   warmup=2, repeat=5, min_seconds=0.02)
+        dense_s, sparse_s = timed.medians
         rows.append({"layer": name, "sparsity": sparsity, "batch": batch, "device": device,
                      "threads": threads, "dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3,
-                     "speedup": dense_s / sparse_s})
+                     "speedup": dense_s / sparse_s, "spread": max(timed.spreads)})
     return rows
 
 
