@@ -10,10 +10,6 @@ from benchmarks.architectures import SIZES, TOKENS, run_workflow
 ARCHS = sorted(SIZES["test"])
 CNNS = {"resnet18", "resnet50", "mobilenet_v2", "vit", "conv1d"}  # first layer: 1-3 channels
 RECURRENT = {"lstm_lm", "onlstm_lm"}
-# torchvision-style ResNets keep BatchNorm as attributes (conv1/bn1): the exporter folds it into
-# the conv by itself, so the int8 weights are not found in the graph until BatchNorm folding
-# works on the traced graph (issue 15, another branch). strict: this fails once that lands.
-BN_ATTRIBUTES = {"resnet18", "resnet50"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -53,9 +49,7 @@ def test_inq_quantizes_every_weight_and_packs_every_linear_and_conv(arch):
     assert result["unpacked_layers"] == []
 
 
-@pytest.mark.parametrize("arch", [
-    pytest.param(a, marks=pytest.mark.xfail(strict=True, reason="BatchNorm folding by graph"))
-    if a in BN_ATTRIBUTES else a for a in ARCHS])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_int8_is_verified_in_onnxruntime_and_names_what_stays_float(arch):
     result = run_workflow(arch, "int8", fast=True)
     assert result["ok"], result["summary"]
