@@ -17,6 +17,7 @@ python -m venv /work/ds-venv && /work/ds-venv/bin/pip install deepsparse==1.8.0,
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -95,14 +96,17 @@ def measure(name, sparsity, batch, threads, args) -> list[dict]:
         engines = {"pytorch dense": timed.medians[0], "compressor": timed.medians[1],
                    "onnxruntime dense": timed.medians[2]}
         spreads = dict(zip(engines, timed.spreads, strict=True))
+        best = dict(zip(engines, (min(s) for s in timed.samples), strict=True))
         if args.deepsparse_python:
             engines["deepsparse"] = deepsparse_ms(args.deepsparse_python, path, batch, threads,
                                                   args.repeat) / 1e3
-            spreads["deepsparse"] = None
+            spreads["deepsparse"] = best["deepsparse"] = None
     swapped = sum(d.converted for d in decisions)
     base = engines["pytorch dense"]
     return [{"model": name, "sparsity": sparsity, "batch": batch, "threads": threads,
              "engine": engine, "ms": secs * 1e3, "spread": spreads[engine],
+             "best_ms": None if best[engine] is None else best[engine] * 1e3,
+             "load_avg": os.getloadavg()[0],
              "speedup_vs_pytorch": base / secs, "layers_sparse": swapped,
              "layers": len(decisions), "max_abs_err": err} for engine, secs in engines.items()]
 
@@ -162,7 +166,8 @@ def main(argv=None) -> None:
                         print(row, flush=True)
     write_json_atomic(args.json, {"machine": machine_info(), "rows": rows})
     print(markdown_table(rows, ["model", "sparsity", "batch", "threads", "engine", "ms",
-                                "speedup_vs_pytorch", "layers_sparse", "layers"]))
+                                "best_ms", "spread", "speedup_vs_pytorch", "layers_sparse",
+                                "layers", "load_avg"]))
     print(f"wrote {args.json}")
     if args.plot:
         plot(rows, "docs/img/e2e_sparse.png")

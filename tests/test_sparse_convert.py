@@ -192,3 +192,33 @@ def test_convert_rejects_nothing_silently(tmp_path):
         from compressor.sparse.converter import _check_outputs
 
         _check_outputs(nn.Identity(), lambda x: x + 1, (torch.zeros(3),))
+
+
+class FunctionalBlock(nn.Module):
+    """torchvision's style: attributes conv1/bn1, `out += identity`, F.relu in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+
+    def forward(self, x):
+        out = torch.nn.functional.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += x
+        return torch.relu(out)
+
+
+def test_functional_residual_block_is_found_and_fused(tmp_path):
+    require_kernel("sparse_conv2d", "cpu")
+    model = prune_(nn.Sequential(FunctionalBlock(), FunctionalBlock()), 0.8, skip_first=False)
+    patterns = find_patterns(model)
+    assert [(r.block, r.act, r.shortcut) for r in patterns.residuals] == [("0", "relu", None),
+                                                                         ("1", "relu", None)]
+    x = torch.randn(1, 6, 9, 7)
+    converted, decisions = convert(model, (x,), min_speedup=0.0,
+                                   perf_model=PerfModel(tmp_path / "perf.json"))
+    assert [d.fused for d in decisions[:2]] == ["bn+relu", "bn+add+relu"]
+    assert isinstance(converted[0], ResidualBlock)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x), atol=1e-4, rtol=1e-4)

@@ -80,7 +80,11 @@ class ONLSTM(nn.Module):
                 f"dropout={self.dropout}, batch_first={self.batch_first}")
 
     def layer_weights(self, k: int):
-        """(weight_ih, weight_hh, bias_ih, bias_hh) of layer k, looked up by name each time."""
+        """(weight_ih, weight_hh, bias_ih, bias_hh) of layer k, looked up by name each time; for
+        packed weights, their exact decoded values (what the export path computes with)."""
+        if self.packed_bits is not None:
+            ih, hh = getattr(self, f"ih_l{k}"), getattr(self, f"hh_l{k}")
+            return ih.dequantized_weight(), hh.dequantized_weight(), ih.bias, hh.bias
         return tuple(getattr(self, f"{kind}_l{k}")
                      for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 

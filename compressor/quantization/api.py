@@ -35,8 +35,13 @@ def _inq_(model, config: INQConfig, data, filter_fn, loss_fn, checkpoint, progre
     packed = {name.rpartition(".")[0] for name in n1}  # the modules owning quantized weights
     # each packed layer runs on the codes or decoded, whichever this machine measured faster on
     # one test example
-    convert_to_pow2(model, config.bits, n1, example_inputs=(data.x_test[:1],),
-                    filter_fn=lambda m, fqn: fqn in packed)
+    was_training = model.training
+    model.eval()  # timed as it will run: BatchNorm on running stats, no dropout
+    try:
+        convert_to_pow2(model, config.bits, n1, example_inputs=(data.x_test[:1],),
+                        filter_fn=lambda m, fqn: fqn in packed)
+    finally:
+        model.train(was_training)
     layers = {name: {"action": f"INQ {config.bits}-bit", "n1": value,
                      "packed": name.rpartition(".")[0] in packed}
               for name, value in n1.items()}

@@ -62,27 +62,29 @@ void check_residual(const c10::optional<at::Tensor>& residual, const ConvGeom& g
             "), got ", residual->sizes());
 }
 
-// True when no element of x[0:n) is inf or NaN: x * 0 is 0 for finite x and NaN otherwise. One
-// pass over the whole input (a per-row check inside the padded copy cost more, in its horizontal
-// reductions, than the copy itself on 7x7 planes).
-bool all_finite(const float* x, int64_t n) {
+// True when x[0:n) holds no inf or NaN: x * 0 is 0 for finite x and NaN otherwise.
+bool finite_run(const float* x, int64_t n) {
   using namespace compressor::sparse_cpu;
+  float nan_if_any = 0.f;
+#ifdef COMPRESSOR_SPARSE_SIMD
+  // Written out: GCC turned an `omp simd` reduction of this loop into gathers (41% of a call).
+  Vec acc = vzero();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc = vadd(acc, vmul(vload(x + i), vzero()));
+  if (i < n) acc = vadd(acc, vmul(vload(x + i, tail_mask(static_cast<int>(n - i))), vzero()));
+  alignas(64) float lanes[kLanes];
+  vstore(lanes, acc);
+  for (const float v : lanes) nan_if_any += v;
+#else
+  for (int64_t i = 0; i < n; ++i) nan_if_any += x[i] * 0.f;
+#endif
+  return nan_if_any == nan_if_any;
+}
+
+bool all_finite(const float* x, int64_t n) {
   std::atomic<bool> finite{true};
   at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-    float nan_if_any = 0.f;
-#ifdef COMPRESSOR_SPARSE_SIMD
-    // Written out: GCC turned the `omp simd` reduction of this loop into gathers (41% of a call).
-    Vec acc = vzero();
-    int64_t i = begin;
-    for (; i + kLanes <= end; i += kLanes) acc = vadd(acc, vmul(vload(x + i), vzero()));
-    if (i < end) acc = vadd(acc, vmul(vload(x + i, tail_mask(static_cast<int>(end - i))), vzero()));
-    alignas(64) float lanes[kLanes];
-    vstore(lanes, acc);
-    for (const float v : lanes) nan_if_any += v;
-#else
-    for (int64_t i = begin; i < end; ++i) nan_if_any += x[i] * 0.f;
-#endif
-    if (nan_if_any != nan_if_any) finite = false;
+    if (!finite_run(x + begin, end - begin)) finite = false;
   });
   return finite;
 }
@@ -180,8 +182,9 @@ struct ColumnPhase {
 
 // Images [n0, n1) of (N, Cin, H, W) -> zero-padded (n1 - n0, Cin, sh, sw, Hq, Wq) in dst: padded
 // pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). Each channel is cleared
-// right before it is filled, while its lines are in cache.
-void phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
+// right before it is filled, while its lines are in cache. Returns false when the input holds an
+// inf or NaN (checked plane by plane in the same parallel region).
+bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
   const int64_t planes = (n1 - n0) * g.Cin;
   const float* src = input.data_ptr<float>() + n0 * g.Cin * g.H * g.W;
   std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
@@ -191,8 +194,10 @@ void phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_
     phases.push_back({x0, x0 < g.W ? (g.W - x0 + g.sw - 1) / g.sw : 0,
                       q * g.plane + (x0 + g.pw) / g.sw});
   }
+  std::atomic<bool> finite{true};
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nc = begin; nc < end; ++nc) {
+      if (!finite_run(src + nc * g.H * g.W, g.H * g.W)) finite = false;
       std::memset(dst + nc * g.chan, 0, g.chan * sizeof(float));
       // Padded pixel (yp, xp) goes to phase (yp % sh, xp % sw) at (yp / sh, xp / sw): stepped,
       // not divided (a 64-bit division per row was a quarter of a call on 7x7 planes).
@@ -216,6 +221,7 @@ void phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_
       }
     }
   });
+  return finite;
 }
 
 // What the dense convolution gives, for an input holding inf or NaN: pruned weights are zeros
@@ -286,11 +292,12 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   const int64_t slack = compressor::sparse_cpu::kTile, per_image = g.Cin * g.chan;
   const int64_t step = direct ? g.N : std::max<int64_t>(1, (kKeepFloats - slack) / per_image);
   const Scratch buf = direct ? Scratch{} : scratch(std::min(step, g.N) * per_image + slack, input);
-  if (!all_finite(input.data_ptr<float>(), input.numel()))
+  if (direct && !all_finite(input.data_ptr<float>(), input.numel()))
     return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
   for (int64_t n0 = 0; n0 < g.N; n0 += step) {
     const int64_t n1 = std::min(g.N, n0 + step);
-    if (!direct) phased_input(input, g, n0, n1, buf.data);
+    if (!direct && !phased_input(input, g, n0, n1, buf.data))
+      return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
     ConvGeom part = g;
     part.N = n1 - n0;
     const int64_t out_at = n0 * g.Cout * g.Ho * g.Wo;
