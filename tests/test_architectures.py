@@ -67,11 +67,7 @@ def test_sparsify_keeps_the_outputs_of_the_pruned_model(arch):
         assert result["candidates"] >= 4 * 2  # q, k, v, out of both blocks were considered
 
 
-@pytest.mark.parametrize("arch", [
-    pytest.param(a, marks=pytest.mark.xfail(strict=True, reason=(
-        "INQ now packs ON-LSTM weights as codes; the dynamo export of the packed recurrence "
-        "through ScanONLSTM fails (found at the last merge, not yet fixed)")))
-    if a == "onlstm_lm" else a for a in ARCHS])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_export_of_the_compressed_model_is_verified(arch):
     result = run_workflow(arch, "export", fast=True)
     assert result["ok"], result["summary"]
