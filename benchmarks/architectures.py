@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import io
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.common import machine_info, markdown_table, write_json
+from benchmarks.common import RESULTS, machine_info, markdown_table, write_json
 from compressor.data import Dataset
 from compressor.export import ExportConfig, to_onnx
 from compressor.history import history
@@ -292,7 +293,8 @@ def latency_and_size(name: str, size: str, threads: int) -> dict:
         row.update(ort_dense_ms=report.dense_ort_latency_s * 1e3,
                    ort_pruned_pow2_x=report.dense_ort_latency_s / report.ort_latency_s,
                    onnx_dense_kb=report.dense_bytes / 1024,
-                   onnx_pruned_pow2_size_x=report.size_ratio)
+                   onnx_pruned_pow2_size_x=report.size_ratio,
+                   same_ort_graph=report.same_ort_graph_as_dense)
     return row
 
 
@@ -302,6 +304,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(SIZES["test"]))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-workflows", action="store_true", help="latency and size only")
+    parser.add_argument("--no-latency", action="store_true", help="the workflow table only")
+    parser.add_argument("--append", action="store_true",
+                        help="merge into the saved JSON (architectures run again replace theirs)")
     args = parser.parse_args(argv)
     names = args.only or list(SIZES[args.size])
     table, timing = [], []
@@ -312,15 +317,33 @@ def main(argv=None) -> int:
             table.append({"arch": name, **{w: ("ok: " if c["ok"] else "FAILED: ") + c["summary"]
                                           for w, c in cells.items()}})
             print(table[-1], flush=True)
-        timing.append(latency_and_size(name, args.size, args.threads))
-        print(timing[-1], flush=True)
-    path = write_json(f"architectures_{args.size}", {"size": args.size, "configs": {
-        n: SIZES[args.size][n] for n in names}, "workflows": table, "latency": timing})
+        if not args.no_latency:
+            timing.append(latency_and_size(name, args.size, args.threads))
+            print(timing[-1], flush=True)
+    if args.append:
+        table, timing = _merged(args.size, table, timing)
+    path = write_json(f"architectures_{args.size}", {"size": args.size, "configs": SIZES[
+        args.size], "threads": args.threads, "workflows": table, "latency": timing})
     print(f"machine: {machine_info()['cpu']}, {args.threads} threads; wrote {path}")
     if table:
         print(markdown_table(table, ["arch", *WORKFLOWS]))
-    print(markdown_table(timing, [k for k in timing[0] if k != "threads"]))
+    if timing:
+        print(markdown_table(timing, [k for k in timing[0] if k != "threads"]))
     return 0
+
+
+def _merged(size: str, table: list, timing: list) -> tuple[list, list]:
+    path = RESULTS / f"architectures_{size}.json"
+    if not path.exists():
+        return table, timing
+    old = json.loads(path.read_text())
+    order = list(SIZES[size])
+
+    def merge(saved, new):
+        rows = {r["arch"]: r for r in saved} | {r["arch"]: r for r in new}
+        return [rows[a] for a in order if a in rows]
+
+    return merge(old.get("workflows", []), table), merge(old.get("latency", []), timing)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,6 @@ from benchmarks.architectures import SIZES, TOKENS, run_workflow
 ARCHS = sorted(SIZES["test"])
 CNNS = {"resnet18", "resnet50", "mobilenet_v2", "vit", "conv1d"}  # first layer: 1-3 channels
 RECURRENT = {"lstm_lm", "onlstm_lm"}
-# torchvision-style ResNets keep BatchNorm as attributes (conv1/bn1): the exporter folds it into
-# the conv by itself, so the int8 weights are not found in the graph until BatchNorm folding
-# works on the traced graph (issue 15, another branch). strict: this fails once that lands.
-BN_ATTRIBUTES = {"resnet18", "resnet50"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -71,11 +67,7 @@ def test_sparsify_keeps_the_outputs_of_the_pruned_model(arch):
         assert result["candidates"] >= 4 * 2  # q, k, v, out of both blocks were considered
 
 
-@pytest.mark.parametrize("arch", [
-    pytest.param(a, marks=pytest.mark.xfail(strict=True, reason=(
-        "INQ now packs ON-LSTM weights as codes; the dynamo export of the packed recurrence "
-        "through ScanONLSTM fails (found at the last merge, not yet fixed)")))
-    if a == "onlstm_lm" else a for a in ARCHS])
+@pytest.mark.parametrize("arch", ARCHS)
 def test_export_of_the_compressed_model_is_verified(arch):
     result = run_workflow(arch, "export", fast=True)
     assert result["ok"], result["summary"]

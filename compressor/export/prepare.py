@@ -49,9 +49,10 @@ def _int8_spec(name: str, module: Int8FakeQuant) -> QuantSpec:
 def _export_children(parent: nn.Module, prefix: str, changes: list, specs: list,
                      wrapped: nn.Module | None = None) -> None:
     for name, child in list(parent.named_children()):
-        if child is wrapped:  # an export form that wraps the module it came from
-            continue
         path = f"{prefix}{name}"
+        if child is wrapped:  # an export form wrapping the module it came from: its children
+            _export_children(child, f"{path}.", changes, specs)
+            continue
         plain = _exported(child, path, changes, specs)
         if plain is not child:
             setattr(parent, name, plain)

@@ -23,6 +23,18 @@ def _dynamic_length(t: torch.Tensor, dim: int = 0) -> bool:
     return torch.compiler.is_exporting() and isinstance(t.shape[dim], torch.SymInt)
 
 
+def _onlstm_weights(rnn: nn.Module, k: int):
+    """(w_ih, w_hh with eval-time DropConnect, b_ih, b_hh) of layer k, float or packed (a
+    packed ONLSTM holds them as Linear children ih_l{k} / hh_l{k}, plain nn.Linear once
+    exported)."""
+    if rnn.packed_bits is None:
+        w_ih, w_hh, b_ih, b_hh = rnn.layer_weights(k)
+        return w_ih, rnn._dropconnect(w_hh), b_ih, b_hh
+    ih, hh = getattr(rnn, f"ih_l{k}"), getattr(rnn, f"hh_l{k}")
+    keep = 1.0 - rnn.dropconnect
+    return ih.weight, hh.weight if keep == 1.0 else hh.weight * keep, ih.bias, hh.bias
+
+
 class ScanONLSTM(nn.Module):
     """The export form of an ONLSTM `rnn` (same forward signature and outputs)."""
 
@@ -31,8 +43,7 @@ class ScanONLSTM(nn.Module):
         self.rnn = rnn
 
     def _layer(self, k: int, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
-        w_ih, w_hh, b_ih, b_hh = self.rnn.layer_weights(k)
-        w_hh = self.rnn._dropconnect(w_hh)
+        w_ih, w_hh, b_ih, b_hh = _onlstm_weights(self.rnn, k)
         xg = nn.functional.linear(x, w_ih, b_ih)  # the whole sequence in one matmul
         chunk = self.rnn.chunk_size
         if not _dynamic_length(xg):

@@ -126,6 +126,17 @@ def choose_modes(model: nn.Module, example_inputs, allow_int8_activations: bool 
     `example_inputs`, set the fastest and return {name: {mode: seconds, "mode": chosen}}.
     A layer the example never reaches stays "decoded". Layers of the same signature share one
     measurement."""
+    was_training = model.training
+    # eval: a training-mode pass would move BatchNorm statistics (and fails at batch 1), and
+    # a packed ONLSTM runs in eval only
+    model.eval()
+    try:
+        return _choose_modes(model, example_inputs, allow_int8_activations, repeat)
+    finally:
+        model.train(was_training)
+
+
+def _choose_modes(model, example_inputs, allow_int8_activations, repeat) -> dict[str, dict]:
     inputs = _layer_inputs(model, example_inputs)
     cache: dict[tuple, dict] = {}
     report = {}
