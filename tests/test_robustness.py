@@ -9,6 +9,7 @@ from compressor.errors import CompressorError
 from compressor.models import build_model
 from compressor.pruning import PruneConfig, prune
 from compressor.robustness import (
+    RobustnessResult,
     RobustnessConfig,
     budgets,
     default_layers,
@@ -93,3 +94,40 @@ def test_robustness_errors():
                          layers=["fc9"])
     with pytest.raises(CompressorError, match="RobustnessConfig.trials must be >= 1"):
         RobustnessConfig(trials=0)
+
+
+def test_bit_budgets_give_each_layer_its_width_in_inq():
+    from compressor.formats.pow2_levels import pow2_levels
+    from compressor.quantization import INQConfig, quantize_
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("mlp", feature_shape=data.feature_shape, num_classes=10)
+    result = RobustnessResult(layers=["1", "3", "5", "7"], steps=[0], base_error=0.1,
+                              reinit=[[0.9], [0.1], [0.5], [0.1]], rerandom=[0.9, 0.1, 0.5, 0.1])
+    bits = budgets(result, "bits")
+    assert bits == {"1": 5, "3": 3, "5": 4, "7": 3}  # the critical layer keeps the most bits
+    cfg = INQConfig(bits=5, portions=(0.5, 1.0), steps_per_stage=2, layer_bits=bits)
+    quantize_(model, cfg, data)
+    for layer, width in bits.items():
+        packed = model.get_submodule(layer)
+        assert packed.bits == width
+        levels = set(pow2_levels(packed.n1, width).tolist()) | {0.0}
+        assert set(packed.weight.detach().double().abs().unique().tolist()) <= levels
+        assert len(levels) == 2 ** (width - 2) + 1  # zero and 2^(b-2) magnitudes (the paper)
+
+
+def test_budget_errors():
+    from compressor.lottery import LotteryConfig, rates_for_rounds
+    from compressor.quantization import INQConfig, quantize_
+
+    with pytest.raises(CompressorError, match=r"INQConfig.layer_bits\['1'\]"):
+        INQConfig(layer_bits={"1": 9})
+    model = build_model("mlp", feature_shape=(64,))
+    with pytest.raises(CompressorError, match="pattern 'fc.*' matches no quantized layer"):
+        quantize_(model, INQConfig(layer_bits={"fc.*": 4}), load_dataset("digits"))
+    with pytest.raises(CompressorError, match="layer_rates needs strategy 'layerwise'"):
+        LotteryConfig(strategy="global", output_rate=None, layer_rates={"1.*": 0.3})
+    assert rates_for_rounds({"a": 0.75}, 2) == {"a": pytest.approx(0.5)}
+    with pytest.raises(CompressorError, match="rounds must be >= 1"):
+        rates_for_rounds({"a": 0.75}, 0)

@@ -3,6 +3,7 @@ the checks every command makes before any work (outputs writable and distinct fr
 flags the chosen mode would ignore)."""
 
 import argparse
+import json
 import os
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -95,6 +96,38 @@ def check_exists(path, flag: str) -> Path:
     if not path.is_file():
         raise CompressorError(f"{flag} {path} does not exist")
     return path
+
+
+# ---- per-layer budgets from `compressor robustness` -----------------------------------------
+
+BUDGET_WHAT = {"channels": "channel ratios", "sparsity": "sparsities", "bits": "weight bits"}
+
+
+def add_budgets(parser: argparse.ArgumentParser, kinds: str) -> None:
+    parser.add_argument("--budgets", default=None, metavar="ROBUSTNESS_JSON",
+                        help=f"per-layer {kinds} from `compressor robustness` (its "
+                             "robustness.json); layers it does not name keep the flags' value")
+
+
+def read_budgets(args, kind: str) -> dict:
+    """{layer pattern: value} of kind 'channels', 'sparsity' or 'bits' from the --budgets file,
+    or {} without one."""
+    if getattr(args, "budgets", None) is None:
+        return {}
+    path = check_exists(args.budgets, "--budgets")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CompressorError(f"--budgets {path} is not a JSON file ({err})") from None
+    table = doc.get("budgets", {}).get(kind) if isinstance(doc, dict) else None
+    if not isinstance(table, dict) or not table:
+        raise CompressorError(f"--budgets {path} has no {BUDGET_WHAT[kind]} ('budgets' -> "
+                              f"'{kind}'); write it with `compressor robustness`")
+    wrong = [k for k, v in table.items()
+             if not isinstance(v, (int, float)) or isinstance(v, bool)]
+    if wrong:
+        raise CompressorError(f"--budgets {path}: {kind} of {wrong[:3]} are not numbers")
+    return table
 
 
 # ---- flags a mode ignores ---------------------------------------------------------------

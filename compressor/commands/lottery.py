@@ -9,20 +9,23 @@ only reports again). Under torchrun the training is data-parallel.
 from pathlib import Path
 
 from compressor.commands.common import (
+    add_budgets,
     add_data_override,
     add_input,
     add_output,
     add_threads,
     check_out,
     check_patterns,
+    read_budgets,
     read_input,
     reject_momentum,
     set_threads,
     write_output,
 )
 from compressor.config import add_flags, from_args
+from compressor.errors import CompressorError
 from compressor.io import check_writable
-from compressor.lottery import LotteryConfig
+from compressor.lottery import LotteryConfig, rates_for_rounds
 from compressor.lottery import distributed as dist
 from compressor.lottery.report import write_report
 from compressor.pipeline.stages import lottery_stage
@@ -33,6 +36,7 @@ def add_arguments(parser):
     add_input(parser, "model file whose architecture and data are used (its weights are not)")
     add_flags(parser, LotteryConfig, exclude=("dataset", "model", "num_samples"))
     parser.add_argument("--root", default="runs/lottery", help="run directories go here")
+    add_budgets(parser, "final sparsities (spread over the rounds)")
     add_data_override(parser)
     add_output(parser)
     add_threads(parser)
@@ -43,6 +47,12 @@ def _config(args, **base) -> LotteryConfig:
         base["output_rate"] = None  # the layerwise default has no meaning for one threshold
     cfg = from_args(LotteryConfig, args, base=base)
     reject_momentum(args, cfg.optimizer)
+    budgets = read_budgets(args, "sparsity")
+    if budgets:
+        if cfg.strategy != "layerwise" or cfg.rounds < 1:
+            raise CompressorError("--budgets needs --strategy layerwise and --rounds >= 1 "
+                                  "(each layer's final sparsity is spread over the rounds)")
+        cfg = cfg.replace(layer_rates=rates_for_rounds(budgets, cfg.rounds))
     return cfg
 
 

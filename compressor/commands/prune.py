@@ -6,12 +6,14 @@ channels, heads and hidden units instead (Li et al. L1, Molchanov et al. Taylor)
 physically shrinks; --steps then fine-tunes the smaller model."""
 
 from compressor.commands.common import (
+    add_budgets,
     add_data_override,
     add_input,
     add_output,
     add_threads,
     check_out,
     check_patterns,
+    read_budgets,
     read_input,
     reject_given,
     reject_momentum,
@@ -39,6 +41,7 @@ def add_arguments(parser):
     add_flags(parser, PruneConfig, group="pruning")
     add_flags(parser, StructuredConfig, group="structured pruning (--structured)")
     add_flags(parser, TrainConfig, group="fine-tuning", defaults={"steps": FINETUNE_STEPS})
+    add_budgets(parser, "channel ratios (--structured) or sparsities")
     add_data_override(parser)
     add_output(parser)
     add_threads(parser)
@@ -52,9 +55,16 @@ def _configs(args):
     train = from_args(TrainConfig, args, base={"steps": FINETUNE_STEPS})
     reject_momentum(args, train.optimizer)
     if args.structured:
-        return from_args(StructuredConfig, args), train
+        cfg = from_args(StructuredConfig, args)
+        budgets = read_budgets(args, "channels")
+        return (cfg.replace(ratios=budgets) if budgets else cfg), train
     cfg = from_args(PruneConfig, args)
     reject_nm_ignored(args, cfg.nm)
+    budgets = read_budgets(args, "sparsity")
+    if budgets:
+        if cfg.nm:
+            reject_given(args, ["budgets"], f"with --nm {cfg.nm} (N:M has no per-layer rate)")
+        cfg = cfg.replace(rates=budgets)
     return cfg, train
 
 

@@ -5,11 +5,13 @@ and packed (4-5 bits a weight); pruned zeros stay zero. int8: post-training quan
 per-channel weights and calibrated activations (exported as QDQ)."""
 
 from compressor.commands.common import (
+    add_budgets,
     add_data_override,
     add_input,
     add_output,
     add_threads,
     check_outputs,
+    read_budgets,
     read_input,
     reject_given,
     reject_momentum,
@@ -36,6 +38,7 @@ def add_arguments(parser):
     add_flags(parser, INQConfig, group="INQ (--method inq)", defaults=INQ_DEFAULTS)
     add_flags(parser, Int8Config, group="int8 (--method int8)")
     parser.add_argument("--checkpoint", default=None, help="INQ checkpoint file (resumes)")
+    add_budgets(parser, "weight bits (--method inq)")
     add_data_override(parser)
     add_output(parser)
     add_threads(parser)
@@ -47,7 +50,7 @@ def _config(args) -> INQConfig | Int8Config:
     reject_given(args, [n for n in other.field_names() if n not in own],
                  f"with --method {args.method}")
     if args.method == "int8":
-        reject_given(args, ["preset", "checkpoint"], "with --method int8 (INQ only)")
+        reject_given(args, ["preset", "checkpoint", "budgets"], "with --method int8 (INQ only)")
         config = from_args(Int8Config, args)
         if config.observer != "percentile":
             reject_given(args, ["percentile"], f"with --observer {config.observer}")
@@ -58,7 +61,8 @@ def _config(args) -> INQConfig | Int8Config:
         base["bits"], base["portions"] = PRESETS[args.preset]
     config = from_args(INQConfig, args, base=base)
     reject_momentum(args, config.optimizer)
-    return config
+    budgets = read_budgets(args, "bits")
+    return config.replace(layer_bits=budgets) if budgets else config
 
 
 def run(args) -> int:

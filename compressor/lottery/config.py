@@ -41,11 +41,17 @@ class LotteryConfig(Config):
     controls: tuple[str, ...] = field(default=CONTROLS, metadata={"choices": CONTROLS})
     exclude: tuple[str, ...] = ()
     num_samples: int = 10_000
+    # {fnmatch pattern on the parameter name: rate per round}, winning over rate/output_rate
+    # (layerwise only); rates_for_rounds turns final per-layer sparsities (robustness budgets)
+    # into these
+    layer_rates: dict[str, float] = field(default_factory=dict, metadata={"flag": False})
 
     def validate(self) -> None:
         check_rate(self.rate, "rate")
         if self.output_rate is not None:
             check_rate(self.output_rate, "output_rate")
+        for pattern, value in self.layer_rates.items():
+            check_rate(value, f"layer_rates[{pattern!r}]")
         checks = [
             (self.rounds >= 0, f"rounds must be >= 0, got {self.rounds}"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
@@ -61,6 +67,8 @@ class LotteryConfig(Config):
             (self.strategy == "layerwise" or self.output_rate is None,
              "output_rate needs strategy 'layerwise' (global uses one threshold; "
              "pass output_rate=None)"),
+            (self.strategy == "layerwise" or not self.layer_rates,
+             "layer_rates needs strategy 'layerwise' (global uses one threshold)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -72,12 +80,26 @@ class LotteryConfig(Config):
         out = asdict(self)
         out.pop("rounds")
         out["controls"], out["exclude"] = list(self.controls), list(self.exclude)
+        if not self.layer_rates:
+            out.pop("layer_rates")  # runs from before per-layer rates keep their directory
         return out
 
     def run_name(self) -> str:
         digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
         return (f"{self.model}-{self.dataset.replace('/', '_')}-{self.strategy}-p{self.rate:g}"
                 f"-k{self.rewind_step}-s{self.seed}-{digest[:10]}")
+
+
+def rates_for_rounds(sparsities: dict[str, float], rounds: int) -> dict[str, float]:
+    """Per-round rates that reach each final sparsity after `rounds` rounds of pruning a fraction
+    of the survivors: 1 - (1 - s) ** (1 / rounds)."""
+    if rounds < 1:
+        raise CompressorError(f"rates_for_rounds: rounds must be >= 1, got {rounds}")
+    out = {}
+    for pattern, final in sparsities.items():
+        check_rate(final, f"sparsity for {pattern!r}")
+        out[pattern] = 1.0 - (1.0 - final) ** (1.0 / rounds)
+    return out
 
 
 def describe_difference(old: dict, new: dict) -> str:

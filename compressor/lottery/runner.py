@@ -140,7 +140,8 @@ class LotteryRun:
         dist.barrier()
 
     def _rates(self, model: nn.Module) -> dict[str, float]:
-        return layer_rates(model, self.cfg.rate, self.cfg.output_rate, exclude=self.cfg.exclude)
+        return layer_rates(model, self.cfg.rate, self.cfg.output_rate, self.cfg.layer_rates,
+                           exclude=self.cfg.exclude)
 
     # ----- one job
     def _masks(self, round_index: int) -> dict[str, torch.Tensor] | None:

@@ -9,7 +9,7 @@ from compressor.data import Dataset
 from compressor.errors import CompressorError
 from compressor.history import history, record
 from compressor.quantization.convert import convert_to_pow2
-from compressor.quantization.inq import INQ, INQConfig, quantizable_parameters
+from compressor.quantization.inq import INQ, INQConfig, bits_of, quantizable_parameters
 from compressor.quantization.int8 import Int8Config, Int8FakeQuant, quantize_int8
 from compressor.train import batches
 
@@ -39,10 +39,10 @@ def _inq_(model, config: INQConfig, data, filter_fn, loss_fn, checkpoint, progre
     model.eval()  # timed as it will run: BatchNorm on running stats, no dropout
     try:
         convert_to_pow2(model, config.bits, n1, example_inputs=(data.x_test[:1],),
-                        filter_fn=lambda m, fqn: fqn in packed)
+                        filter_fn=lambda m, fqn: fqn in packed, layer_bits=run.layer_bits)
     finally:
         model.train(was_training)
-    layers = {name: {"action": f"INQ {config.bits}-bit", "n1": value,
+    layers = {name: {"action": f"INQ {bits_of(config, name)}-bit", "n1": value,
                      "packed": name.rpartition(".")[0] in packed}
               for name, value in n1.items()}
     record(model, "quantize", config, layers, method="inq", stages=stages)

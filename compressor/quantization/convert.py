@@ -21,14 +21,15 @@ _MARGIN = 0.95
 
 def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = None,
                     example_inputs=None, allow_int8_activations: bool = False,
-                    filter_fn=None) -> nn.Module:
+                    filter_fn=None, layer_bits: dict[str, int] | None = None) -> nn.Module:
     """Replace every nn.Linear, nn.Conv1d and nn.Conv2d (in place, returned for chaining) by its
     packed twin (Pow2Linear, Pow2Conv1d, Pow2Conv2d). All layers are built before any is
     swapped in, so a layer that cannot be packed leaves the model as it was.
 
     `n1` maps a parameter name ("0.weight") to the exponent INQ fixed for it; without an entry the
     layer's own max picks n1, which is the same for weights INQ already quantized.
-    `filter_fn(module, fqn)` chooses the layers (default: all).
+    `filter_fn(module, fqn)` chooses the layers (default: all). `layer_bits` maps a layer's
+    qualified name to its own width (INQ's per-layer budgets); the others get `bits`.
     Without `example_inputs` every layer runs "decoded" (exactly the float model's speed). With
     them (a tensor or a tuple of forward arguments) each layer is timed in each mode on the input
     it receives and keeps the fastest: "codes" where the kernel on the codes beats the dense
@@ -39,11 +40,15 @@ def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = Non
     example inputs its recurrent mode is timed over the whole layer.
     """
     check_bits(bits)
+    layer_bits = dict(layer_bits or {})
+    for width in layer_bits.values():
+        check_bits(width)
     compressible_(model)  # torch's attention layers hide their projections from the swap
     if isinstance(model, ONLSTM) and model.packed_bits is None:  # the root itself
-        copy.deepcopy(model).pack_pow2_(bits, n1)  # raises before the model is touched
-        model.pack_pow2_(bits, n1)
-    swaps = _plan(model, bits, n1 or {}, "", filter_fn)
+        width = layer_bits.get("", bits)
+        copy.deepcopy(model).pack_pow2_(width, n1)  # raises before the model is touched
+        model.pack_pow2_(width, n1)
+    swaps = _plan(model, bits, n1 or {}, "", filter_fn, layer_bits)
     for parent, name, packed in swaps:
         setattr(parent, name, packed)
     if example_inputs is not None:
@@ -51,22 +56,24 @@ def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = Non
     return model
 
 
-def _plan(module: nn.Module, bits: int, n1: dict[str, int], prefix: str, filter_fn=None) -> list:
+def _plan(module: nn.Module, bits: int, n1: dict[str, int], prefix: str, filter_fn,
+          layer_bits: dict[str, int]) -> list:
     swaps = []
     for name, child in module.named_children():
         fqn = f"{prefix}{name}"
         cls = _TWINS.get(type(child))
         if cls is None and not (isinstance(child, ONLSTM) and child.packed_bits is None):
-            swaps += _plan(child, bits, n1, fqn + ".", filter_fn)
+            swaps += _plan(child, bits, n1, fqn + ".", filter_fn, layer_bits)
             continue
         if filter_fn is not None and not filter_fn(child, fqn):
             continue
+        width = layer_bits.get(fqn, bits)
         try:
             if cls is None:  # an ONLSTM: packed on a copy, so a failure changes nothing
                 own = {k[len(fqn) + 1:]: v for k, v in n1.items() if k.startswith(fqn + ".")}
-                swaps.append((module, name, copy.deepcopy(child).pack_pow2_(bits, own)))
+                swaps.append((module, name, copy.deepcopy(child).pack_pow2_(width, own)))
             else:
-                swaps.append((module, name, cls.from_float(child, bits, n1.get(f"{fqn}.weight"))))
+                swaps.append((module, name, cls.from_float(child, width, n1.get(f"{fqn}.weight"))))
         except CompressorError as err:
             raise CompressorError(f"convert_to_pow2: layer {fqn!r} cannot be packed ({err}); "
                                   "the model is unchanged") from None

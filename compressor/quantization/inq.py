@@ -15,6 +15,7 @@ stage; rerunning with the same checkpoint resumes after the last finished stage.
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
@@ -64,9 +65,17 @@ class INQConfig(Config):
     keep_pruned_zeros: bool = True
     param_names: tuple[str, ...] | None = field(default=None, metadata={"flag": False})
     module_types: tuple[str, ...] = field(default=SUPPORTED_MODULES, metadata={"flag": False})
+    # {fnmatch pattern on the module name: bits}, winning over `bits` for the layers it matches:
+    # per-layer widths such as robustness.budgets(result, "bits") returns
+    layer_bits: dict[str, int] = field(default_factory=dict, metadata={"flag": False})
 
     def validate(self) -> None:
         check_bits(self.bits)
+        for pattern, width in self.layer_bits.items():
+            try:
+                check_bits(width)
+            except CompressorError as err:
+                raise CompressorError(f"INQConfig.layer_bits[{pattern!r}]: {err}") from None
         p = self.portions
         increasing = all(a < b for a, b in zip(p, p[1:], strict=False))
         if not p or any(not 0 < a <= 1 for a in p) or not increasing:
@@ -87,6 +96,28 @@ class INQConfig(Config):
             raise CompressorError(f"unknown INQ preset {name!r}: use one of {sorted(PRESETS)}")
         bits, portions = PRESETS[name]
         return cls(**{"bits": bits, "portions": portions, **overrides})
+
+
+def bits_of(config: INQConfig, param_name: str) -> int:
+    """The width INQ gives parameter `param_name`: the last `layer_bits` pattern matching its
+    module's name, else `config.bits`."""
+    module = param_name.rpartition(".")[0]
+    width = config.bits
+    for pattern, value in config.layer_bits.items():
+        if fnmatchcase(module, pattern):
+            width = value
+    return width
+
+
+def layer_bits_of(config: INQConfig, names) -> dict[str, int]:
+    """{module name: bits} for the quantized parameters `names`; a `layer_bits` pattern that
+    matches none of them is an error (a typo would silently keep the default width)."""
+    modules = {n.rpartition(".")[0] for n in names}
+    for pattern in config.layer_bits:
+        if not any(fnmatchcase(m, pattern) for m in modules):
+            raise CompressorError(f"INQConfig.layer_bits: pattern {pattern!r} matches no "
+                                  f"quantized layer; they are {sorted(modules)[:12]}")
+    return {n.rpartition(".")[0]: bits_of(config, n) for n in names}
 
 
 def quantizable_parameters(model: nn.Module, config: INQConfig) -> dict[str, nn.Parameter]:
@@ -146,6 +177,8 @@ class _State:
 def _config_key(config: INQConfig) -> dict:
     """The fields that must match for a checkpoint to be resumed (tuples as lists, like on disk)."""
     key = dataclasses.asdict(config)
+    if not key["layer_bits"]:
+        key.pop("layer_bits")  # checkpoints from before per-layer widths still resume
     return {k: list(v) if isinstance(v, tuple) else v for k, v in key.items()}
 
 
@@ -180,6 +213,7 @@ class INQ:
         # convert them now, so the weights INQ fixes (and their n1) are the ones packed later
         self.conversions = compressible_(model)
         self.params = quantizable_parameters(model, config)
+        self.layer_bits = layer_bits_of(config, self.params)
         # what the result depends on besides the config: a checkpoint of other data or other
         # starting weights must not be resumed
         self.origin = content_digest({"model": model.state_dict(), "data": [
@@ -189,7 +223,7 @@ class INQ:
     def _fresh_state(self) -> _State:
         state = _State()
         for name, p in self.params.items():
-            state.n1[name], _ = pow2_exponents(p, self.config.bits)
+            state.n1[name], _ = pow2_exponents(p, bits_of(self.config, name))
             pruned = (p.detach() == 0) if self.config.keep_pruned_zeros else torch.zeros_like(
                 p, dtype=torch.bool)
             state.pruned[name] = pruned
@@ -202,7 +236,8 @@ class INQ:
         cfg = self.config
         last = len(cfg.portions) if stop_after is None else min(stop_after, len(cfg.portions))
         stages = range(self.state.stage, last)
-        for stage in tqdm(stages, desc=f"INQ {cfg.bits}-bit", disable=not self.progress):
+        widths = "/".join(str(b) for b in sorted(set(self.layer_bits.values()), reverse=True))
+        for stage in tqdm(stages, desc=f"INQ {widths}-bit", disable=not self.progress):
             portion = cfg.portions[stage]
             counts = self._quantize_stage(portion)
             record = {"stage": stage + 1, "portion": portion, "quantized": counts}
@@ -229,7 +264,7 @@ class INQ:
         for name, p in self.params.items():
             frozen = self.state.frozen[name]
             new = _select_new(p, frozen, ~self.state.pruned[name], portion)
-            q = quantize_to_levels(p, self.state.n1[name], self.config.bits)
+            q = quantize_to_levels(p, self.state.n1[name], bits_of(self.config, name))
             p.copy_(torch.where(new, q, p))
             frozen |= new
             count += int(new.sum())
@@ -238,7 +273,8 @@ class INQ:
     def report(self) -> dict[str, dict]:
         """{parameter: {"action", ...}}: what INQ did to each weight (bits, n1, how many were
         pruned zeros it kept) and why it left the other parameters alone."""
-        out = {name: {"action": f"INQ {self.config.bits}-bit", "n1": self.state.n1[name],
+        out = {name: {"action": f"INQ {bits_of(self.config, name)}-bit",
+                      "n1": self.state.n1[name],
                       "stage": self.state.stage, "kept_zeros": int(self.state.pruned[name].sum())}
                for name in self.params}
         out.update(not_quantized(self.model, self.params))
@@ -321,5 +357,5 @@ def inq_(model: nn.Module, data: Dataset, config: INQConfig,
 
 def inq_exponents(model: nn.Module, config: INQConfig) -> dict[str, int]:
     """n1 of every quantized parameter as INQ would fix it now (before any stage)."""
-    return {n: pow2_exponents(p, config.bits)[0]
+    return {n: pow2_exponents(p, bits_of(config, n))[0]
             for n, p in quantizable_parameters(model, config).items()}
