@@ -181,12 +181,13 @@ def wf_inq(name, model, data, tmp):
               data)
     layers = history(model)[-1]["layers"]
     packed = [n for n, m in model.named_modules() if type(m).__name__.startswith("Pow2")]
-    unpacked = [n for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv1d,
-                                                                      nn.Conv2d)]
+    unpacked = [n for n, m in model.named_modules()
+                if type(m) in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LSTM)]
+    float_storage = sorted(n for n, info in layers.items() if not info.get("packed"))
     out = _outputs(model, example(name, data))
     return {"ok": bool(torch.isfinite(out).all()), "quantized": len(layers),
             "packed": len(packed), "names": sorted(layers), "weights": weights,
-            "unpacked_layers": unpacked,
+            "unpacked_layers": unpacked, "float_storage": float_storage,
             "summary": f"{len(layers)} weights 5-bit, {len(packed)} packed"}
 
 

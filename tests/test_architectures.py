@@ -46,7 +46,8 @@ def test_inq_quantizes_every_weight_and_packs_every_linear_and_conv(arch):
     result = run_workflow(arch, "inq")
     assert result["ok"], result["summary"]
     assert result["names"] == result["weights"]  # attention, recurrent, embedding included
-    assert result["unpacked_layers"] == []
+    assert result["unpacked_layers"] == []  # embeddings and nn.LSTM are packed too
+    assert result["float_storage"] == []  # and the report says so, weight by weight
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -205,6 +205,27 @@ def test_nm_skips_and_names_layers_it_cannot_take():
     assert not P.has_masks(fresh)  # strict refuses before touching the model
 
 
+def test_prune_records_why_each_weight_was_left_dense():
+    from compressor.history import history
+
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Conv1d(8, 6, 3), nn.Conv1d(6, 8, 1),
+                          nn.Flatten(), nn.Linear(48, 4))
+    P.prune_(model, P.PruneConfig(nm="2:4", exclude=("4.*",)))
+    layers = history(model)[-1]["layers"]
+    assert layers["1.weight"]["action"] == "pruned 2:4"
+    assert "not a multiple of M=4" in layers["2.weight"]["reason"]  # the N:M skip, not "excluded"
+    assert "lookup" in layers["0.weight"]["reason"]
+    assert layers["4.weight"] == {"action": "kept dense",
+                                  "reason": "excluded (exclude or filter_fn)"}
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-3)
+    with pytest.warns(UserWarning):
+        P.prune_(model, P.PruneConfig(sparsity=0.9, scope="global"))
+    assert "floor" in history(model)[-1]["layers"]["1.weight"]["reason"]
+
+
 def test_global_pruning_keeps_a_floor_per_layer_and_warns():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))

@@ -9,8 +9,8 @@ from compressor.errors import CompressorError
 from compressor.models import build_model
 from compressor.pruning import PruneConfig, prune
 from compressor.robustness import (
-    RobustnessResult,
     RobustnessConfig,
+    RobustnessResult,
     budgets,
     default_layers,
     heatmap,

@@ -243,3 +243,26 @@ def test_converted_model_saves_and_loads_as_a_model_file(tmp_path):
     assert sorted(get_masks(loaded)) == sorted(get_masks(model))
     with torch.no_grad():
         close(loaded.eval()(tokens), model(tokens))
+
+
+def test_int8_quantize_in_place_on_a_torch_encoder_root():
+    """The caller's object is the quantized model, even when the root itself is a torch layer
+    that conversion replaces (its forward must be the twin's), and no BatchNorm means no trace
+    and no warning."""
+    from compressor.data.datasets import Dataset
+    from compressor.quantization import Int8Config, quantize_
+    from compressor.train import batches
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(40, 5, 16)
+    data = Dataset("seq", x, torch.zeros(40, dtype=torch.long), x[:8],
+                   torch.zeros(8, dtype=torch.long))
+    want = quantize_int8(copy.deepcopy(model), batches(data, 256, seed=0), Int8Config())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert quantize_(model, Int8Config(), data) is model
+    assert type(model) is type(want) and type(model) is not nn.TransformerEncoder
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[:3]), want(x[:3]))

@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from compressor.errors import CompressorError
 from compressor.export.qdq import QuantSpec
 from compressor.nn.convert import export_form
+from compressor.nn.scan import ScanLSTM
 from compressor.pruning import fold_masks, get_masks
 from compressor.quantization.int8 import Int8FakeQuant
 
@@ -69,6 +70,8 @@ def _exported(module: nn.Module, path: str, changes: list, specs: list) -> nn.Mo
                               f"export_module() returned {type(plain).__name__}, not a module")
     if plain is not module:
         changes.append(f"{path or '<model>'}: {type(module).__name__} -> {type(plain).__name__}")
+    if isinstance(plain, ScanLSTM):  # wraps an nn.LSTM, which has no submodules to export
+        return plain
     _export_children(plain, f"{path}." if path else "", changes, specs, wrapped=module)
     return plain
 

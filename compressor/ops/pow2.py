@@ -111,12 +111,14 @@ def pow2_decode(codes: torch.Tensor, nonzero: torch.Tensor, in_features: int, bi
     """
     check_pow2_packed("pow2_decode", codes, nonzero, in_features, bits, n1, codes.device)
     n_out = codes.shape[0]
-    nibbles = torch.stack((codes & 15, codes >> 4), dim=-1).reshape(n_out, -1)[:, :in_features]
+    # explicit widths: reshape(n_out, -1) is ambiguous for zero rows (an empty lookup)
+    nibbles = torch.stack((codes & 15, codes >> 4), dim=-1).reshape(
+        n_out, 2 * codes.shape[1])[:, :in_features]
     weight = _code_table(bits, n1, codes.device)[nibbles.long()]
     if bits == 5:
         shifts = torch.arange(8, dtype=torch.uint8, device=codes.device)
         bit = (nonzero.unsqueeze(-1) >> shifts) & 1
-        weight = weight * bit.reshape(n_out, -1)[:, :in_features]
+        weight = weight * bit.reshape(n_out, 8 * nonzero.shape[1])[:, :in_features]
     return weight
 
 

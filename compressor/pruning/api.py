@@ -86,14 +86,21 @@ def filtered_exclude(model: nn.Module, exclude, filter_fn: FilterFn | None) -> t
     return (*exclude, *rejected)
 
 
-def _layer_report(model: nn.Module) -> dict:
+def _layer_report(model: nn.Module, exclude, details: dict) -> dict:
+    """{weight: {"action", ...}}: what the pruning function said of a weight (an N:M skip and
+    its reason, a global floor), else pruned with its sparsity, else why it was left dense."""
     report = {}
     masks = get_masks(model)
-    for qual, (_, _) in prunable_parameters(model).items():
-        if qual in masks:
+    excluded = set(prunable_parameters(model)) - set(prunable_parameters(model, exclude))
+    for qual in prunable_parameters(model):
+        if qual in details:
+            report[qual] = details[qual]
+        elif qual in masks:
             report[qual] = {"action": "pruned", "sparsity": round(sparsity_of(masks[qual]), 4)}
+        elif qual in excluded:
+            report[qual] = {"action": "kept dense", "reason": "excluded (exclude or filter_fn)"}
         else:
-            report[qual] = {"action": "kept dense", "reason": "excluded or not selected"}
+            report[qual] = {"action": "kept dense", "reason": "not selected"}
     return report
 
 
@@ -104,16 +111,18 @@ def sparsity_of(mask: torch.Tensor) -> float:
 def prune_(model: nn.Module, config: PruneConfig, filter_fn: FilterFn | None = None) -> nn.Module:
     """Prune `model` in place as `config` says (masks stay attached until `fold_masks`)."""
     exclude = filtered_exclude(model, config.exclude, filter_fn)
+    details: dict = {}
     if config.nm is not None:
-        prune_nm(model, *parse_nm(config.nm), exclude=exclude)
+        prune_nm(model, *parse_nm(config.nm), exclude=exclude, report=details)
     else:
         rates = layer_rates(model, config.sparsity, config.output_sparsity, config.rates, exclude)
         generator = torch.Generator().manual_seed(config.seed)
         if config.scope == "global":
-            prune_global(model, config.sparsity, list(rates), config.criterion, generator)
+            prune_global(model, config.sparsity, list(rates), config.criterion, generator,
+                         report=details)
         else:
             prune_layerwise(model, rates, config.criterion, generator)
-    record(model, "prune", config, _layer_report(model),
+    record(model, "prune", config, _layer_report(model, exclude, details),
            total_sparsity=round(sparsity(model)["total"], 4))
     return model
 

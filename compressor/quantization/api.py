@@ -42,11 +42,24 @@ def _inq_(model, config: INQConfig, data, filter_fn, loss_fn, checkpoint, progre
                         filter_fn=lambda m, fqn: fqn in packed, layer_bits=run.layer_bits)
     finally:
         model.train(was_training)
-    layers = {name: {"action": f"INQ {bits_of(config, name)}-bit", "n1": value,
-                     "packed": name.rpartition(".")[0] in packed}
-              for name, value in n1.items()}
+    modules = dict(model.named_modules())
+    layers = {}
+    for name, value in n1.items():
+        owner = modules[name.rpartition(".")[0]]
+        layers[name] = {"action": f"INQ {bits_of(config, name)}-bit", "n1": value,
+                        "packed": _is_packed(owner)}
+        if not layers[name]["packed"]:
+            layers[name]["reason"] = (f"no packed {type(owner).__name__} module: the weight holds "
+                                      "power-of-two values in float storage")
     record(model, "quantize", config, layers, method="inq", stages=stages)
     return model
+
+
+def _is_packed(module: nn.Module) -> bool:
+    """A Pow2 module (codes buffers; Pow2LSTM has one per weight) or an ON-LSTM whose weights
+    became Pow2 children."""
+    return (any(name.endswith("codes") for name in module._buffers)
+            or getattr(module, "packed_bits", None) is not None)
 
 
 def _int8_(model, config: Int8Config, data, filter_fn):
@@ -55,6 +68,9 @@ def _int8_(model, config: Int8Config, data, filter_fn):
     # quantize_int8 works on a copy (it folds BatchNorm): adopt its modules, so the caller's
     # model object is the quantized one.
     model.__dict__.update({k: v for k, v in quantized.__dict__.items()})
+    # a root torch layer (nn.TransformerEncoder) comes back as its compressor twin: the
+    # caller's object takes that class too, so its forward is the one the modules were made for
+    model.__class__ = type(quantized)
     model.__dict__["_compressor_history"] = kept
     layers = {name: {"action": "int8", "act_scale": float(m.act_scale)}
               for name, m in model.named_modules() if isinstance(m, Int8FakeQuant)}

@@ -60,6 +60,8 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     copy unless `inplace`."""
     model = model if inplace else copy.deepcopy(model)
     model.eval()
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model  # nothing to fold: no trace (and no warning for models fx cannot trace)
     try:
         patterns = find_patterns(model)
     except TraceError as exc:

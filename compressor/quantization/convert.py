@@ -10,10 +10,12 @@ from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits
 from compressor.nn.onlstm import ONLSTM
 from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear, _Pow2Packed
+from compressor.nn.pow2_tables import Pow2Embedding, Pow2LSTM
 from compressor.pruning.selection import compressible_
 from compressor.timing import median_seconds, paired_medians
 
-_TWINS = {nn.Linear: Pow2Linear, nn.Conv1d: Pow2Conv1d, nn.Conv2d: Pow2Conv2d}
+_TWINS = {nn.Linear: Pow2Linear, nn.Conv1d: Pow2Conv1d, nn.Conv2d: Pow2Conv2d,
+          nn.Embedding: Pow2Embedding, nn.LSTM: Pow2LSTM}
 # "codes" must beat "decoded" by this much to be chosen: decoded is the float model's speed,
 # so a near tie goes to it.
 _MARGIN = 0.95
@@ -22,8 +24,9 @@ _MARGIN = 0.95
 def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = None,
                     example_inputs=None, allow_int8_activations: bool = False,
                     filter_fn=None, layer_bits: dict[str, int] | None = None) -> nn.Module:
-    """Replace every nn.Linear, nn.Conv1d and nn.Conv2d (in place, returned for chaining) by its
-    packed twin (Pow2Linear, Pow2Conv1d, Pow2Conv2d). All layers are built before any is
+    """Replace every nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding and nn.LSTM (in place,
+    returned for chaining) by its packed twin (Pow2Linear, Pow2Conv1d, Pow2Conv2d, Pow2Embedding,
+    Pow2LSTM). All layers are built before any is
     swapped in, so a layer that cannot be packed leaves the model as it was.
 
     `n1` maps a parameter name ("0.weight") to the exponent INQ fixed for it; without an entry the
@@ -68,10 +71,12 @@ def _plan(module: nn.Module, bits: int, n1: dict[str, int], prefix: str, filter_
         if filter_fn is not None and not filter_fn(child, fqn):
             continue
         width = layer_bits.get(fqn, bits)
+        own = {k[len(fqn) + 1:]: v for k, v in n1.items() if k.startswith(fqn + ".")}
         try:
             if cls is None:  # an ONLSTM: packed on a copy, so a failure changes nothing
-                own = {k[len(fqn) + 1:]: v for k, v in n1.items() if k.startswith(fqn + ".")}
                 swaps.append((module, name, copy.deepcopy(child).pack_pow2_(width, own)))
+            elif cls is Pow2LSTM:  # one n1 per weight
+                swaps.append((module, name, cls.from_float(child, width, own)))
             else:
                 swaps.append((module, name, cls.from_float(child, width, n1.get(f"{fqn}.weight"))))
         except CompressorError as err:
@@ -97,6 +102,8 @@ def set_pow2_modes(model: nn.Module, modes: dict[str, str]) -> None:
 
 
 def _candidates(layer: _Pow2Packed, allow_int8: bool) -> list[str]:
+    if isinstance(layer, Pow2Embedding):
+        return ["decoded", "codes"]  # a lookup: no int8 activations
     grouped = getattr(layer, "groups", 1) != 1
     modes = ["decoded"] if grouped else ["decoded", "codes"]
     if allow_int8 and not grouped and layer.bits <= 4:

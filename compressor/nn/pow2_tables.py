@@ -1,0 +1,187 @@
+"""Pow2Embedding and Pow2LSTM: embedding tables and nn.LSTM weights stored as packed
+power-of-two codes (INQ), so a language model's state_dict shrinks where most of its weights
+are, not only in its output layer.
+
+Pow2Embedding modes (`module.mode`, chosen by measurement like the other Pow2 layers):
+  "decoded"  the table is decoded once into a float buffer that is not saved; forward is
+             F.embedding (the float model's speed);
+  "codes"    forward gathers the looked-up rows of the codes and decodes only those: no float
+             table in memory, which pays for large vocabularies.
+Pow2LSTM is an nn.LSTM (so code that handles nn.LSTM keeps working: export, structured rules)
+whose weight_* tensors are non-persistent buffers decoded from the saved codes at packing and at
+load; its forward is nn.LSTM's own. A recurrent kernel on the codes does not pay here: the
+recurrence runs one (batch x hidden) @ (hidden x 4 hidden) product per step, where decoding the
+weight once costs nothing next to the float kernel (docs/architectures.md).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.formats.pow2_codes import check_n1, pack_pow2, padded_in_features
+from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
+from compressor.nn.pow2 import _Pow2Packed
+from compressor.nn.scan import ScanLSTM
+from compressor.ops.pow2 import pow2_decode
+
+
+class Pow2Embedding(_Pow2Packed):
+    """An nn.Embedding whose table (num_embeddings, embedding_dim) is packed power-of-two codes."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int, n1: int = 0,
+                 padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        self._init_packed(num_embeddings, embedding_dim, bits, n1, bias=False)
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in ("decoded", "codes"):
+            raise CompressorError(f"Pow2Embedding.mode must be 'decoded' or 'codes', got "
+                                  f"{value!r}")
+        self._mode = value
+        self._refresh_decoded()
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding, bits: int,
+                   n1: int | None = None) -> "Pow2Embedding":
+        """Quantize `embedding.weight` with the INQ rule (n1 from its max unless given), pack."""
+        if not isinstance(embedding, nn.Embedding):
+            raise CompressorError("Pow2Embedding.from_float needs an nn.Embedding, got "
+                                  f"{type(embedding).__name__}")
+        if embedding.max_norm is not None:
+            raise CompressorError("Pow2Embedding: an nn.Embedding with max_norm rewrites its "
+                                  "table on lookup, which packed codes cannot do")
+        check_bits(bits)
+        mod = cls(embedding.num_embeddings, embedding.embedding_dim, bits, 0,
+                  embedding.padding_idx)
+        mod._set_weight(embedding.weight, n1)
+        return mod.to(embedding.weight.device)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self._weight2d()
+
+    def run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        if x.dtype not in (torch.int32, torch.int64):
+            raise CompressorError(f"Pow2Embedding expects integer indices, got {x.dtype}")
+        if mode == "decoded":
+            return F.embedding(x, self._float_weight(x.new_zeros((), dtype=torch.float32),
+                                                     mode), self.padding_idx)
+        flat = x.reshape(-1)
+        codes = self.codes.index_select(0, flat)
+        nonzero = self.nonzero.index_select(0, flat) if self.bits == 5 else self.nonzero
+        rows = pow2_decode(codes, nonzero, self._k, self.bits, self.n1)
+        return rows.reshape(*x.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
+                f"bits={self.bits}, n1={self.n1}, mode={self.mode}")
+
+    def export_module(self) -> nn.Module:
+        """An nn.Embedding holding the exact dequantized table (the exporter stores it as codes
+        again)."""
+        embedding = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx,
+                                 device=self.codes.device)
+        with torch.no_grad():
+            embedding.weight.copy_(self.dequantized_weight())
+        return embedding
+
+
+class Pow2LSTM(nn.LSTM):
+    """nn.LSTM with its weight_ih / weight_hh (/ weight_hr) tensors packed; biases stay float."""
+
+    def __init__(self, *args, bits: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bits = check_bits(bits)
+        self.n1, self.in_sizes = {}, {}  # per weight: INQ's n1 and its columns (for decoding)
+        for name in self.weight_names():
+            weight = self._parameters.pop(name)
+            rows, k = weight.shape
+            self.n1[name], self.in_sizes[name] = 0, k
+            self.register_buffer(f"{name}_codes", torch.zeros(
+                rows, padded_in_features(k) // 2, dtype=torch.uint8))
+            shape = (rows, padded_in_features(k) // 8) if bits == 5 else (0,)
+            self.register_buffer(f"{name}_nonzero", torch.zeros(shape, dtype=torch.uint8))
+            self.register_buffer(name, torch.zeros_like(weight.detach()), persistent=False)
+        for param in self.parameters():
+            param.requires_grad_(False)  # inference only, like every packed layer
+        self._decode()
+
+    def weight_names(self) -> list[str]:
+        return [n for n in self._flat_weights_names if n.startswith("weight_")]
+
+    @classmethod
+    def from_float(cls, lstm: nn.LSTM, bits: int, n1: dict[str, int] | None = None):
+        """Quantize every weight of `lstm` with the INQ rule (its own n1, from `n1` by
+        parameter name or its max) and pack it; biases are copied."""
+        if type(lstm) is not nn.LSTM:
+            raise CompressorError(f"Pow2LSTM.from_float needs an nn.LSTM, got "
+                                  f"{type(lstm).__name__}")
+        mod = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias,
+                  lstm.batch_first, lstm.dropout, lstm.bidirectional, lstm.proj_size, bits=bits)
+        n1 = n1 or {}
+        with torch.no_grad():
+            for name in mod.weight_names():
+                weight = getattr(lstm, name).detach().float().cpu()
+                own = n1.get(name)
+                mod.n1[name] = check_n1(pow2_exponents(weight, bits)[0] if own is None else own)
+                q = quantize_to_levels(weight, mod.n1[name], bits)
+                codes, nonzero = pack_pow2(q, mod.n1[name], bits)
+                mod._buffers[f"{name}_codes"], mod._buffers[f"{name}_nonzero"] = codes, nonzero
+            for name, param in lstm.named_parameters():
+                if not name.startswith("weight_"):
+                    mod._parameters[name].copy_(param)
+        mod._decode()
+        return mod.to(lstm.weight_ih_l0.device)
+
+    def _decode(self) -> None:
+        """Rebuild the float weights nn.LSTM's forward reads from the codes."""
+        for name in self.weight_names():
+            codes, nonzero = self._buffers[f"{name}_codes"], self._buffers[f"{name}_nonzero"]
+            self._buffers[name] = pow2_decode(codes, nonzero, self.in_sizes[name], self.bits,
+                                              self.n1[name])
+        self._init_flat_weights()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "bits"] = torch.tensor(self.bits, dtype=torch.int64)
+        for name, value in self.n1.items():
+            destination[f"{prefix}{name}_n1"] = torch.tensor(value, dtype=torch.int64)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        ints = [prefix + "bits"] + [f"{prefix}{name}_n1" for name in self.weight_names()]
+        for key in ints:
+            if key not in state_dict:
+                missing_keys.append(key)
+        bits = state_dict.get(prefix + "bits")
+        if bits is not None and int(bits) != self.bits:
+            error_msgs.append(f"{prefix}bits is {int(bits)} in the checkpoint but the module has "
+                              f"bits={self.bits}; build the module with the checkpoint's bits")
+        for name in self.weight_names():
+            if f"{prefix}{name}_n1" in state_dict:
+                self.n1[name] = check_n1(int(state_dict[f"{prefix}{name}_n1"]))
+        rest = {k: v for k, v in state_dict.items() if k not in ints}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._decode()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}"
+
+    def export_module(self) -> nn.Module:
+        """The plain nn.LSTM with the exact decoded weights, in its scan form when it has one
+        (a dynamic sequence length, as an nn.LSTM exports)."""
+        lstm = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias,
+                       self.batch_first, self.dropout, self.bidirectional, self.proj_size,
+                       device=self.weight_ih_l0.device)
+        with torch.no_grad():
+            for name, param in lstm.named_parameters():
+                param.copy_(getattr(self, name))
+        return ScanLSTM(lstm) if ScanLSTM.supports(lstm) else lstm

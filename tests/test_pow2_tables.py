@@ -1,0 +1,136 @@
+"""Pow2Embedding and Pow2LSTM: embedding tables and nn.LSTM weights kept as packed power-of-two
+codes. Each equals the float module holding the decoded weights, saves only codes, reloads
+(also through a model file), converts inside a language model, and exports."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.errors import CompressorError
+from compressor.formats.pow2_levels import pow2_levels
+from compressor.models import build_model
+from compressor.nn import Pow2Embedding, Pow2LSTM
+from compressor.pipeline.modelfile import ModelFile, load_model, save_model
+from compressor.quantization import convert_to_pow2
+from compressor.quantization.convert import choose_modes
+
+LSTMS = [dict(num_layers=1), dict(num_layers=2, dropout=0.0),
+         dict(num_layers=1, bidirectional=True, batch_first=True),
+         dict(num_layers=2, proj_size=3), dict(num_layers=1, bias=False)]
+
+
+def _float_twin(packed: Pow2LSTM, **kwargs) -> nn.LSTM:
+    twin = nn.LSTM(packed.input_size, packed.hidden_size, **kwargs)
+    with torch.no_grad():
+        for name, param in twin.named_parameters():
+            param.copy_(getattr(packed, name))
+    return twin
+
+
+def _state_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+@pytest.mark.parametrize("kwargs", LSTMS, ids=str)
+def test_pow2_lstm_equals_the_lstm_on_its_decoded_weights(kwargs, bits):
+    torch.manual_seed(bits)
+    lstm = nn.LSTM(5, 7, **kwargs)
+    packed = Pow2LSTM.from_float(lstm, bits)
+    assert isinstance(packed, nn.LSTM)  # code written for nn.LSTM keeps working
+    assert not any(p.requires_grad for p in packed.parameters())  # inference only
+    twin = _float_twin(packed, **kwargs)
+    for name in packed.weight_names():  # every weight is on its own INQ levels
+        levels = pow2_levels(packed.n1[name], bits).float()
+        magnitudes = getattr(packed, name).abs().unique()
+        assert torch.isin(magnitudes, levels).all(), name
+        assert (getattr(packed, name) - getattr(lstm, name)).abs().max() < getattr(
+            lstm, name).abs().max()  # quantized from this weight, not another
+    batch_first = kwargs.get("batch_first", False)
+    x = torch.randn(3, 4, 5) if batch_first else torch.randn(4, 3, 5)
+    for inp in (x, x.transpose(0, 1).contiguous().transpose(0, 1), x[:, :1]):
+        got, (h, c) = packed(inp)
+        want, (h2, c2) = twin(inp)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close((h, c), (h2, c2))
+    reloaded = Pow2LSTM(5, 7, bits=bits, **kwargs)
+    reloaded.load_state_dict(packed.state_dict())
+    torch.testing.assert_close(reloaded(x)[0], packed(x)[0])
+    weights = [k for k in packed.state_dict() if k.startswith("weight_") and
+               not k.endswith(("_codes", "_nonzero", "_n1"))]
+    assert weights == []  # only codes are saved
+    weight_bytes = sum(getattr(lstm, n).numel() * 4 for n in packed.weight_names())
+    rest = _state_bytes(lstm) - weight_bytes  # biases, and the ints bits / n1
+    assert _state_bytes(packed) - rest <= weight_bytes / 8 * (1.25 if bits == 5 else 1) + 8 * (
+        1 + len(packed.weight_names())) + 64 * len(packed.weight_names())  # padded rows
+
+
+def test_pow2_lstm_load_checks_bits_and_from_float_its_input():
+    packed = Pow2LSTM.from_float(nn.LSTM(4, 6), 4)
+    other = Pow2LSTM(4, 6, bits=5)
+    with pytest.raises(RuntimeError, match="bits is 4 in the checkpoint but the module has "
+                                           "bits=5"):
+        other.load_state_dict(packed.state_dict())
+    with pytest.raises(CompressorError, match="Pow2LSTM.from_float needs an nn.LSTM, got GRU"):
+        Pow2LSTM.from_float(nn.GRU(4, 6), 4)
+    with pytest.raises(CompressorError, match="bits"):
+        Pow2LSTM.from_float(nn.LSTM(4, 6), 7)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 5])
+def test_pow2_embedding_modes_equal_the_table_lookup(bits):
+    torch.manual_seed(0)
+    table = nn.Embedding(13, 6, padding_idx=2)
+    packed = Pow2Embedding.from_float(table, bits)
+    weight = packed.dequantized_weight()
+    assert torch.isin(weight.abs().unique(), pow2_levels(packed.n1, bits).float()).all()
+    index = torch.tensor([[0, 2, 12], [5, 5, 1]])
+    cases = [index, index.t(), index[:, :1], torch.tensor([7]), index.int(),
+             torch.zeros(0, dtype=torch.long)]
+    for mode in ("decoded", "codes"):
+        packed.mode = mode
+        for idx in cases:
+            torch.testing.assert_close(packed(idx), F.embedding(idx.long(), weight))
+    export = packed.export_module()
+    assert type(export) is nn.Embedding and export.padding_idx == 2
+    torch.testing.assert_close(export(index), F.embedding(index, weight))
+    reloaded = Pow2Embedding(13, 6, bits, padding_idx=2)
+    reloaded.load_state_dict(packed.state_dict())
+    torch.testing.assert_close(reloaded(index), packed(index))
+
+
+def test_pow2_embedding_errors():
+    packed = Pow2Embedding.from_float(nn.Embedding(5, 3), 4)
+    with pytest.raises(CompressorError, match="expects integer indices, got torch.float32"):
+        packed(torch.zeros(2))
+    with pytest.raises(CompressorError, match="Pow2Embedding.mode must be 'decoded' or 'codes'"):
+        packed.mode = "codes_int8"
+    with pytest.raises(CompressorError, match="max_norm rewrites its table"):
+        Pow2Embedding.from_float(nn.Embedding(5, 3, max_norm=1.0), 4)
+    with pytest.raises(IndexError):
+        packed(torch.tensor([5]))  # past the table: torch's own lookup error, never garbage
+    packed.mode = "codes"
+    with pytest.raises(IndexError):
+        packed(torch.tensor([5]))
+
+
+def test_lstm_language_model_packs_whole_and_round_trips_a_model_file(tmp_path):
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 50, "feature_shape": (9,), "embedding": 16, "hidden": 24}
+    model = build_model("lstm_lm", **kwargs).eval()
+    tokens = torch.randint(0, 50, (2, 9))
+    dense_bytes = _state_bytes(model)
+    convert_to_pow2(model, 4)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert {"Pow2Embedding", "Pow2LSTM", "Pow2Linear"} <= kinds
+    assert not kinds & {"Embedding", "LSTM", "Linear"}
+    assert _state_bytes(model) * 3 < dense_bytes
+    report = choose_modes(model, (tokens,))
+    assert all(r["mode"] in ("decoded", "codes") for r in report.values())
+    want = model(tokens)
+    path = save_model(tmp_path / "q.pt", model, ModelFile("lstm_lm", kwargs))
+    loaded, _ = load_model(path)
+    torch.testing.assert_close(loaded.eval()(tokens), want)
+    exported = torch.export.export(loaded, (tokens,))  # no warm-up call needed
+    torch.testing.assert_close(exported.module()(tokens), want)
