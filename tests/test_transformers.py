@@ -266,3 +266,18 @@ def test_int8_quantize_in_place_on_a_torch_encoder_root():
     assert type(model) is type(want) and type(model) is not nn.TransformerEncoder
     with torch.no_grad():
         torch.testing.assert_close(model(x[:3]), want(x[:3]))
+
+
+@pytest.mark.parametrize("arch", ["vit", "bert", "gpt"])
+def test_transformers_trace_for_fusion_with_attention_as_one_leaf(arch):
+    """sparse conversion and BatchNorm folding find their patterns in a transformer's trace
+    (attention's forward branches on masks: it is one leaf), instead of giving up with a
+    warning."""
+    from benchmarks.architectures import build
+    from compressor.graph.patterns import find_patterns
+
+    model = build(arch, "test")
+    compressible_(model)
+    patterns = find_patterns(model)  # raises TraceError when fx cannot trace
+    convs = [u.conv for u in patterns.units]
+    assert any("proj" in c or "fc" in c or "linear" in c or "mlp" in c for c in convs), convs

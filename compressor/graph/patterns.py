@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from compressor.errors import CompressorError
+from compressor.nn.attention import MultiheadAttention
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ACT_FUNCTIONS = {torch.relu: "relu", F.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
@@ -58,9 +59,19 @@ class Patterns:
     residuals: list[Residual]
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer with attention as one leaf: its forward branches on masks and shapes, and
+    nothing inside it is a conv -> BN -> act pattern (its projections still convert one by
+    one)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, MultiheadAttention) or super().is_leaf_module(
+            m, module_qualified_name)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as exc:  # fx raises many kinds; all mean "not traceable"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise TraceError(f"torch.fx cannot trace {type(model).__name__}: "
