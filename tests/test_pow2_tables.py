@@ -134,3 +134,46 @@ def test_lstm_language_model_packs_whole_and_round_trips_a_model_file(tmp_path):
     torch.testing.assert_close(loaded.eval()(tokens), want)
     exported = torch.export.export(loaded, (tokens,))  # no warm-up call needed
     torch.testing.assert_close(exported.module()(tokens), want)
+
+
+@pytest.mark.parametrize("kwargs", [k for k in LSTMS if not k.get("proj_size")], ids=str)
+def test_pow2_lstm_codes_modes_equal_the_decoded_lstm(kwargs):
+    torch.manual_seed(1)
+    packed = Pow2LSTM.from_float(nn.LSTM(5, 7, **kwargs), 4).eval()
+    batch_first = kwargs.get("batch_first", False)
+    dirs = 2 if kwargs.get("bidirectional") else 1
+    x = torch.randn(3, 4, 5)
+    hx = (torch.randn(kwargs["num_layers"] * dirs, 3 if batch_first else 4, 7),
+          torch.randn(kwargs["num_layers"] * dirs, 3 if batch_first else 4, 7))
+    for inp, state in ((x, None), (x, hx), (x.transpose(0, 1).contiguous().transpose(0, 1), hx),
+                       (x[:1] if not batch_first else x[:, :1], None)):
+        want = packed.run(inp, "decoded", state)
+        for mode, tol in (("codes", 1e-5), ("codes_int8", 2e-2)):
+            packed.pow2_mode = mode
+            got = packed(inp, state)
+            torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        packed.pow2_mode = "decoded"
+
+
+def test_pow2_lstm_mode_errors_and_the_chosen_mode_survives_a_model_file(tmp_path):
+    projected = Pow2LSTM.from_float(nn.LSTM(4, 6, proj_size=2), 4)
+    with pytest.raises(CompressorError, match="no projection"):
+        projected.pow2_mode = "codes"
+    assert projected.candidate_modes(True) == ["decoded"]
+    five = Pow2LSTM.from_float(nn.LSTM(4, 6), 5)
+    with pytest.raises(CompressorError, match="'codes_int8' needs bits <= 4"):
+        five.pow2_mode = "codes_int8"
+    with pytest.raises(CompressorError, match="pow2_mode must be one of"):
+        five.pow2_mode = "fast"
+    five.pow2_mode = "codes"
+    with pytest.raises(CompressorError, match="input.size\\(-1\\) must be 4, got 3"):
+        five(torch.randn(2, 1, 3))
+    kwargs = {"num_classes": 40, "feature_shape": (6,), "embedding": 8, "hidden": 12}
+    model = convert_to_pow2(build_model("lstm_lm", **kwargs).eval(), 4)
+    lstm = next(m for m in model.modules() if isinstance(m, Pow2LSTM))
+    lstm.pow2_mode = "codes"
+    tokens = torch.randint(0, 40, (2, 6))
+    loaded, _ = load_model(save_model(tmp_path / "m.pt", model, ModelFile("lstm_lm", kwargs)))
+    again = next(m for m in loaded.modules() if isinstance(m, Pow2LSTM))
+    assert again.pow2_mode == "codes"
+    torch.testing.assert_close(loaded.eval()(tokens), model(tokens))

@@ -9,21 +9,29 @@ Pow2Embedding modes (`module.mode`, chosen by measurement like the other Pow2 la
              table in memory, which pays for large vocabularies.
 Pow2LSTM is an nn.LSTM (so code that handles nn.LSTM keeps working: export, structured rules)
 whose weight_* tensors are non-persistent buffers decoded from the saved codes at packing and at
-load; its forward is nn.LSTM's own. A recurrent kernel on the codes does not pay here: the
-recurrence runs one (batch x hidden) @ (hidden x 4 hidden) product per step, where decoding the
-weight once costs nothing next to the float kernel (docs/architectures.md).
+load. Its modes (`module.pow2_mode`: nn.LSTM's own `mode` attribute is its cell type):
+  "decoded"     nn.LSTM's own forward on the decoded weights (the float model's speed);
+  "codes"       the input projection of the whole sequence and each step's W_hh h run through
+                the pow2_linear kernel on the codes (pays from ~512 hidden units, where the
+                recurrent weight no longer sits in cache: docs/architectures.md);
+  "codes_int8"  the same through pow2_linear_int8 (bits <= 4; activations rounded to int8 as
+                torch's dynamic int8 LSTM does; opt in).
+The codes modes take (T, B, input) / (B, T, input) tensors, no projection (proj_size), in eval.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from compressor.errors import CompressorError
 from compressor.formats.pow2_codes import check_n1, pack_pow2, padded_in_features
 from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
 from compressor.nn.pow2 import _Pow2Packed
 from compressor.nn.scan import ScanLSTM
-from compressor.ops.pow2 import pow2_decode
+from compressor.ops.pow2 import pow2_decode, pow2_linear, pow2_linear_int8
+
+MODES = ("decoded", "codes", "codes_int8")
 
 
 class Pow2Embedding(_Pow2Packed):
@@ -111,7 +119,88 @@ class Pow2LSTM(nn.LSTM):
             self.register_buffer(name, torch.zeros_like(weight.detach()), persistent=False)
         for param in self.parameters():
             param.requires_grad_(False)  # inference only, like every packed layer
+        self._pow2_mode = "decoded"
         self._decode()
+
+    @property
+    def pow2_mode(self) -> str:
+        return self._pow2_mode
+
+    @pow2_mode.setter
+    def pow2_mode(self, value: str) -> None:
+        if value not in MODES:
+            raise CompressorError(f"Pow2LSTM.pow2_mode must be one of {MODES}, got {value!r}")
+        if value != "decoded" and self.proj_size:
+            raise CompressorError("Pow2LSTM: the codes modes have no projection (proj_size); "
+                                  "use mode 'decoded'")
+        if value == "codes_int8" and self.bits == 5:
+            raise CompressorError("Pow2LSTM: mode 'codes_int8' needs bits <= 4, got bits=5")
+        self._pow2_mode = value
+
+    def candidate_modes(self, allow_int8: bool) -> list[str]:
+        """The modes worth timing on this layer."""
+        if self.proj_size:
+            return ["decoded"]
+        return ["decoded", "codes"] + (["codes_int8"] if allow_int8 and self.bits <= 4 else [])
+
+    def forward(self, input, hx=None):
+        return self.run(input, self._pow2_mode, hx)
+
+    def run(self, input, mode: str, hx=None):
+        """forward(input, hx) as `mode` computes it (the Pow2 layers' run(x, mode)). Unbatched
+        and packed-sequence inputs, and empty sequences, run decoded (nn.LSTM's own checks and
+        results)."""
+        plain = (mode == "decoded" or isinstance(input, PackedSequence) or input.dim() != 3
+                 or input.shape[1 if self.batch_first else 0] == 0)
+        if plain:
+            return super().forward(input, hx)
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            raise CompressorError("Pow2LSTM: the codes modes are for inference; call .eval()")
+        if hx is not None:
+            self.check_forward_args(input, hx, None)  # nn.LSTM's own shape messages
+        elif input.shape[-1] != self.input_size:
+            raise CompressorError(f"Pow2LSTM: input.size(-1) must be {self.input_size}, got "
+                                  f"{input.shape[-1]}")
+        return self._codes_forward(input, hx, mode)
+
+    def _codes_forward(self, input: torch.Tensor, hx, mode: str):
+        x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        dirs = 2 if self.bidirectional else 1
+        if hx is None:
+            zeros = x.new_zeros(self.num_layers * dirs, x.shape[1], self.hidden_size)
+            hx = (zeros, zeros)
+        op = pow2_linear_int8 if mode == "codes_int8" else pow2_linear
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(dirs):
+                suffix = f"_l{layer}" + ("_reverse" if d else "")
+                k = layer * dirs + d
+                out, h, c = self._direction(op, x, hx[0][k], hx[1][k], suffix, reverse=d == 1)
+                outs.append(out)
+                hs.append(h)
+                cs.append(c)
+            x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+        out = x.transpose(0, 1) if self.batch_first else x
+        return out, (torch.stack(hs), torch.stack(cs))
+
+    def _direction(self, op, x, h, c, suffix: str, reverse: bool):
+        """One layer and direction over the sequence x (T, B, I) on the codes."""
+        def matmul(inp, kind):
+            name = f"weight_{kind}{suffix}"
+            bias = getattr(self, f"bias_{kind}{suffix}") if self.bias else None
+            return op(inp, self._buffers[f"{name}_codes"], self._buffers[f"{name}_nonzero"],
+                      bias, self.in_sizes[name], self.bits, self.n1[name])
+
+        xg = matmul(x, "ih")  # the whole sequence's input projection in one product
+        steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+        outs = [None] * x.shape[0]
+        for t in steps:
+            i, f, g, o = (xg[t] + matmul(h, "hh")).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs[t] = h
+        return torch.stack(outs), h, c
 
     def weight_names(self) -> list[str]:
         return [n for n in self._flat_weights_names if n.startswith("weight_")]
@@ -138,7 +227,7 @@ class Pow2LSTM(nn.LSTM):
                 if not name.startswith("weight_"):
                     mod._parameters[name].copy_(param)
         mod._decode()
-        return mod.to(lstm.weight_ih_l0.device)
+        return mod.train(lstm.training).to(lstm.weight_ih_l0.device)
 
     def _decode(self) -> None:
         """Rebuild the float weights nn.LSTM's forward reads from the codes."""
@@ -173,7 +262,7 @@ class Pow2LSTM(nn.LSTM):
         self._decode()
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, bits={self.bits}"
+        return f"{super().extra_repr()}, bits={self.bits}, pow2_mode={self.pow2_mode}"
 
     def export_module(self) -> nn.Module:
         """The plain nn.LSTM with the exact decoded weights, in its scan form when it has one

@@ -85,23 +85,41 @@ def _plan(module: nn.Module, bits: int, n1: dict[str, int], prefix: str, filter_
     return swaps
 
 
+def pow2_layers(model: nn.Module):
+    """(name, layer) of every power-of-two layer with an execution mode."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (_Pow2Packed, Pow2LSTM))]
+
+
+def _set_mode(layer: nn.Module, mode: str) -> None:
+    if isinstance(layer, Pow2LSTM):
+        layer.pow2_mode = mode  # nn.LSTM's own `mode` is its cell type
+    else:
+        layer.mode = mode
+
+
+def _mode_of(layer: nn.Module) -> str:
+    return layer.pow2_mode if isinstance(layer, Pow2LSTM) else layer.mode
+
+
 def pow2_modes(model: nn.Module) -> dict[str, str]:
     """{module name: mode} of every packed power-of-two layer."""
-    return {name: m.mode for name, m in model.named_modules() if isinstance(m, _Pow2Packed)}
+    return {name: _mode_of(m) for name, m in pow2_layers(model)}
 
 
 def set_pow2_modes(model: nn.Module, modes: dict[str, str]) -> None:
     """Set the modes `pow2_modes` listed (e.g. stored beside a model's state_dict)."""
-    layers = dict(model.named_modules())
+    layers = dict(pow2_layers(model))
     for name, mode in modes.items():
         layer = layers.get(name)
-        if not isinstance(layer, _Pow2Packed):
+        if layer is None:
             raise CompressorError(f"set_pow2_modes: {name!r} is not a power-of-two layer of "
                                   "this model")
-        layer.mode = mode
+        _set_mode(layer, mode)
 
 
-def _candidates(layer: _Pow2Packed, allow_int8: bool) -> list[str]:
+def mode_candidates(layer: nn.Module, allow_int8: bool) -> list[str]:
+    if isinstance(layer, Pow2LSTM):
+        return layer.candidate_modes(allow_int8)
     if isinstance(layer, Pow2Embedding):
         return ["decoded", "codes"]  # a lookup: no int8 activations
     grouped = getattr(layer, "groups", 1) != 1
@@ -119,12 +137,12 @@ def _layer_inputs(model: nn.Module, example_inputs) -> dict[nn.Module, torch.Ten
     def hook(module, args):
         seen.setdefault(module, args[0].detach())
 
-    layers = [m for m in model.modules() if isinstance(m, _Pow2Packed)]
+    layers = [m for _, m in pow2_layers(model)]
     rnns = [m for m in model.modules() if isinstance(m, ONLSTM) and m.packed_bits is not None]
     handles = [m.register_forward_pre_hook(hook) for m in layers + rnns]
     try:
         for m in layers:
-            m.mode = "decoded"
+            _set_mode(m, "decoded")
         args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         with torch.no_grad():
             model(*args)
@@ -154,17 +172,16 @@ def _choose_modes(model, example_inputs, allow_int8_activations, repeat) -> dict
     inputs = _layer_inputs(model, example_inputs)
     cache: dict[tuple, dict] = {}
     report = {}
-    for name, layer in model.named_modules():
-        if not isinstance(layer, _Pow2Packed):
-            continue
+    for name, layer in pow2_layers(model):
         x = inputs.get(layer)
         if x is None:
-            layer.mode = "decoded"
+            _set_mode(layer, "decoded")
             continue
         key = (repr(layer), tuple(x.shape), x.dtype, x.device, torch.get_num_threads())
         if key not in cache:
-            cache[key] = _time_modes(layer, x, _candidates(layer, allow_int8_activations), repeat)
-        layer.mode = cache[key]["mode"]
+            modes = mode_candidates(layer, allow_int8_activations)
+            cache[key] = _time_modes(layer, x, modes, repeat)
+        _set_mode(layer, cache[key]["mode"])
         report[name] = cache[key]
     for name, rnn in model.named_modules():
         if isinstance(rnn, ONLSTM) and rnn.packed_bits is not None and rnn in inputs:
@@ -191,8 +208,8 @@ def _time_recurrent(rnn: ONLSTM, x: torch.Tensor, allow_int8: bool, repeat: int)
     return {**times, "mode": mode}
 
 
-def _time_modes(layer: _Pow2Packed, x: torch.Tensor, modes: list[str], repeat: int) -> dict:
-    layer.mode = "decoded"  # its float buffer serves the "decoded" runs; the others ignore it
+def _time_modes(layer: nn.Module, x: torch.Tensor, modes: list[str], repeat: int) -> dict:
+    _set_mode(layer, "decoded")  # its float buffer serves the "decoded" runs; the others ignore it
     fns = [lambda m=mode: layer.run(x, m) for mode in modes]
     with torch.no_grad():
         paired = paired_medians(fns, x.device.type, warmup=2, repeat=repeat, min_seconds=0.002)
