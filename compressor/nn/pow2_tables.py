@@ -19,6 +19,8 @@ load. Its modes (`module.pow2_mode`: nn.LSTM's own `mode` attribute is its cell 
 The codes modes take (T, B, input) / (B, T, input) tensors, no projection (proj_size), in eval.
 """
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +30,7 @@ from compressor.errors import CompressorError
 from compressor.formats.pow2_codes import check_n1, pack_pow2, padded_in_features
 from compressor.formats.pow2_levels import check_bits, pow2_exponents, quantize_to_levels
 from compressor.nn.pow2 import _Pow2Packed
-from compressor.nn.scan import ScanLSTM
+from compressor.nn.scan import ScanLSTM, lstm_gates, lstm_stack
 from compressor.ops.pow2 import pow2_decode, pow2_linear, pow2_linear_int8
 
 MODES = ("decoded", "codes", "codes_int8")
@@ -164,25 +166,8 @@ class Pow2LSTM(nn.LSTM):
         return self._codes_forward(input, hx, mode)
 
     def _codes_forward(self, input: torch.Tensor, hx, mode: str):
-        x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
-        dirs = 2 if self.bidirectional else 1
-        if hx is None:
-            zeros = x.new_zeros(self.num_layers * dirs, x.shape[1], self.hidden_size)
-            hx = (zeros, zeros)
         op = pow2_linear_int8 if mode == "codes_int8" else pow2_linear
-        hs, cs = [], []
-        for layer in range(self.num_layers):
-            outs = []
-            for d in range(dirs):
-                suffix = f"_l{layer}" + ("_reverse" if d else "")
-                k = layer * dirs + d
-                out, h, c = self._direction(op, x, hx[0][k], hx[1][k], suffix, reverse=d == 1)
-                outs.append(out)
-                hs.append(h)
-                cs.append(c)
-            x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
-        out = x.transpose(0, 1) if self.batch_first else x
-        return out, (torch.stack(hs), torch.stack(cs))
+        return lstm_stack(self, input, hx, partial(self._direction, op))
 
     def _direction(self, op, x, h, c, suffix: str, reverse: bool):
         """One layer and direction over the sequence x (T, B, I) on the codes."""
@@ -196,9 +181,7 @@ class Pow2LSTM(nn.LSTM):
         steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
         outs = [None] * x.shape[0]
         for t in steps:
-            i, f, g, o = (xg[t] + matmul(h, "hh")).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
+            h, c = lstm_gates(xg[t] + matmul(h, "hh"), c)
             outs[t] = h
         return torch.stack(outs), h, c
 

@@ -78,12 +78,41 @@ class ScanONLSTM(nn.Module):
         return x, final, (d_f, d_i)
 
 
+def lstm_gates(gates: torch.Tensor, c: torch.Tensor):
+    """nn.LSTM's cell update from the summed gate pre-activations (i, f, g, o): (h, c)."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 def _lstm_cell(x_gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: torch.Tensor,
                b_hh: torch.Tensor | None):
     """One nn.LSTM step: gates i, f, g, o from the projected input and the hidden state."""
-    i, f, g, o = (x_gates + nn.functional.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    return lstm_gates(x_gates + nn.functional.linear(h, w_hh, b_hh), c)
+
+
+def lstm_stack(rnn: nn.LSTM, input: torch.Tensor, hx, direction):
+    """nn.LSTM's forward over layers and directions (no projection), each layer and direction
+    computed by `direction(x (T, B, I), h0, c0, suffix, reverse) -> (out, h, c)` where suffix
+    names its weights ("_l0", "_l0_reverse")."""
+    x = input.transpose(0, 1) if rnn.batch_first else input
+    dirs = 2 if rnn.bidirectional else 1
+    if hx is None:
+        zeros = x.new_zeros(rnn.num_layers * dirs, x.shape[1], rnn.hidden_size)
+        hx = (zeros, zeros)
+    hs, cs = [], []
+    for layer in range(rnn.num_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            out, h, c = direction(x, hx[0][k], hx[1][k], f"_l{layer}" + ("_reverse" if d else ""),
+                                  bool(d))
+            outs.append(out)
+            hs.append(h)
+            cs.append(c)
+        x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
+    out = x.transpose(0, 1) if rnn.batch_first else x
+    return out, (torch.stack(hs), torch.stack(cs))
 
 
 class ScanLSTM(nn.Module):
@@ -118,21 +147,4 @@ class ScanLSTM(nn.Module):
         time_dim = 1 if rnn.batch_first else 0
         if input.dim() != 3 or not _dynamic_length(input, time_dim):
             return rnn(input, hx)
-        x = input.transpose(0, 1) if rnn.batch_first else input
-        dirs = 2 if rnn.bidirectional else 1
-        if hx is None:
-            zeros = x.new_zeros(rnn.num_layers * dirs, x.shape[1], rnn.hidden_size)
-            hx = (zeros, zeros)
-        hs, cs = [], []
-        for layer in range(rnn.num_layers):
-            outs = []
-            for d in range(dirs):
-                k = layer * dirs + d
-                out, h, c = self._direction(x, hx[0][k], hx[1][k],
-                                            f"_l{layer}" + ("_reverse" if d else ""), bool(d))
-                outs.append(out)
-                hs.append(h)
-                cs.append(c)
-            x = outs[0] if dirs == 1 else torch.cat(outs, dim=-1)
-        out = x.transpose(0, 1) if rnn.batch_first else x
-        return out, (torch.stack(hs), torch.stack(cs))
+        return lstm_stack(rnn, input, hx, self._direction)
