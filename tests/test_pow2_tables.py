@@ -134,6 +134,9 @@ def test_lstm_language_model_packs_whole_and_round_trips_a_model_file(tmp_path):
     torch.testing.assert_close(loaded.eval()(tokens), want)
     exported = torch.export.export(loaded, (tokens,))  # no warm-up call needed
     torch.testing.assert_close(exported.module()(tokens), want)
+    lstm = next(m for m in loaded.modules() if isinstance(m, Pow2LSTM))
+    lstm.pow2_mode = "codes"  # the step loop on the codes compiles too
+    torch.testing.assert_close(torch.compile(loaded)(tokens), want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs", [k for k in LSTMS if not k.get("proj_size")], ids=str)
