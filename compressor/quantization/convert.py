@@ -10,12 +10,13 @@ from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import check_bits
 from compressor.nn.onlstm import ONLSTM
 from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear, _Pow2Packed
-from compressor.nn.pow2_tables import Pow2Embedding, Pow2LSTM
+from compressor.nn.pow2_embedding import Pow2Embedding
+from compressor.nn.pow2_recurrent import Pow2GRU, Pow2LSTM, Pow2RNN
 from compressor.pruning.selection import compressible_
 from compressor.timing import median_seconds, paired_medians
 
 _TWINS = {nn.Linear: Pow2Linear, nn.Conv1d: Pow2Conv1d, nn.Conv2d: Pow2Conv2d,
-          nn.Embedding: Pow2Embedding, nn.LSTM: Pow2LSTM}
+          nn.Embedding: Pow2Embedding, nn.LSTM: Pow2LSTM, nn.GRU: Pow2GRU, nn.RNN: Pow2RNN}
 # "codes" must beat "decoded" by this much to be chosen: decoded is the float model's speed,
 # so a near tie goes to it.
 _MARGIN = 0.95
@@ -24,9 +25,9 @@ _MARGIN = 0.95
 def convert_to_pow2(model: nn.Module, bits: int, n1: dict[str, int] | None = None,
                     example_inputs=None, allow_int8_activations: bool = False,
                     filter_fn=None, layer_bits: dict[str, int] | None = None) -> nn.Module:
-    """Replace every nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding and nn.LSTM (in place,
-    returned for chaining) by its packed twin (Pow2Linear, Pow2Conv1d, Pow2Conv2d, Pow2Embedding,
-    Pow2LSTM). All layers are built before any is
+    """Replace every nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.LSTM, nn.GRU and nn.RNN
+    (in place, returned for chaining) by its packed twin (Pow2Linear, Pow2Conv1d, Pow2Conv2d,
+    Pow2Embedding, Pow2LSTM, Pow2GRU, Pow2RNN). All layers are built before any is
     swapped in, so a layer that cannot be packed leaves the model as it was.
 
     `n1` maps a parameter name ("0.weight") to the exponent INQ fixed for it; without an entry the
@@ -75,7 +76,7 @@ def _plan(module: nn.Module, bits: int, n1: dict[str, int], prefix: str, filter_
         try:
             if cls is None:  # an ONLSTM: packed on a copy, so a failure changes nothing
                 swaps.append((module, name, copy.deepcopy(child).pack_pow2_(width, own)))
-            elif cls is Pow2LSTM:  # one n1 per weight
+            elif cls in (Pow2LSTM, Pow2GRU, Pow2RNN):  # one n1 per weight
                 swaps.append((module, name, cls.from_float(child, width, own)))
             else:
                 swaps.append((module, name, cls.from_float(child, width, n1.get(f"{fqn}.weight"))))

@@ -1,6 +1,6 @@
-"""Pow2Embedding and Pow2LSTM: embedding tables and nn.LSTM weights kept as packed power-of-two
-codes. Each equals the float module holding the decoded weights, saves only codes, reloads
-(also through a model file), converts inside a language model, and exports."""
+"""Pow2Embedding, Pow2LSTM, Pow2GRU, Pow2RNN: embedding tables and torch RNN weights kept as
+packed power-of-two codes. Each equals the float module holding the decoded weights, saves only
+codes, reloads (also through a model file), converts inside a language model, and exports."""
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.formats.pow2_levels import pow2_levels
 from compressor.models import build_model
-from compressor.nn import Pow2Embedding, Pow2LSTM
+from compressor.nn import Pow2Embedding, Pow2GRU, Pow2LSTM, Pow2RNN
 from compressor.pipeline.modelfile import ModelFile, load_model, save_model
 from compressor.quantization import convert_to_pow2
 from compressor.quantization.convert import choose_modes
@@ -180,3 +180,35 @@ def test_pow2_lstm_mode_errors_and_the_chosen_mode_survives_a_model_file(tmp_pat
     again = next(m for m in loaded.modules() if isinstance(m, Pow2LSTM))
     assert again.pow2_mode == "codes"
     torch.testing.assert_close(loaded.eval()(tokens), model(tokens))
+
+
+@pytest.mark.parametrize("cls, twin, kwargs", [
+    (Pow2GRU, nn.GRU, dict(num_layers=2)), (Pow2GRU, nn.GRU, dict(bidirectional=True,
+                                                                  batch_first=True)),
+    (Pow2RNN, nn.RNN, dict(nonlinearity="relu")), (Pow2RNN, nn.RNN, dict(num_layers=2,
+                                                                         bias=False))], ids=str)
+def test_pow2_gru_and_rnn_equal_their_float_twin_and_reload(cls, twin, kwargs):
+    torch.manual_seed(2)
+    rnn = twin(5, 7, **kwargs).eval()
+    packed = cls.from_float(rnn, 4)
+    assert isinstance(packed, twin) and packed.training is False
+    plain = packed.export_module()
+    assert type(plain) is twin
+    x = torch.randn(3, 4, 5)
+    torch.testing.assert_close(packed(x), plain(x))
+    for name in packed.weight_names():
+        assert torch.isin(getattr(packed, name).abs().unique(),
+                          pow2_levels(packed.n1[name], 4).float()).all()
+    again = cls(5, 7, bits=4, **kwargs)
+    again.load_state_dict(packed.state_dict())
+    torch.testing.assert_close(again.eval()(x), packed(x))
+    assert not [k for k in packed.state_dict() if k.startswith("weight_") and k.endswith(
+        ("l0", "l1", "reverse"))]  # no float weight is saved
+    with pytest.raises(CompressorError, match=f"{cls.__name__}.from_float needs an nn."):
+        cls.from_float(nn.LSTM(5, 7), 4)
+
+
+def test_convert_packs_gru_models_whole():
+    model = nn.Sequential(nn.Embedding(30, 8), nn.GRU(8, 16, batch_first=True))
+    convert_to_pow2(model, 5)
+    assert [type(m).__name__ for m in model] == ["Pow2Embedding", "Pow2GRU"]
