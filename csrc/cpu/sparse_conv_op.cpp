@@ -237,7 +237,13 @@ bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_
           // one phase at a time: a strided read and a contiguous write, which vectorise
           for (const ColumnPhase& ph : phases) {
             float* out = base + ph.at;
-            for (int64_t j = 0; j < ph.count; ++j) out[j] = row[ph.x0 + j * g.sw];
+            const float* in = row + ph.x0;
+            // A constant stride 2 (every strided conv of ResNet) vectorises with permutes; a
+            // runtime stride stayed scalar, 45% of a 3x3 stride-2 call's own time.
+            if (g.sw == 2)
+              for (int64_t j = 0; j < ph.count; ++j) out[j] = in[2 * j];
+            else
+              for (int64_t j = 0; j < ph.count; ++j) out[j] = in[j * g.sw];
           }
         }
         if (++phase == g.sh) {
