@@ -139,24 +139,33 @@ Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const Co
   std::atomic<int64_t> first_bad{rows};
   constexpr int64_t kRowChunk = 64;
   const int64_t chunks = (rows + kRowChunk - 1) / kRowChunk;
-  at::parallel_for(0, chunks + side_jobs, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t job = std::max(begin, chunks); job < end; ++job) side(job - chunks);
-    for (int64_t r = begin * kRowChunk; r < std::min(end, chunks) * kRowChunk && r < rows; ++r) {
-      if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols)) {
-        int64_t seen = first_bad.load();
-        while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
-        return;
+  // Row chunks are spread evenly among the side jobs: the region is split into contiguous
+  // ranges, and all rows first would leave one thread both the rows and half the copy.
+  const int64_t jobs = chunks + side_jobs;
+  at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t before = job * chunks / jobs, chunk_end = (job + 1) * chunks / jobs;
+      if (chunk_end == before) {
+        side(job - before);  // `before` row chunks precede this job
+        continue;
       }
-      if (unit)  // 1x1, stride 1: the table is c * chan, which vectorises; a lookup does not
-        for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = col[k] * chan32;
-      else
-        for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
-      int32_t* s = segs + r * (ncb + 1);
-      s[0] = rp[r];
-      for (int64_t cb = 1; cb < ncb; ++cb)
-        s[cb] = static_cast<int32_t>(
-            std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
-      s[ncb] = rp[r + 1];
+      for (int64_t r = before * kRowChunk; r < std::min(rows, chunk_end * kRowChunk); ++r) {
+        if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols)) {
+          int64_t seen = first_bad.load();
+          while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
+          break;
+        }
+        if (unit)  // 1x1, stride 1: the table is c * chan, which vectorises; a lookup does not
+          for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = col[k] * chan32;
+        else
+          for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
+        int32_t* s = segs + r * (ncb + 1);
+        s[0] = rp[r];
+        for (int64_t cb = 1; cb < ncb; ++cb)
+          s[cb] = static_cast<int32_t>(
+              std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
+        s[ncb] = rp[r + 1];
+      }
     }
   });
   if (first_bad.load() < rows)
