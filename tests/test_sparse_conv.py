@@ -50,6 +50,23 @@ def test_matches_conv2d(device, case, sparsity):
     print(case, sparsity, f"max err {(got - want).abs().max().item():.2e}")
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_rows_sharing_columns(device, stride):
+    """Rows with one common column pattern (an unpruned stem, or a pattern pruned alike in every
+    row) run several rows per pass; a count not a multiple of the rows taken together, several
+    input-channel blocks, a residual and an activation all go through that path."""
+    require_kernel("sparse_conv2d", device)
+    conv = pruned_conv(90, 7, 3, stride, 1, 1, 1, 0.0, device)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight[:1]) >= 0.6)  # same mask in every row
+    sc = SparseConv2d.from_dense(conv, activation="relu6", residual=True).to(device)
+    x = torch.randn(3, 90, 19, 23, device=device)
+    with torch.no_grad():
+        out = conv(x)
+        res = torch.randn_like(out)
+        torch.testing.assert_close(sc(x, res), F.relu6(out + res), atol=1e-4, rtol=1e-4)
+
+
 def test_zero_output_channels_and_noncontiguous(device):
     require_kernel("sparse_conv2d", device)
     conv = pruned_conv(6, 10, 3, 1, 1, 1, 1, 0.5, device)

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <limits>
 #include <string>
 #include <vector>
@@ -68,25 +70,21 @@ bool finite_run(const float* x, int64_t n) {
   float nan_if_any = 0.f;
 #ifdef COMPRESSOR_SPARSE_SIMD
   // Written out: GCC turned an `omp simd` reduction of this loop into gathers (41% of a call).
-  Vec acc = vzero();
+  // Four sums, so the adds do not wait on each other (one chain ran at a quarter of the rate).
+  Vec acc[4] = {vzero(), vzero(), vzero(), vzero()};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) acc = vadd(acc, vmul(vload(x + i), vzero()));
-  if (i < n) acc = vadd(acc, vmul(vload(x + i, tail_mask(static_cast<int>(n - i))), vzero()));
+  for (; i + 4 * kLanes <= n; i += 4 * kLanes)
+    for (int j = 0; j < 4; ++j) acc[j] = vadd(acc[j], vmul(vload(x + i + j * kLanes), vzero()));
+  for (; i + kLanes <= n; i += kLanes) acc[0] = vadd(acc[0], vmul(vload(x + i), vzero()));
+  if (i < n)
+    acc[1] = vadd(acc[1], vmul(vload(x + i, tail_mask(static_cast<int>(n - i))), vzero()));
   alignas(64) float lanes[kLanes];
-  vstore(lanes, acc);
+  vstore(lanes, vadd(vadd(acc[0], acc[1]), vadd(acc[2], acc[3])));
   for (const float v : lanes) nan_if_any += v;
 #else
   for (int64_t i = 0; i < n; ++i) nan_if_any += x[i] * 0.f;
 #endif
   return nan_if_any == nan_if_any;
-}
-
-bool all_finite(const float* x, int64_t n) {
-  std::atomic<bool> finite{true};
-  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-    if (!finite_run(x + begin, end - begin)) finite = false;
-  });
-  return finite;
 }
 
 // Input channels per block: the block's slice under one tile of positions fits the budget.
@@ -125,8 +123,10 @@ struct Rows {
 // look up their offsets, and find by binary search where its input-channel blocks start (a sorted
 // row has every channel's offsets, in whatever order the phase split leaves them, after the
 // previous channel's). Nothing is cached between calls, so an edited col_idx is seen at once.
+// `side(i)` for i < side_jobs (the input's copy or check) runs in the same parallel region: on
+// a shared machine every region costs a wake-up of each thread, up to a scheduler slice each.
 Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const ConvGeom& g,
-                  int64_t ncb) {
+                  int64_t ncb, int64_t side_jobs, const std::function<void(int64_t)>& side) {
   const std::vector<int32_t> table = offset_table(g);
   const int64_t rows = row_ptr.numel() - 1, ncols = g.cin_g * g.kh * g.kw;
   const int64_t block_stride = (g.cin_g + ncb - 1) / ncb * g.chan;
@@ -134,27 +134,58 @@ Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const Co
   const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
   const int32_t* tab = table.data();
   int32_t *off = out.offsets.data_ptr<int32_t>(), *segs = out.segs.data_ptr<int32_t>();
+  const bool unit = g.kh * g.kw == 1 && g.sh * g.sw == 1;
+  const int32_t chan32 = static_cast<int32_t>(g.chan);
   std::atomic<int64_t> first_bad{rows};
-  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols)) {
-        int64_t seen = first_bad.load();
-        while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
-        return;
+  constexpr int64_t kRowChunk = 64;
+  const int64_t chunks = (rows + kRowChunk - 1) / kRowChunk;
+  // Row chunks are spread evenly among the side jobs: the region is split into contiguous
+  // ranges, and all rows first would leave one thread both the rows and half the copy.
+  const int64_t jobs = chunks + side_jobs;
+  at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t before = job * chunks / jobs, chunk_end = (job + 1) * chunks / jobs;
+      if (chunk_end == before) {
+        side(job - before);  // `before` row chunks precede this job
+        continue;
       }
-      for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
-      int32_t* s = segs + r * (ncb + 1);
-      s[0] = rp[r];
-      for (int64_t cb = 1; cb < ncb; ++cb)
-        s[cb] = static_cast<int32_t>(
-            std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
-      s[ncb] = rp[r + 1];
+      for (int64_t r = before * kRowChunk; r < std::min(rows, chunk_end * kRowChunk); ++r) {
+        if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols)) {
+          int64_t seen = first_bad.load();
+          while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
+          break;
+        }
+        if (unit)  // 1x1, stride 1: the table is c * chan, which vectorises; a lookup does not
+          for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = col[k] * chan32;
+        else
+          for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
+        int32_t* s = segs + r * (ncb + 1);
+        s[0] = rp[r];
+        for (int64_t cb = 1; cb < ncb; ++cb)
+          s[cb] = static_cast<int32_t>(
+              std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
+        s[ncb] = rp[r + 1];
+      }
     }
   });
   if (first_bad.load() < rows)
     compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, first_bad.load(), ncols,
                                         "Cin/groups*kh*kw");
   return out;
+}
+
+// Whether every row has row 0's columns (a layer left unpruned, e.g. a network's stem), so that
+// the kernel can take rows together and load each input slice once for all of them. Rows of
+// different groups read different inputs, so only groups == 1 qualifies.
+bool uniform_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const ConvGeom& g) {
+  const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
+  const int64_t rows = row_ptr.numel() - 1, length = rp[1] - rp[0];
+  if (g.groups != 1 || rows < compressor::sparse_cpu::kRows || length == 0) return false;
+  for (int64_t r = 1; r < rows; ++r)
+    if (rp[r + 1] - rp[r] != length ||
+        std::memcmp(col + rp[r], col, length * sizeof(int32_t)) != 0)
+      return false;
+  return true;
 }
 
 // Scratch for the padded copy, kept by each calling thread up to kKeepFloats (8 MB): a fresh
@@ -185,44 +216,67 @@ struct ColumnPhase {
 
 // Images [n0, n1) of (N, Cin, H, W) -> zero-padded (n1 - n0, Cin, sh, sw, Hq, Wq) in dst: padded
 // pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). Each channel is cleared
-// right before it is filled, while its lines are in cache. Returns false when the input holds an
-// inf or NaN (checked plane by plane in the same parallel region).
-bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
-  const int64_t planes = (n1 - n0) * g.Cin;
-  const float* src = input.data_ptr<float>() + n0 * g.Cin * g.H * g.W;
-  std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
+// right before it is filled, while its lines are in cache. plane(i) copies the i-th (image,
+// channel) plane and says whether it was finite (no inf or NaN), so a caller can run the planes
+// in whatever parallel region it has.
+struct PhasedCopy {
+  const ConvGeom& g;
+  const float* src;
+  float* dst;
+  int64_t planes;
   std::vector<ColumnPhase> phases;  // input columns x0, x0 + sw, ... go to phase plane q
-  for (int64_t q = 0; q < g.sw; ++q) {
-    const int64_t x0 = ((q - g.pw) % g.sw + g.sw) % g.sw;
-    phases.push_back({x0, x0 < g.W ? (g.W - x0 + g.sw - 1) / g.sw : 0,
-                      q * g.plane + (x0 + g.pw) / g.sw});
+
+  PhasedCopy(const at::Tensor& input, const ConvGeom& geom, int64_t n0, int64_t n1, float* out)
+      : g(geom), src(input.data_ptr<float>() + n0 * geom.Cin * geom.H * geom.W), dst(out),
+        planes((n1 - n0) * geom.Cin) {
+    std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
+    for (int64_t q = 0; q < g.sw; ++q) {
+      const int64_t x0 = ((q - g.pw) % g.sw + g.sw) % g.sw;
+      phases.push_back({x0, x0 < g.W ? (g.W - x0 + g.sw - 1) / g.sw : 0,
+                        q * g.plane + (x0 + g.pw) / g.sw});
+    }
   }
-  std::atomic<bool> finite{true};
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc) {
-      if (!finite_run(src + nc * g.H * g.W, g.H * g.W)) finite = false;
-      std::memset(dst + nc * g.chan, 0, g.chan * sizeof(float));
-      // Padded pixel (yp, xp) goes to phase (yp % sh, xp % sw) at (yp / sh, xp / sw): stepped,
-      // not divided (a 64-bit division per row was a quarter of a call on 7x7 planes).
-      int64_t phase = g.ph % g.sh, line = g.ph / g.sh;
-      for (int64_t y = 0; y < g.H; ++y) {
-        const float* row = src + (nc * g.H + y) * g.W;
-        float* base = dst + nc * g.chan + phase * g.sw * g.plane + line * g.Wq;
-        if (g.sw == 1) {
-          std::memcpy(base + g.pw, row, g.W * sizeof(float));
-        } else {
-          // one phase at a time: a strided read and a contiguous write, which vectorise
-          for (const ColumnPhase& ph : phases) {
-            float* out = base + ph.at;
-            for (int64_t j = 0; j < ph.count; ++j) out[j] = row[ph.x0 + j * g.sw];
-          }
-        }
-        if (++phase == g.sh) {
-          phase = 0;
-          ++line;
+
+  bool plane(int64_t nc) const {
+    const bool finite = finite_run(src + nc * g.H * g.W, g.H * g.W);
+    std::memset(dst + nc * g.chan, 0, g.chan * sizeof(float));
+    // Padded pixel (yp, xp) goes to phase (yp % sh, xp % sw) at (yp / sh, xp / sw): stepped,
+    // not divided (a 64-bit division per row was a quarter of a call on 7x7 planes).
+    int64_t phase = g.ph % g.sh, line = g.ph / g.sh;
+    for (int64_t y = 0; y < g.H; ++y) {
+      const float* row = src + (nc * g.H + y) * g.W;
+      float* base = dst + nc * g.chan + phase * g.sw * g.plane + line * g.Wq;
+      if (g.sw == 1) {
+        std::memcpy(base + g.pw, row, g.W * sizeof(float));
+      } else {
+        // one phase at a time: a strided read and a contiguous write, which vectorise
+        for (const ColumnPhase& ph : phases) {
+          float* out = base + ph.at;
+          const float* in = row + ph.x0;
+          // A constant stride 2 (every strided conv of ResNet) vectorises with permutes; a
+          // runtime stride stayed scalar, 45% of a 3x3 stride-2 call's own time.
+          if (g.sw == 2)
+            for (int64_t j = 0; j < ph.count; ++j) out[j] = in[2 * j];
+          else
+            for (int64_t j = 0; j < ph.count; ++j) out[j] = in[j * g.sw];
         }
       }
+      if (++phase == g.sh) {
+        phase = 0;
+        ++line;
+      }
     }
+    return finite;
+  }
+};
+
+// All planes of images [n0, n1) in one parallel region; false when the input is not finite.
+bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
+  const PhasedCopy copy(input, g, n0, n1, dst);
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, copy.planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc)
+      if (!copy.plane(nc)) finite = false;
   });
   return finite;
 }
@@ -286,30 +340,45 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
     return sparse_conv2d_cpu(sub.contiguous(), values, col_idx, row_ptr, bias, kernel_size,
                              {1, 1}, padding, dilation, groups, residual, activation);
   }
-  const Rows prep = prepare_rows(col_idx, row_ptr, g, channel_block_count(g));
-  const at::Tensor &offsets = prep.offsets, &segs = prep.segs;
-  auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
-  if (output.numel() == 0) return output;
   // Stride 1 without padding reads the input in place; otherwise groups of images are padded.
   const bool direct = g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
   const int64_t slack = compressor::sparse_cpu::kTile, per_image = g.Cin * g.chan;
   const int64_t step = direct ? g.N : std::max<int64_t>(1, (kKeepFloats - slack) / per_image);
   const Scratch buf = direct ? Scratch{} : scratch(std::min(step, g.N) * per_image + slack, input);
-  if (direct && !all_finite(input.data_ptr<float>(), input.numel()))
-    return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
+  // The first group's copy (or, reading in place, the finiteness check) runs with the rows'
+  // preparation, in one parallel region.
+  constexpr int64_t kCheckChunk = int64_t{1} << 16;
+  const float* x = input.data_ptr<float>();
+  std::unique_ptr<PhasedCopy> first;
+  if (!direct) first = std::make_unique<PhasedCopy>(input, g, 0, std::min(step, g.N), buf.data);
+  std::atomic<bool> finite{true};
+  const int64_t side_jobs = direct ? (input.numel() + kCheckChunk - 1) / kCheckChunk
+                                   : first->planes;
+  const Rows prep = prepare_rows(col_idx, row_ptr, g, channel_block_count(g), side_jobs,
+                                 [&](int64_t i) {
+    const bool ok = direct ? finite_run(x + i * kCheckChunk,
+                                        std::min(kCheckChunk, input.numel() - i * kCheckChunk))
+                           : first->plane(i);
+    if (!ok) finite = false;
+  });
+  const bool uniform = uniform_rows(col_idx, row_ptr, g);
+  const at::Tensor &offsets = prep.offsets, &segs = prep.segs;
+  auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
+  if (output.numel() == 0) return output;
+  if (!finite) return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
   for (int64_t n0 = 0; n0 < g.N; n0 += step) {
     const int64_t n1 = std::min(g.N, n0 + step);
-    if (!direct && !phased_input(input, g, n0, n1, buf.data))
+    if (n0 > 0 && !phased_input(input, g, n0, n1, buf.data))
       return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
     ConvGeom part = g;
     part.N = n1 - n0;
     const int64_t out_at = n0 * g.Cout * g.Ho * g.Wo;
     compressor::sparse_cpu::conv_forward(
-        {part, direct ? input.data_ptr<float>() : buf.data, values.data_ptr<float>(),
+        {part, direct ? x : buf.data, values.data_ptr<float>(),
          offsets.data_ptr<int32_t>(), row_ptr.data_ptr<int32_t>(), segs.data_ptr<int32_t>(),
          segs.size(1) - 1, bias ? bias->data_ptr<float>() : nullptr,
          residual ? residual->data_ptr<float>() + out_at : nullptr, act,
-         output.data_ptr<float>() + out_at});
+         output.data_ptr<float>() + out_at, uniform});
   }
   return output;
 }
