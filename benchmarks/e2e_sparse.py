@@ -5,7 +5,8 @@ python -m benchmarks.e2e_sparse [--quick] [--models resnet50 vgg16 mobilenet_v2]
     [--sparsities 0.8 0.9 0.95] [--batches 1 16] [--threads 1 2] [--json PATH] [--plot]
     [--deepsparse-python PATH]
 Models from compressor.models at 224x224, 1000 classes, every conv/linear but the first pruned
-by magnitude, layer by layer, to the same sparsity (BatchNorm statistics randomised so folding
+by magnitude, layer by layer to the same sparsity, or with one global threshold (--scopes
+uniform global; BatchNorm statistics randomised so folding
 is not trivial). Per (model, sparsity, batch, threads): the model is converted on its example
 input (sparse.convert: per-layer measured decisions, fused BN/activation/residual, whole-model
 check), the dense model is exported to ONNX, then every engine is timed with interleaved samples
@@ -16,10 +17,12 @@ python -m venv /work/ds-venv && /work/ds-venv/bin/pip install deepsparse==1.8.0,
 """
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,6 +31,7 @@ from torch import nn
 from benchmarks.common import RESULTS, machine_info, markdown_table
 from compressor.io import write_json_atomic
 from compressor.models import build_model
+from compressor.pruning import fold_masks, prune_global
 from compressor.sparse import convert
 from compressor.timing import paired_medians
 
@@ -47,16 +51,25 @@ print(json.dumps({"ms": statistics.median(samples) * 1e3}))
 """
 
 
-def pruned_model(name: str, sparsity: float) -> nn.Module:
+def pruned_model(name: str, sparsity: float, scope: str = "uniform") -> nn.Module:
+    """uniform: every layer but the first to `sparsity`; global: one magnitude threshold over
+    them (compressor.pruning.prune_global, with its per-layer floor), masks folded."""
     torch.manual_seed(0)
     model = build_model(MODELS[name]).eval()
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    names = [f"{n}.weight" for n, m in model.named_modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))][1:]
+    if scope == "global":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # floored layers: counted by the pruning report
+            prune_global(model, sparsity, names)
+        fold_masks(model)
     with torch.no_grad():
-        for layer in layers[1:]:
-            flat = layer.weight.abs().flatten()
+        for name_ in names if scope == "uniform" else ():
+            weight = model.get_parameter(name_)
+            flat = weight.abs().flatten()
             keep = max(1, round(flat.numel() * (1 - sparsity)))
             threshold = flat.kthvalue(flat.numel() - keep + 1).values
-            layer.weight.mul_(layer.weight.abs() >= threshold)
+            weight.mul_(weight.abs() >= threshold)
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.1)
@@ -80,9 +93,9 @@ def deepsparse_ms(python: str, path: Path, batch: int, threads: int, repeat: int
     return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
 
-def measure(name, sparsity, batch, threads, args) -> list[dict]:
+def measure(name, sparsity, batch, threads, args, scope="uniform") -> list[dict]:
     torch.set_num_threads(threads)
-    model = pruned_model(name, sparsity)
+    model = pruned_model(name, sparsity, scope)
     x = torch.randn(batch, 3, 224, 224)
     converted, decisions = convert(model, (x,))
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +116,8 @@ def measure(name, sparsity, batch, threads, args) -> list[dict]:
             spreads["deepsparse"] = best["deepsparse"] = None
     swapped = sum(d.converted for d in decisions)
     base = engines["pytorch dense"]
-    return [{"model": name, "sparsity": sparsity, "batch": batch, "threads": threads,
+    return [{"model": name, "sparsity": sparsity, "scope": scope, "batch": batch,
+             "threads": threads,
              "engine": engine, "ms": secs * 1e3, "spread": spreads[engine],
              "best_ms": None if best[engine] is None else best[engine] * 1e3,
              "load_avg": os.getloadavg()[0],
@@ -114,17 +128,18 @@ def measure(name, sparsity, batch, threads, args) -> list[dict]:
 def plot(rows, path: str) -> None:
     import matplotlib.pyplot as plt
 
-    configs = sorted({(r["model"], r["sparsity"], r["batch"], r["threads"]) for r in rows})
+    configs = sorted({(r["model"], r["sparsity"], r.get("scope", "uniform"), r["batch"],
+                       r["threads"]) for r in rows})
     engines = list(dict.fromkeys(r["engine"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(configs)), 4.5))
     width = 0.8 / len(engines)
     for i, engine in enumerate(engines):
-        ms = [next((r["ms"] for r in rows if (r["model"], r["sparsity"], r["batch"],
-                                              r["threads"]) == c and r["engine"] == engine), 0)
-              for c in configs]
+        ms = [next((r["ms"] for r in rows if (r["model"], r["sparsity"], r.get("scope", "uniform"),
+                                              r["batch"], r["threads"]) == c
+                    and r["engine"] == engine), 0) for c in configs]
         ax.bar([j + i * width for j in range(len(configs))], ms, width, label=engine)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(configs))],
-                  [f"{m}\n{s:.0%} b{b} t{t}" for m, s, b, t in configs], fontsize=7)
+                  [f"{m}\n{s:.0%} {sc[0]} b{b} t{t}" for m, s, sc, b, t in configs], fontsize=7)
     ax.set(ylabel="ms per batch (lower is better)", yscale="log")
     ax.legend(fontsize=7)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +153,8 @@ def parse_args(argv=None):
                         help="ResNet-50 and VGG-16 at 90%%, batch 1, 2 threads")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.8, 0.9, 0.95])
+    parser.add_argument("--scopes", nargs="+", choices=("uniform", "global"),
+                        default=["uniform"], help="layer by layer, or one global threshold")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--repeat", type=int, default=7, help="interleaved samples per engine")
@@ -158,14 +175,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     rows = []
     for name in args.models:
-        for sparsity in args.sparsities:
-            for batch in args.batches:
-                for threads in args.threads:
-                    for row in measure(name, sparsity, batch, threads, args):
-                        rows.append(row)
-                        print(row, flush=True)
+        for sparsity, scope in itertools.product(args.sparsities, args.scopes):
+            for batch, threads in itertools.product(args.batches, args.threads):
+                for row in measure(name, sparsity, batch, threads, args, scope):
+                    rows.append(row)
+                    print(row, flush=True)
     write_json_atomic(args.json, {"machine": machine_info(), "rows": rows})
-    print(markdown_table(rows, ["model", "sparsity", "batch", "threads", "engine", "ms",
+    print(markdown_table(rows, ["model", "sparsity", "scope", "batch", "threads", "engine", "ms",
                                 "best_ms", "spread", "speedup_vs_pytorch", "layers_sparse",
                                 "layers", "load_avg"]))
     print(f"wrote {args.json}")
