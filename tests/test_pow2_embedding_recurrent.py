@@ -212,3 +212,29 @@ def test_convert_packs_gru_models_whole():
     model = nn.Sequential(nn.Embedding(30, 8), nn.GRU(8, 16, batch_first=True))
     convert_to_pow2(model, 5)
     assert [type(m).__name__ for m in model] == ["Pow2Embedding", "Pow2GRU"]
+
+
+def test_structured_pruning_names_a_packed_lstm_and_leaves_it_whole():
+    from compressor.structured import StructuredConfig, prune_channels_, structured_result
+
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 8))
+    rnn = Pow2LSTM.from_float(nn.LSTM(8, 10, batch_first=True), 4)
+    lstm_model = _HeadThenLSTM(head, rnn).eval()
+    x = torch.randn(2, 5, 6)
+    want = lstm_model(x)
+    prune_channels_(lstm_model, StructuredConfig(ratio=0.5), x)
+    layers = structured_result(lstm_model)["layers"]
+    assert "packed power-of-two weights" in layers["rnn"]["reason"]
+    assert lstm_model.rnn.hidden_size == 10 and lstm_model.head[2].out_features == 8
+    assert lstm_model.head[0].out_features == 6  # the free hidden layer (12) shrinks
+    assert lstm_model(x).shape == want.shape
+
+
+class _HeadThenLSTM(nn.Module):
+    def __init__(self, head, rnn):
+        super().__init__()
+        self.head, self.rnn = head, rnn
+
+    def forward(self, x):
+        return self.rnn(self.head(x))[0]

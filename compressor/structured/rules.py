@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.nn import ONLSTM
+from compressor.nn import ONLSTM, Pow2GRU, Pow2LSTM, Pow2RNN
 from compressor.pruning.masks import MASK_SUFFIX
 from compressor.structured.attention import PrunableMultiheadAttention
 from compressor.structured.shapes import dims_of
@@ -372,6 +372,8 @@ def rule_for(module: nn.Module) -> Rule | None:
 
 def unsupported(module: nn.Module) -> str | None:
     """Why a module of a ruled type still cannot be pruned, or None."""
+    if isinstance(module, (Pow2LSTM, Pow2GRU, Pow2RNN)):
+        return "packed power-of-two weights (prune channels before quantizing)"
     if isinstance(module, nn.LSTM) and (module.bidirectional or module.proj_size):
         return "bidirectional or projected nn.LSTM"
     if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) != 1:
