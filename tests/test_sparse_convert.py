@@ -222,3 +222,62 @@ def test_functional_residual_block_is_found_and_fused(tmp_path):
     assert isinstance(converted[0], ResidualBlock)
     with torch.no_grad():
         torch.testing.assert_close(converted(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spec", [(8, 16, 3, 1, 1, 1, 1), (6, 9, 5, 2, 2, 1, 3),
+                                  (4, 4, 3, 1, "same", 2, 4), (5, 7, 1, 1, 0, 1, 1),
+                                  (4, 6, 3, 1, "valid", 1, 1)], ids=str)
+def test_sparse_conv1d_equals_the_conv1d(spec):
+    from compressor.nn import SparseConv1d
+
+    cin, cout, k, s, p, d, g = spec
+    torch.manual_seed(0)
+    conv = nn.Conv1d(cin, cout, k, s, p, d, g)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand_like(conv.weight) > 0.7)
+    sparse = SparseConv1d.from_dense(conv)
+    for x in (torch.randn(2, cin, 17), torch.randn(1, 17, cin).transpose(1, 2),
+              torch.randn(1, cin, d * (k - 1) + 1)):
+        with torch.no_grad():
+            torch.testing.assert_close(sparse(x), conv(x), atol=1e-5, rtol=1e-5)
+    back = sparse.to_dense()
+    assert type(back) is nn.Conv1d and torch.equal(back.weight, conv.weight)
+    assert type(sparse.export_module()) is nn.Conv1d
+    with pytest.raises(CompressorError, match=r"SparseConv1d expects input \(N, "):
+        sparse(torch.randn(2, cin, 3, 3))
+    with pytest.raises(CompressorError, match="SparseConv1d.from_dense needs an nn.Conv1d"):
+        SparseConv1d.from_dense(nn.Conv2d(cin, cout, k))
+
+
+class _OwnForward(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_conv1d_and_linear_subclasses_are_considered(tmp_path, monkeypatch):
+    """1-D CNNs convert, a subclass of nn.Linear that keeps Linear's forward (torch's
+    NonDynamicallyQuantizableLinear) too; one with its own forward is left alone."""
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+    from compressor.nn import SparseConv1d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(4, 32, 5, padding=2), nn.ReLU(),
+                          nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          NonDynamicallyQuantizableLinear(32 * 64, 64), _OwnForward(64, 10))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv1d, nn.Linear)):
+                m.weight.mul_(torch.rand_like(m.weight) >= 0.9)
+    x = torch.randn(1, 4, 64)
+    with torch.no_grad():
+        want = model.eval()(x)
+    # every swap taken whatever this machine times: the test is about what is considered
+    monkeypatch.setattr(converter, "_time_pair", lambda base, work, inputs: [1.0, 0.5])
+    converted, decisions = convert(model, (x,), min_speedup=0.0,
+                                   perf_model=PerfModel(tmp_path / "perf.json"))
+    assert [d.name for d in decisions] == ["0", "2", "5"]  # "6" has its own forward
+    assert [type(converted[k]) for k in (0, 2, 5)] == [SparseConv1d, SparseConv1d, SparseLinear]
+    assert type(converted[6]) is _OwnForward
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), want, atol=1e-4, rtol=1e-4)

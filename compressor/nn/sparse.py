@@ -121,14 +121,58 @@ class SparseConv2d(_CsrModule):
         return self.to_dense()
 
 
-def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int]:
+class SparseConv1d(SparseConv2d):
+    """nn.Conv1d (zeros padding) with a CSR weight: the direct sparse convolution over a height-1
+    input (kernel (1, k)), so 1-D CNNs run on the same kernel."""
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv1d, bn: nn.Module | None = None, activation: str = "none",
+                   residual: bool = False) -> "SparseConv1d":
+        if not isinstance(conv, nn.Conv1d):
+            raise CompressorError(f"SparseConv1d.from_dense needs an nn.Conv1d, got "
+                                  f"{type(conv).__name__}")
+        as2d = nn.Conv2d(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]),
+                         (1, conv.stride[0]), (0, _explicit_padding(conv)[0]),
+                         (1, conv.dilation[0]), conv.groups, bias=conv.bias is not None,
+                         padding_mode=conv.padding_mode, device=conv.weight.device)
+        with torch.no_grad():
+            as2d.weight.copy_(conv.weight.unsqueeze(2))
+            if conv.bias is not None:
+                as2d.bias.copy_(conv.bias)
+        return super().from_dense(as2d, bn, activation, residual)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise CompressorError(f"SparseConv1d expects input (N, {self.in_channels}, L), got "
+                                  f"shape {tuple(x.shape)}")
+        residual = None if residual is None else residual.unsqueeze(2)
+        return super().forward(x.unsqueeze(2), residual).squeeze(2)
+
+    def to_dense(self) -> nn.Module:
+        """nn.Conv1d holding the same weight (ConvAct around it for a fused layer)."""
+        as2d = super().to_dense()
+        conv2d = as2d.conv if isinstance(as2d, ConvAct) else as2d
+        conv = nn.Conv1d(self.in_channels, self.out_channels, self.kernel_size[1],
+                         self.stride[1], self.padding[1], self.dilation[1], self.groups,
+                         bias=self.bias is not None, device=self.values.device)
+        with torch.no_grad():
+            conv.weight.copy_(conv2d.weight.squeeze(2))
+            if self.bias is not None:
+                conv.bias.copy_(conv2d.bias)
+        if isinstance(as2d, ConvAct):
+            return ConvAct(conv, self.activation, self.residual)
+        return conv
+
+
+def _explicit_padding(conv: nn.Module) -> tuple[int, ...]:
     if isinstance(conv.padding, tuple):
         return conv.padding
     if conv.padding == "valid":
         return (0, 0)
     totals = [d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
     if any(t % 2 for t in totals):
-        raise CompressorError("SparseConv2d cannot express padding='same' with an even kernel "
+        raise CompressorError(f"{type(conv).__name__}: a sparse conv cannot express "
+                              "padding='same' with an even kernel "
                               "extent (asymmetric padding); keep this layer dense")
     return tuple(t // 2 for t in totals)
 

@@ -1,4 +1,5 @@
-"""compressor.sparse.convert: swap pruned Conv2d / Linear layers for sparse ones where it pays.
+"""compressor.sparse.convert: swap pruned Conv1d / Conv2d / Linear layers for sparse ones where it
+pays.
 
 Per layer, the sparse layer, with what it can fuse (compressor.sparse.fusion: BatchNorm folded,
 activation and residual add in the epilogue), is timed against the dense ops it replaces, with
@@ -62,15 +63,23 @@ def _faster_pools(model, pools: dict, min_speedup: float) -> dict:
     return faster
 
 
+def convertible(module: nn.Module) -> bool:
+    """A Conv1d / Conv2d / Linear, or a subclass that keeps its base's forward (torch's
+    NonDynamicallyQuantizableLinear): its computation is the base's, so the sparse twin is
+    exact. A subclass with its own forward is left alone."""
+    return any(isinstance(module, base) and type(module).forward is base.forward
+               for base in (nn.Conv1d, nn.Conv2d, nn.Linear))
+
+
 def _layer_io(model, example_inputs, filter_fn) -> dict[str, tuple[torch.Tensor, tuple]]:
-    """{path: (input, output shape)} of every Conv2d / Linear that runs on the example."""
+    """{path: (input, output shape)} of every convertible layer that runs on the example."""
     seen, hooks = {}, []
 
     def keep(name, args, out) -> None:  # a hook returning a value would replace the output
         seen.setdefault(name, (args[0].detach(), tuple(out.shape)))
 
     for name, mod in model.named_modules():
-        wanted = type(mod) in (nn.Conv2d, nn.Linear) and (filter_fn is None or filter_fn(mod, name))
+        wanted = convertible(mod) and (filter_fn is None or filter_fn(mod, name))
         if wanted or (type(mod) is nn.MaxPool2d and not mod.return_indices):
             hooks.append(mod.register_forward_hook(
                 lambda m, args, out, name=name: keep(name, args, out)))
@@ -106,8 +115,8 @@ def _decide(model, slot: Slot, x, out_shape, perf: PerfModel, min_speedup) -> De
 def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
             perf_model: PerfModel | None = None,
             filter_fn=None) -> tuple[nn.Module, list[Decision]]:
-    """A copy of `model` (eval mode) whose pruned Conv2d / Linear layers run sparse, fused with
-    their BatchNorm / activation / residual add, where that was measured faster on
+    """A copy of `model` (eval mode) whose pruned Conv1d / Conv2d / Linear layers run sparse
+    (Conv2d fused with its BatchNorm / activation / residual add) where measured faster on
     `example_inputs`; and the per-layer decisions. `filter_fn(module, path)` limits the layers
     considered. The copy is checked not slower than `model` and to give its outputs; `model`
     itself is left as it was, whatever happens."""

@@ -17,7 +17,7 @@ from torch import nn
 
 from compressor.graph import Residual, TraceError, find_patterns, replace_module
 from compressor.nn.fused import ChannelsLastMaxPool2d, ConvAct, ResidualBlock
-from compressor.nn.sparse import SparseConv2d, SparseLinear
+from compressor.nn.sparse import SparseConv1d, SparseConv2d, SparseLinear
 
 
 @dataclass
@@ -76,6 +76,8 @@ def sparse_module(model: nn.Module, slot: Slot) -> nn.Module:
     if isinstance(layer, nn.Linear):
         return SparseLinear.from_dense(layer)
     bn = model.get_submodule(slot.bn) if slot.bn else None
+    if isinstance(layer, nn.Conv1d):  # never fused (patterns fuse Conv2d units only)
+        return SparseConv1d.from_dense(layer, bn, slot.act, slot.residual)
     return SparseConv2d.from_dense(layer, bn, slot.act, slot.residual)
 
 
