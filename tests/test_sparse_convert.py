@@ -281,3 +281,29 @@ def test_conv1d_and_linear_subclasses_are_considered(tmp_path, monkeypatch):
     assert type(converted[6]) is _OwnForward
     with torch.no_grad():
         torch.testing.assert_close(converted(x), want, atol=1e-4, rtol=1e-4)
+
+
+def test_sparsify_takes_packed_conv1d_layers(monkeypatch, tmp_path):
+    """A pruned, INQ-packed 1-D CNN: its Pow2Conv1d layers are candidates for the sparse kernel
+    like any Conv1d (here every swap is taken, whatever this machine times)."""
+    from compressor.nn import Pow2Conv1d
+    from compressor.quantization import convert_to_pow2
+    from compressor.sparse import SparsifyConfig, sparsify_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(4, 32, 5, padding=2), nn.ReLU(), nn.Conv1d(32, 16, 3))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv1d):
+                m.weight.mul_(torch.rand_like(m.weight) >= 0.9)
+    convert_to_pow2(model.eval(), 5)
+    assert isinstance(model[2], Pow2Conv1d)
+    x = torch.randn(1, 4, 40)
+    with torch.no_grad():
+        want = model(x)
+    monkeypatch.setattr(converter, "_time_pair", lambda base, work, inputs: [1.0, 0.5])
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path))  # the timings cache stays here
+    sparsify_(model, SparsifyConfig(min_speedup=1e-6), example_inputs=x)
+    assert [type(m).__name__ for m in model] == ["SparseConv1d", "ReLU", "SparseConv1d"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, atol=1e-4, rtol=1e-4)

@@ -14,7 +14,7 @@ from torch import nn
 
 from compressor.config import Config
 from compressor.history import record
-from compressor.nn.pow2 import Pow2Conv2d, Pow2Linear
+from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
 from compressor.pruning.selection import compressible_
 from compressor.sparse.converter import convert
 
@@ -33,23 +33,6 @@ class SparsifyConfig(Config):
         self.require(self.min_speedup > 0, "min_speedup", "must be > 0")
 
 
-def _float_twin(module: nn.Module) -> nn.Module:
-    """nn.Linear / nn.Conv2d holding a Pow2 module's exact dequantized weights."""
-    weight = module.dequantized_weight().detach().float()
-    if isinstance(module, Pow2Linear):
-        plain = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
-    else:
-        plain = nn.Conv2d(weight.shape[1] * module.groups, weight.shape[0], weight.shape[2:],
-                          stride=module.stride, padding=module.padding,
-                          dilation=module.dilation, groups=module.groups,
-                          bias=module.bias is not None)
-    with torch.no_grad():
-        plain.weight.copy_(weight)
-        if module.bias is not None:
-            plain.bias.copy_(module.bias.detach().float())
-    return plain
-
-
 def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
@@ -57,17 +40,18 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_inputs=None,
               filter_fn: FilterFn | None = None) -> nn.Module:
-    """Swap each selected Conv2d / Linear (and Pow2 layer) whose sparse twin measured faster on
-    `example_inputs`; the whole model is then checked not slower than before. A failure leaves
-    the model as it was."""
+    """Swap each selected Conv1d / Conv2d / Linear (and Pow2 layer) whose sparse twin measured
+    faster on `example_inputs`; the whole model is then checked not slower than before. A
+    failure leaves the model as it was."""
     config = config or SparsifyConfig()
     if example_inputs is None:
         raise ValueError("sparsify_ needs example_inputs: decisions are measured on them")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     work = copy.deepcopy(model).eval()
     compressible_(work)  # torch's attention layers hide their projections from the swap
-    pow2 = {n: m for n, m in work.named_modules() if isinstance(m, (Pow2Linear, Pow2Conv2d))}
-    twins = {name: _float_twin(module) for name, module in pow2.items()}
+    pow2 = {n: m for n, m in work.named_modules()
+            if isinstance(m, (Pow2Linear, Pow2Conv1d, Pow2Conv2d))}
+    twins = {name: module.export_module() for name, module in pow2.items()}  # exact floats
     for name, twin in twins.items():
         _swap(work, name, twin)
     work, decisions = convert(work, inputs, config.min_speedup, filter_fn=filter_fn)
@@ -85,5 +69,6 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
               for d in decisions}
     model.__dict__.update({k: v for k, v in work.__dict__.items()
                            if k != "_compressor_history"})
+    model.__class__ = type(work)  # a root torch layer comes back as its compressor twin
     record(model, "sparsify", config, layers)
     return model
