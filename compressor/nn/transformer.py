@@ -50,8 +50,14 @@ class _Layer(nn.Module):
     _attentions: tuple[str, ...] = ()
     _extra: tuple[str, ...] = ()
 
-    def _init_common(self, d_model, nhead, dim_feedforward, dropout, activation,
-                     layer_norm_eps, batch_first, norm_first, bias, kw) -> None:
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation="relu", layer_norm_eps: float = 1e-5,
+                 batch_first: bool = False, norm_first: bool = False, bias: bool = True,
+                 device=None, dtype=None):
+        """torch's constructor signature: the children a subclass's _attentions and _extra
+        name, built as torch builds them."""
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
         for name in self._attentions:
             setattr(self, name, MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
                                                    batch_first=batch_first, **kw))
@@ -92,14 +98,6 @@ class TransformerEncoderLayer(_Layer):
 
     _attentions = ("self_attn",)
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
-                 dropout: float = 0.1, activation="relu", layer_norm_eps: float = 1e-5,
-                 batch_first: bool = False, norm_first: bool = False, bias: bool = True,
-                 device=None, dtype=None):
-        super().__init__()
-        self._init_common(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-                          batch_first, norm_first, bias, {"device": device, "dtype": dtype})
-
     def forward(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
                 src_key_padding_mask: torch.Tensor | None = None,
                 is_causal: bool = False) -> torch.Tensor:
@@ -119,14 +117,6 @@ class TransformerDecoderLayer(_Layer):
 
     _attentions = ("self_attn", "multihead_attn")
     _extra = ("norm3", "dropout3")
-
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
-                 dropout: float = 0.1, activation="relu", layer_norm_eps: float = 1e-5,
-                 batch_first: bool = False, norm_first: bool = False, bias: bool = True,
-                 device=None, dtype=None):
-        super().__init__()
-        self._init_common(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-                          batch_first, norm_first, bias, {"device": device, "dtype": dtype})
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor,
                 tgt_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
