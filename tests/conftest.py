@@ -1,4 +1,5 @@
-"""Shared fixtures: devices to run on, and the rule that CI never passes on a missing kernel."""
+"""Shared fixtures: devices to run on, one thread for tiny models, and the rule that CI never
+passes on a missing kernel."""
 
 import os
 
@@ -37,3 +38,14 @@ def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the structured-pruning and robustness models are tiny,
+    and on a busy 2-core machine two OpenMP threads wait on each other for longer than a small
+    conv takes (measured 25-80 ms vs 0.05 ms per conv). Use with pytest.mark.usefixtures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ from compressor.robustness import (
 from compressor.structured import StructuredConfig, prune_channels_
 from compressor.train import TrainConfig, evaluate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()  # tiny models: see test_structured.py
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def _trained(name, data, steps, **kwargs):

@@ -16,15 +16,7 @@ from compressor.structured import StructuredConfig, macs, prune_channels_, struc
 from compressor.train import TrainConfig, fit
 from tests.structured_cases import SMALL, case, masked_dense
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these models are tiny: on a busy 2-core machine two OpenMP threads wait on each other
-    # for longer than a small conv takes (measured 25-80 ms vs 0.05 ms per conv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def _pruned(name: str, criterion: str = "random", ratio: float = 0.5):

@@ -18,13 +18,7 @@ from compressor.structured.plan import build_plan
 from compressor.structured.trace import analyse
 from tests.structured_cases import masked_dense
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()  # tiny models: see test_structured.py
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 class Mixed(nn.Module):
