@@ -29,4 +29,15 @@ def set_history(model: nn.Module, records: list[dict]) -> None:
     model.__dict__[_ATTR] = list(records)
 
 
+def adopt_(model: nn.Module, other: nn.Module) -> nn.Module:
+    """Make the caller's object `model` the module `other` in place: other's class and state,
+    model's own transform records. How a transform that works on a copy (BatchNorm folding,
+    conversion of a torch layer at the root, channel removal) still changes the object it was
+    given."""
+    kept = history(model)
+    model.__class__ = type(other)
+    model.__dict__ = {**other.__dict__, _ATTR: kept}
+    return model
+
+
 HISTORY_ATTRIBUTE = _ATTR

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.history import HISTORY_ATTRIBUTE
+from compressor.history import adopt_
 from compressor.nn.attention import MultiheadAttention
 from compressor.nn.scan import ScanLSTM
 from compressor.nn.transformer import (
@@ -148,12 +148,8 @@ def _check_state(swap: Swap, carried: set[str]) -> None:
 
 
 def _install(model: nn.Module, swap: Swap) -> None:
-    if swap.name == "":
-        # the model itself: become the converted module (same object for the caller), keeping
-        # what the transforms recorded on it
-        kept = {k: v for k, v in model.__dict__.items() if k == HISTORY_ATTRIBUTE}
-        model.__class__ = type(swap.new)
-        model.__dict__ = {**swap.new.__dict__, **kept}
+    if swap.name == "":  # the model itself: the caller's object becomes the converted module
+        adopt_(model, swap.new)
         return
     parent, _, child = swap.name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, swap.new)

@@ -95,16 +95,16 @@ class _Pow2Packed(nn.Module):
         """forward(x) as `mode` would compute it ("decoded" needs the module in that mode)."""
         raise NotImplementedError
 
-    def _float_weight(self, x: torch.Tensor, mode: str) -> torch.Tensor:
-        """The float weight in x's dtype: the buffer, rebuilt if the codes changed since."""
+    def _float_weight(self, dtype: torch.dtype, mode: str) -> torch.Tensor:
+        """The float weight in `dtype`: the buffer, rebuilt if the codes changed since."""
         if mode != "decoded":
             w = pow2_decode(self.codes, self.nonzero, self._k, self.bits, self.n1)
-            return w.reshape(self._weight_shape()).to(x.dtype)
+            return w.reshape(self._weight_shape()).to(dtype)
         # Eager only: traced graphs (compile, export) take the buffer as it is at trace time.
         if not torch.compiler.is_compiling() and self._stale():
             self._refresh_decoded()
         w = self._buffers["decoded"]
-        return w if w.dtype == x.dtype else w.to(x.dtype)
+        return w if w.dtype == dtype else w.to(dtype)
 
     def _bias_like(self, x: torch.Tensor) -> torch.Tensor | None:
         b = self._parameters.get("bias")
@@ -113,7 +113,7 @@ class _Pow2Packed(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The float weight (what nn.Linear / nn.Conv*d would hold), for code that reads it."""
-        return self._float_weight(torch.zeros((), device=self.codes.device), self._mode)
+        return self._float_weight(torch.float32, self._mode)
 
     def _set_weight(self, weight2d: torch.Tensor, n1: int | None) -> None:
         """Quantize (a no-op for weights already on the levels) and pack a 2-D float weight."""
@@ -184,7 +184,7 @@ class Pow2Linear(_Pow2Packed):
 
     def run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "decoded":
-            return F.linear(x, self._float_weight(x, mode), self._bias_like(x))
+            return F.linear(x, self._float_weight(x.dtype, mode), self._bias_like(x))
         return self._matmul(x, mode)
 
     def extra_repr(self) -> str:
@@ -291,7 +291,7 @@ class Pow2Conv2d(_Pow2ConvNd):
     def run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         self._check_input(x, 4, "H, W")
         if mode == "decoded" or self.groups != 1:
-            return F.conv2d(x, self._float_weight(x, mode), self._bias_like(x), self.stride,
+            return F.conv2d(x, self._float_weight(x.dtype, mode), self._bias_like(x), self.stride,
                             self.padding, self.dilation, self.groups)
         return self._unfold_conv2d(x, mode, self.kernel_size, self.stride, self.padding,
                                    self.dilation)
@@ -306,7 +306,7 @@ class Pow2Conv1d(_Pow2ConvNd):
     def run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         self._check_input(x, 3, "L")
         if mode == "decoded" or self.groups != 1:
-            return F.conv1d(x, self._float_weight(x, mode), self._bias_like(x), self.stride,
+            return F.conv1d(x, self._float_weight(x.dtype, mode), self._bias_like(x), self.stride,
                             self.padding, self.dilation, self.groups)
         out = self._unfold_conv2d(x.unsqueeze(2), mode, (1, self.kernel_size[0]),
                                   (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]))

@@ -64,8 +64,7 @@ class Pow2Embedding(_Pow2Packed):
         if x.dtype not in (torch.int32, torch.int64):
             raise CompressorError(f"Pow2Embedding expects integer indices, got {x.dtype}")
         if mode == "decoded":
-            return F.embedding(x, self._float_weight(x.new_zeros((), dtype=torch.float32),
-                                                     mode), self.padding_idx)
+            return F.embedding(x, self._float_weight(torch.float32, mode), self.padding_idx)
         flat = x.reshape(-1)
         codes = self.codes.index_select(0, flat)
         nonzero = self.nonzero.index_select(0, flat) if self.bits == 5 else self.nonzero

@@ -7,9 +7,11 @@ from torch import nn
 
 from compressor.data import Dataset
 from compressor.errors import CompressorError
-from compressor.history import history, record
+from compressor.history import adopt_, record
+from compressor.nn import ONLSTM, Pow2GRU, Pow2LSTM, Pow2RNN
+from compressor.nn.pow2 import _Pow2Packed
 from compressor.quantization.convert import convert_to_pow2
-from compressor.quantization.inq import INQ, INQConfig, bits_of, quantizable_parameters
+from compressor.quantization.inq import INQ, INQConfig, quantizable_parameters
 from compressor.quantization.int8 import Int8Config, Int8FakeQuant, quantize_int8
 from compressor.train import batches
 
@@ -46,7 +48,7 @@ def _inq_(model, config: INQConfig, data, filter_fn, loss_fn, checkpoint, progre
     layers = {}
     for name, value in n1.items():
         owner = modules[name.rpartition(".")[0]]
-        layers[name] = {"action": f"INQ {bits_of(config, name)}-bit", "n1": value,
+        layers[name] = {"action": f"INQ {run.bits[name]}-bit", "n1": value,
                         "packed": _is_packed(owner)}
         if not layers[name]["packed"]:
             layers[name]["reason"] = (f"no packed {type(owner).__name__} module: the weight holds "
@@ -56,22 +58,17 @@ def _inq_(model, config: INQConfig, data, filter_fn, loss_fn, checkpoint, progre
 
 
 def _is_packed(module: nn.Module) -> bool:
-    """A Pow2 module (codes buffers; Pow2LSTM has one per weight) or an ON-LSTM whose weights
-    became Pow2 children."""
-    return (any(name.endswith("codes") for name in module._buffers)
-            or getattr(module, "packed_bits", None) is not None)
+    """A Pow2 module, or an ON-LSTM whose weights became Pow2 children."""
+    if isinstance(module, ONLSTM):
+        return module.packed_bits is not None
+    return isinstance(module, (_Pow2Packed, Pow2GRU, Pow2LSTM, Pow2RNN))
 
 
 def _int8_(model, config: Int8Config, data, filter_fn):
     quantized = quantize_int8(model, batches(data, 256, seed=0), config)
-    kept = history(model)
-    # quantize_int8 works on a copy (it folds BatchNorm): adopt its modules, so the caller's
-    # model object is the quantized one.
-    model.__dict__.update({k: v for k, v in quantized.__dict__.items()})
-    # a root torch layer (nn.TransformerEncoder) comes back as its compressor twin: the
-    # caller's object takes that class too, so its forward is the one the modules were made for
-    model.__class__ = type(quantized)
-    model.__dict__["_compressor_history"] = kept
+    # quantize_int8 works on a copy (it folds BatchNorm; a root torch layer comes back as its
+    # compressor twin): the caller's object becomes it
+    adopt_(model, quantized)
     layers = {name: {"action": "int8", "act_scale": float(m.act_scale)}
               for name, m in model.named_modules() if isinstance(m, Int8FakeQuant)}
     record(model, "quantize", config, layers, method="int8")

@@ -213,7 +213,8 @@ class INQ:
         # convert them now, so the weights INQ fixes (and their n1) are the ones packed later
         self.conversions = compressible_(model)
         self.params = quantizable_parameters(model, config)
-        self.layer_bits = layer_bits_of(config, self.params)
+        self.layer_bits = layer_bits_of(config, self.params)  # {module: bits}, for packing
+        self.bits = {name: bits_of(config, name) for name in self.params}
         # what the result depends on besides the config: a checkpoint of other data or other
         # starting weights must not be resumed
         self.origin = content_digest({"model": model.state_dict(), "data": [
@@ -223,7 +224,7 @@ class INQ:
     def _fresh_state(self) -> _State:
         state = _State()
         for name, p in self.params.items():
-            state.n1[name], _ = pow2_exponents(p, bits_of(self.config, name))
+            state.n1[name], _ = pow2_exponents(p, self.bits[name])
             pruned = (p.detach() == 0) if self.config.keep_pruned_zeros else torch.zeros_like(
                 p, dtype=torch.bool)
             state.pruned[name] = pruned
@@ -236,7 +237,7 @@ class INQ:
         cfg = self.config
         last = len(cfg.portions) if stop_after is None else min(stop_after, len(cfg.portions))
         stages = range(self.state.stage, last)
-        widths = "/".join(str(b) for b in sorted(set(self.layer_bits.values()), reverse=True))
+        widths = "/".join(str(b) for b in sorted(set(self.bits.values()), reverse=True))
         for stage in tqdm(stages, desc=f"INQ {widths}-bit", disable=not self.progress):
             portion = cfg.portions[stage]
             counts = self._quantize_stage(portion)
@@ -264,7 +265,7 @@ class INQ:
         for name, p in self.params.items():
             frozen = self.state.frozen[name]
             new = _select_new(p, frozen, ~self.state.pruned[name], portion)
-            q = quantize_to_levels(p, self.state.n1[name], bits_of(self.config, name))
+            q = quantize_to_levels(p, self.state.n1[name], self.bits[name])
             p.copy_(torch.where(new, q, p))
             frozen |= new
             count += int(new.sum())
@@ -273,7 +274,7 @@ class INQ:
     def report(self) -> dict[str, dict]:
         """{parameter: {"action", ...}}: what INQ did to each weight (bits, n1, how many were
         pruned zeros it kept) and why it left the other parameters alone."""
-        out = {name: {"action": f"INQ {bits_of(self.config, name)}-bit",
+        out = {name: {"action": f"INQ {self.bits[name]}-bit",
                       "n1": self.state.n1[name],
                       "stage": self.state.stage, "kept_zeros": int(self.state.pruned[name].sum())}
                for name in self.params}

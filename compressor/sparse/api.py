@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compressor.config import Config
-from compressor.history import record
+from compressor.history import adopt_, record
 from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
 from compressor.pruning.selection import compressible_
 from compressor.sparse.converter import convert
@@ -67,8 +67,6 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
                        "dense_ms": round(d.dense_ms, 4), "sparse_ms": round(d.sparse_ms, 4),
                        "fused": d.fused}
               for d in decisions}
-    model.__dict__.update({k: v for k, v in work.__dict__.items()
-                           if k != "_compressor_history"})
-    model.__class__ = type(work)  # a root torch layer comes back as its compressor twin
+    adopt_(model, work)  # a root torch layer comes back as its compressor twin
     record(model, "sparsify", config, layers)
     return model

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from compressor.config import Config
 from compressor.data import Dataset
 from compressor.errors import CompressorError
-from compressor.history import history, record
+from compressor.history import adopt_, history, record
 from compressor.structured.attention import PrunableMultiheadAttention
 from compressor.structured.criteria import CRITERIA, class_scores, taylor
 from compressor.structured.plan import apply, build_plan, ratio_for, select, verify
@@ -124,7 +124,7 @@ def _round(model, plan, cfg, data, originals, fraction, it) -> dict:
     pruned, changes = apply(model, plan, removed)
     inputs = plan.analysis.inputs
     verify(plan, removed, analyse(pruned, inputs, cfg.leaf_modules))
-    model.__dict__.update(pruned.__dict__)  # in place: the caller's object becomes the pruned one
+    adopt_(model, pruned)  # in place: the caller's object becomes the pruned one
     return {"groups": {grp.name: {"before": len(grp.classes) * grp.width,
                                   "after": (len(grp.classes) - sum(
                                       r in removed for r in grp.classes)) * grp.width,
