@@ -20,7 +20,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from compressor.errors import CompressorError
 from compressor.export.qdq import QuantSpec
 from compressor.nn.convert import export_form
-from compressor.nn.scan import ScanLSTM
 from compressor.pruning import fold_masks, get_masks
 from compressor.quantization.int8 import Int8FakeQuant
 
@@ -48,20 +47,23 @@ def _int8_spec(name: str, module: Int8FakeQuant) -> QuantSpec:
 
 
 def _export_children(parent: nn.Module, prefix: str, changes: list, specs: list,
-                     wrapped: nn.Module | None = None) -> None:
+                     originals: set[int], wrapped: nn.Module | None = None) -> None:
     for name, child in list(parent.named_children()):
         path = f"{prefix}{name}"
-        if child is wrapped:  # an export form wrapping the module it came from: its children
-            _export_children(child, f"{path}.", changes, specs)
+        if child is wrapped or id(child) not in originals:
+            # the module an export form wraps, or one an export form made (ScanLSTM's fresh
+            # nn.LSTM): never converted again, but its children may be the model's own
+            _export_children(child, f"{path}.", changes, specs, originals)
             continue
-        plain = _exported(child, path, changes, specs)
+        plain = _exported(child, path, changes, specs, originals)
         if plain is not child:
             setattr(parent, name, plain)
 
 
-def _exported(module: nn.Module, path: str, changes: list, specs: list) -> nn.Module:
-    """What `module` exports as (compressor.nn.convert.export_form), its children exported
-    too."""
+def _exported(module: nn.Module, path: str, changes: list, specs: list,
+              originals: set[int]) -> nn.Module:
+    """What `module` (one of the model's own) exports as (compressor.nn.convert.export_form),
+    its children exported too."""
     if isinstance(module, Int8FakeQuant):
         specs.append(_int8_spec(path, module))
     plain = export_form(module)
@@ -70,9 +72,8 @@ def _exported(module: nn.Module, path: str, changes: list, specs: list) -> nn.Mo
                               f"export_module() returned {type(plain).__name__}, not a module")
     if plain is not module:
         changes.append(f"{path or '<model>'}: {type(module).__name__} -> {type(plain).__name__}")
-    if isinstance(plain, ScanLSTM):  # wraps an nn.LSTM, which has no submodules to export
-        return plain
-    _export_children(plain, f"{path}." if path else "", changes, specs, wrapped=module)
+    _export_children(plain, f"{path}." if path else "", changes, specs, originals,
+                     wrapped=module)
     return plain
 
 
@@ -82,7 +83,8 @@ def exported_copy(model: nn.Module) -> tuple[nn.Module, dict, list[QuantSpec]]:
     'path: Old -> New' lines} and the QDQ parameters of the int8 layers."""
     plain, folded = fold_prune_masks(copy.deepcopy(model))
     changes, specs = [], []
-    plain = _exported(plain, "", changes, specs)
+    originals = {id(m) for m in plain.modules()}  # what export forms create is already plain
+    plain = _exported(plain, "", changes, specs, originals)
     return plain, {"folded_masks": folded, "converted": changes}, specs
 
 
