@@ -23,6 +23,7 @@ def _bar(path: Path, labels, values, ylabel: str, title: str, fmt: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     bars = ax.bar(labels, values, color="C0")
     ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=8)
+    ax.tick_params(axis="x", labelsize=8, labelrotation=20)  # file names would overlap
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -48,8 +49,20 @@ def _latency_plot(path: Path, bench: dict) -> Path:
     return path
 
 
-def _layer_plot(path: Path, layers: list[dict]) -> Path:
-    rows = [r for r in layers if "dense_ms" in r]
+def _layer_rows(bench: dict, sparsify: dict | None) -> list[dict]:
+    """Per layer, dense against compressed ms: the sparse converter's own measurements when the
+    run sparsified (they cover every candidate, fused blocks included, which the per-layer
+    PyTorch timing cannot name), else the PyTorch per-layer timing."""
+    if sparsify:
+        # a layer kept dense runs as dense: that is its compressed time
+        return [{"layer": n, "kind": r["action"] + (f", {r['fused']}" if r.get("fused") else ""),
+                 "dense_ms": r["dense_ms"],
+                 "compressed_ms": r["sparse_ms"] if r["action"] == "sparse" else r["dense_ms"]}
+                for n, r in sparsify.items() if "dense_ms" in r and "sparse_ms" in r]
+    return [r for r in bench["layers"] if "dense_ms" in r]
+
+
+def _layer_plot(path: Path, rows: list[dict]) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(rows) + 1.2))
     y = range(len(rows))
     ax.barh([i + 0.2 for i in y], [r["dense_ms"] for r in rows], 0.4, label="dense", color="C7")
@@ -94,7 +107,13 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
     lines += _table([[n, f"{b:,}", f"{dense / b:.2f}x" if dense and n.endswith(".pt") else
                       (f"{files['dense.onnx'] / b:.2f}x" if "dense.onnx" in files else "")]
                      for n, b in files.items()], ["file", "bytes", "smaller than dense by"])
+    if dense and files.get("pruned.pt", 0) > dense:
+        lines += ["", "`pruned.pt` is larger than `dense.pt`: it keeps each pruned weight dense "
+                  "beside its mask, so later fine-tuning holds the zeros. The size drops where "
+                  "the weights are stored compactly: power-of-two codes (`quantized.pt`), "
+                  "sparse kernels (`sparse.pt`) and the ONNX file."]
     bench = done.get("bench", {}).get("metrics")
+    sparsify = done.get("sparsify", {}).get("metrics", {}).get("layers")
     if bench:
         plots.append(_latency_plot(run_dir / "latency.png", bench))
         lines += ["", "## Latency, whole model (measured side by side in this run)", ""]
@@ -104,8 +123,10 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
                           f"{r['ort_speedup']:.2f}x"] for r in bench["whole_model"]],
                         ["batch", "threads", "PyTorch dense ms", "PyTorch ours ms", "speedup",
                          "ORT dense ms", "ORT ours ms", "speedup"])
+        rows = _layer_rows(bench, sparsify)
+        if rows:
+            plots.append(_layer_plot(run_dir / "layers.png", rows))
         if bench["layers"]:
-            plots.append(_layer_plot(run_dir / "layers.png", bench["layers"]))
             lines += ["", f"## Latency per layer (PyTorch, batch {bench['layer_batch']})", ""]
             lines += ["A fused block (conv + BatchNorm + activation, + residual) has no dense "
                       "layer of its name: its time is compared in the decisions below.", ""]
@@ -115,7 +136,6 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
                               f"{r['speedup']:.2f}x" if "speedup" in r else "-"]
                              for r in bench["layers"]],
                             ["layer", "runs as", "dense ms", "ours ms", "speedup"])
-    sparsify = done.get("sparsify", {}).get("metrics", {}).get("layers")
     if sparsify:
         lines += ["", "## Sparse-kernel decisions (measured on this machine)", ""]
         lines += _table([[n, f"{r['sparsity']:.2f}", r.get("fused") or "-",
