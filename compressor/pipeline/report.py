@@ -128,8 +128,10 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
             plots.append(_layer_plot(run_dir / "layers.png", rows))
         if bench["layers"]:
             lines += ["", f"## Latency per layer (PyTorch, batch {bench['layer_batch']})", ""]
-            lines += ["A fused block (conv + BatchNorm + activation, + residual) has no dense "
-                      "layer of its name: its time is compared in the decisions below.", ""]
+            lines += ["A sparse layer fused with its BatchNorm and activation (+ residual) is "
+                      "timed here against the dense conv alone, and a fused block has no dense "
+                      "layer of its name: compare those in the decisions below, which time the "
+                      "same computation both ways.", ""]
             lines += _table([[r["layer"], r["kind"],
                               f"{r['dense_ms']:.3f}" if "dense_ms" in r else "-",
                               f"{r['compressed_ms']:.3f}",
