@@ -27,6 +27,9 @@ CASES = [
     (160, 40, 3, 1, 1, 1, 1, (14, 14), 1),
     (300, 9, 1, 1, 0, 1, 1, (13, 15), 2),
     (70, 33, 3, 1, 1, 1, 1, (29, 31), 1),
+    # Strided 1x1 convs read every sh-th row and sw-th column, picked out as the input is copied.
+    (12, 10, 1, 2, 0, 1, 1, (15, 14), 2),
+    (6, 4, 1, (3, 2), 0, 1, 2, (10, 9), 3),
 ]
 
 
@@ -108,7 +111,8 @@ def test_twin_and_to_dense_and_state_dict():
 
 
 def test_in_place_edit_of_col_idx_is_seen(device):
-    """Nothing derived from col_idx is cached: moving a nonzero to another tap moves the result."""
+    """What the kernel derives from col_idx is kept per tensor and version: moving a nonzero to
+    another tap in place moves the result at the next call."""
     require_kernel("sparse_conv2d", device)
     conv = pruned_conv(3, 4, 3, 1, 1, 1, 1, 0.0, device)
     with torch.no_grad():
@@ -121,6 +125,54 @@ def test_in_place_edit_of_col_idx_is_seen(device):
         sc.col_idx[0] = 4  # tap (1, 1) of channel 0: the identity
         conv.weight[0, 0, 0, 0], conv.weight[0, 0, 1, 1] = 0.0, 1.0
         torch.testing.assert_close(sc(x), conv(x))
+
+
+def test_load_state_dict_after_a_call_is_seen():
+    """load_state_dict copies into the packed tensors in place: the offsets kept from the first
+    call must not outlive it. Both weights keep 40 nonzeros, at different places, so the packed
+    shapes agree."""
+    require_kernel("sparse_conv2d", "cpu")
+    convs = [pruned_conv(5, 7, 3, 1, 1, 1, 1, 0.0, "cpu") for _ in range(2)]
+    with torch.no_grad():
+        for seed, conv in enumerate(convs):
+            keep = torch.randperm(conv.weight.numel(), generator=torch.Generator().manual_seed(seed))
+            conv.weight.view(-1)[keep[40:]] = 0
+    sc, other = (SparseConv2d.from_dense(conv) for conv in convs)
+    x = torch.randn(2, 5, 8, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(sc(x), convs[0](x), atol=1e-4, rtol=1e-4)
+        sc.load_state_dict(other.state_dict())
+        torch.testing.assert_close(sc(x), convs[1](x), atol=1e-4, rtol=1e-4)
+
+
+def test_edits_behind_the_version_counter_stay_in_bounds():
+    """Content written past torch's version counter (.data) is not seen until the tensor is next
+    edited by a torch op, and the kernel never reads out of bounds meanwhile; the next tracked
+    edit has the columns checked again."""
+    require_kernel("sparse_conv2d", "cpu")
+    conv = pruned_conv(3, 4, 3, 1, 1, 1, 1, 0.5, "cpu")
+    sc = SparseConv2d.from_dense(conv)
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        before = sc(x)
+        sc.col_idx.data.fill_(10**6)  # far outside the 27 columns
+        torch.testing.assert_close(sc(x), before)
+        sc.col_idx.add_(0)  # a tracked (no-op) edit
+        with pytest.raises(RuntimeError, match="col_idx.*must lie in"):
+            sc(x)
+
+
+def test_weights_made_in_inference_mode():
+    """Inference tensors have no version counter: nothing is kept for them, and each call
+    derives the offsets afresh."""
+    require_kernel("sparse_conv2d", "cpu")
+    conv = pruned_conv(4, 5, 3, 2, 1, 1, 1, 0.6, "cpu")
+    with torch.inference_mode():
+        sc = SparseConv2d.from_dense(conv)
+        x = torch.randn(2, 4, 7, 8)
+        assert sc.col_idx.is_inference()
+        for _ in range(2):
+            torch.testing.assert_close(sc(x), conv(x), atol=1e-4, rtol=1e-4)
 
 
 def op_args(cin=4, cout=6, hw=(6, 7), device="cpu"):

@@ -99,9 +99,11 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        for unit in self.main[:-1]:
+        last = len(self.main) - 1
+        for i, unit in enumerate(self.main):  # (slicing a ModuleList builds a new one per call)
+            if i == last:
+                return unit(x, identity)
             x = unit(x)
-        return self.main[-1](x, identity)
 
 
 class ChannelsLastMaxPool2d(nn.MaxPool2d):

@@ -58,20 +58,15 @@ int64_t even_split(int64_t length, int64_t most) {
   return std::min(most, ((length + pieces - 1) / pieces + kLanes - 1) / kLanes * kLanes);
 }
 
-// One task: output channels [oc0, oc1) of image n, virtual positions [p0, p1). Per tile, the
-// input-channel blocks in turn, and all output channels within a block, so the block's slice of
-// the input under the tile (at most kL2Floats) stays in cache, L2 at least, while the weights
-// stream; the channels' partial sums for the tile (kChannelBlock x kTile floats) are parked in
-// `buf` between blocks.
 // Rows [oc, oc + kRows) of a uniform weight (same columns, groups == 1) over one tile: their
-// values sit kRows apart by the common row length, their offsets are row oc's.
+// values sit the common row length apart, their offsets are row oc's.
 void rows_tile(const compressor::sparse_cpu::ConvArgs& a, int64_t n, int64_t oc, int64_t cb,
                int64_t p, int64_t count, float* acc) {
   using namespace compressor::sparse_cpu;
 #ifdef COMPRESSOR_SPARSE_SIMD
   const ConvGeom& g = a.geom;
   const int32_t* seg = a.segs + oc * (a.ncb + 1) + cb;
-  const int64_t length = a.row_ptr[oc + 1] - a.row_ptr[oc];
+  const int64_t length = a.uniform_length;
   float init[kRows];
   for (int r = 0; r < kRows; ++r) init[r] = a.bias ? a.bias[oc + r] : 0.f;
   axpy_rows(a.values + seg[0], length, a.offsets + seg[0], seg[1] - seg[0],
@@ -91,8 +86,8 @@ void conv_task(const compressor::sparse_cpu::ConvArgs& a, int64_t n, int64_t oc0
   using compressor::sparse_cpu::kRows;
   const ConvGeom& g = a.geom;
 #ifdef COMPRESSOR_SPARSE_SIMD
-  const int64_t rows_end = a.uniform ? oc0 + (oc1 - oc0) / kRows * kRows : oc0;
-  const int64_t most = a.uniform ? compressor::sparse_cpu::kMultiTile : kTile;
+  const int64_t rows_end = a.uniform_length ? oc0 + (oc1 - oc0) / kRows * kRows : oc0;
+  const int64_t most = a.uniform_length ? compressor::sparse_cpu::kMultiTile : kTile;
 #else
   const int64_t rows_end = oc0, most = kTile;
 #endif
@@ -141,10 +136,10 @@ void run_conv(const compressor::sparse_cpu::ConvArgs& a) {
 
 namespace compressor::sparse_cpu {
 
-ConvGeom make_geom(const at::Tensor& input, int64_t cout, at::IntArrayRef k, at::IntArrayRef s,
+ConvGeom make_geom(at::IntArrayRef input, int64_t cout, at::IntArrayRef k, at::IntArrayRef s,
                    at::IntArrayRef p, at::IntArrayRef d, int64_t groups) {
   ConvGeom g{};
-  g.N = input.size(0), g.Cin = input.size(1), g.H = input.size(2), g.W = input.size(3);
+  g.N = input[0], g.Cin = input[1], g.H = input[2], g.W = input[3];
   g.Cout = cout, g.groups = groups, g.cin_g = g.Cin / groups, g.cout_g = cout / groups;
   g.kh = k[0], g.kw = k[1], g.sh = s[0], g.sw = s[1], g.ph = p[0], g.pw = p[1];
   g.dh = d[0], g.dw = d[1];

@@ -1,7 +1,8 @@
 // compressor::sparse_conv2d on CPU: argument and weight checks, the padded (and, for stride > 1,
 // phase-split) copy of the input, each nonzero's column turned into its offset in that copy, then
-// the kernel in sparse_conv.cpp with the fused epilogue. An input holding inf or NaN goes to the
-// dense convolution instead, so pruned zeros cannot hide them.
+// the kernel in sparse_conv.cpp with the fused epilogue. The offsets are kept per weight and
+// geometry between calls (Prepared). An input holding inf or NaN goes to the dense convolution
+// instead, so pruned zeros cannot hide them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,6 +18,7 @@
 
 #include "compressor/checks.h"
 #include "compressor/sparse_cpu.h"
+#include "compressor/tensor_cache.h"
 #include "sparse_checks.h"
 
 namespace {
@@ -122,9 +124,9 @@ struct Rows {
 // One pass over the rows, in one parallel region: check each row's columns (sorted, in range),
 // look up their offsets, and find by binary search where its input-channel blocks start (a sorted
 // row has every channel's offsets, in whatever order the phase split leaves them, after the
-// previous channel's). Nothing is cached between calls, so an edited col_idx is seen at once.
-// `side(i)` for i < side_jobs (the input's copy or check) runs in the same parallel region: on
-// a shared machine every region costs a wake-up of each thread, up to a scheduler slice each.
+// previous channel's). `side(i)` for i < side_jobs (the input's copy or check) runs in the same
+// parallel region: on a shared machine every region costs a wake-up of each thread, up to a
+// scheduler slice each.
 Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const ConvGeom& g,
                   int64_t ncb, int64_t side_jobs, const std::function<void(int64_t)>& side) {
   const std::vector<int32_t> table = offset_table(g);
@@ -174,18 +176,50 @@ Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const Co
   return out;
 }
 
-// Whether every row has row 0's columns (a layer left unpruned, e.g. a network's stem), so that
-// the kernel can take rows together and load each input slice once for all of them. Rows of
-// different groups read different inputs, so only groups == 1 qualifies.
-bool uniform_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const ConvGeom& g) {
+// The common row length when every row has row 0's columns (a layer left unpruned, e.g. a
+// network's stem), so that the kernel can take rows together and load each input slice once for
+// all of them; 0 otherwise. Rows of different groups read different inputs, so only groups == 1
+// qualifies.
+int64_t uniform_length(const at::Tensor& col_idx, const at::Tensor& row_ptr, const ConvGeom& g) {
   const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
   const int64_t rows = row_ptr.numel() - 1, length = rp[1] - rp[0];
-  if (g.groups != 1 || rows < compressor::sparse_cpu::kRows || length == 0) return false;
+  if (g.groups != 1 || rows < compressor::sparse_cpu::kRows || length == 0) return 0;
   for (int64_t r = 1; r < rows; ++r)
     if (rp[r + 1] - rp[r] != length ||
         std::memcmp(col + rp[r], col, length * sizeof(int32_t)) != 0)
-      return false;
-  return true;
+      return 0;
+  return length;
+}
+
+// What the kernel reads besides the input and the values, derived from col_idx and row_ptr for
+// one geometry. Kept between calls (compressor::TensorCache: the same tensors at the same
+// versions): recomputing it took 7% of a whole pruned ResNet-50 at batch 1. The kernel reads
+// only these and `values` (whose length is part of the key), so content changed behind torch's
+// version counter stays in bounds; it is seen when the tensors are next edited by torch ops.
+struct Prepared {
+  at::Tensor offsets, segs;
+  int64_t uniform_length;
+};
+
+std::shared_ptr<const Prepared> prepared(const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                                         const ConvGeom& g, int64_t side_jobs,
+                                         const std::function<void(int64_t)>& side) {
+  static compressor::TensorCache<Prepared> cache;
+  const int64_t ncb = channel_block_count(g);
+  const compressor::TensorCache<Prepared>::Key key{
+      g.cin_g, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.Wq, g.plane, g.groups, ncb,
+      col_idx.numel(), row_ptr.numel()};
+  if (auto hit = cache.find(col_idx, row_ptr, key)) {
+    at::parallel_for(0, side_jobs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) side(i);
+    });
+    return hit;
+  }
+  Rows rows = prepare_rows(col_idx, row_ptr, g, ncb, side_jobs, side);
+  auto value = std::make_shared<const Prepared>(
+      Prepared{std::move(rows.offsets), std::move(rows.segs), uniform_length(col_idx, row_ptr, g)});
+  cache.add(col_idx, row_ptr, key, value);
+  return value;
 }
 
 // Scratch for the padded copy, kept by each calling thread up to kKeepFloats (8 MB): a fresh
@@ -214,21 +248,35 @@ struct ColumnPhase {
   int64_t x0, count, at;  // first input column, how many, where the first lands in a line
 };
 
+// out[j] = in[j * step], j < count. A constant step 2 (every strided conv of ResNet) vectorises
+// with permutes; a runtime step stayed scalar, 45% of a 3x3 stride-2 call's own time.
+inline void strided_copy(float* out, const float* in, int64_t count, int64_t step) {
+  if (step == 1)
+    std::memcpy(out, in, count * sizeof(float));
+  else if (step == 2)
+    for (int64_t j = 0; j < count; ++j) out[j] = in[2 * j];
+  else
+    for (int64_t j = 0; j < count; ++j) out[j] = in[j * step];
+}
+
 // Images [n0, n1) of (N, Cin, H, W) -> zero-padded (n1 - n0, Cin, sh, sw, Hq, Wq) in dst: padded
-// pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). Each channel is cleared
-// right before it is filled, while its lines are in cache. plane(i) copies the i-th (image,
-// channel) plane and says whether it was finite (no inf or NaN), so a caller can run the planes
-// in whatever parallel region it has.
+// pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). With a `step`, the
+// (H, W) that geometry g sees is every step_h-th row and step_w-th column of the input (a strided
+// 1x1 conv run as a stride-1 one). plane(i) copies the i-th (image, channel) plane, and zeroes
+// what the copy leaves, while its lines are in cache, and says whether what it copied was finite
+// (no inf or NaN), so a caller can run the planes in whatever parallel region it has.
 struct PhasedCopy {
   const ConvGeom& g;
   const float* src;
   float* dst;
-  int64_t planes;
+  int64_t planes, src_h, src_w, step_h, step_w;
   std::vector<ColumnPhase> phases;  // input columns x0, x0 + sw, ... go to phase plane q
 
-  PhasedCopy(const at::Tensor& input, const ConvGeom& geom, int64_t n0, int64_t n1, float* out)
-      : g(geom), src(input.data_ptr<float>() + n0 * geom.Cin * geom.H * geom.W), dst(out),
-        planes((n1 - n0) * geom.Cin) {
+  PhasedCopy(const at::Tensor& input, const ConvGeom& geom, int64_t n0, int64_t n1, float* out,
+             int64_t step_h = 1, int64_t step_w = 1)
+      : g(geom), src(input.data_ptr<float>() + n0 * input.size(1) * input.size(2) * input.size(3)),
+        dst(out), planes((n1 - n0) * geom.Cin), src_h(input.size(2)), src_w(input.size(3)),
+        step_h(step_h), step_w(step_w) {
     std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
     for (int64_t q = 0; q < g.sw; ++q) {
       const int64_t x0 = ((q - g.pw) % g.sw + g.sw) % g.sw;
@@ -237,42 +285,48 @@ struct PhasedCopy {
     }
   }
 
+  const float* row(int64_t nc, int64_t y) const {
+    return src + (nc * src_h + y * step_h) * src_w;
+  }
+
   bool plane(int64_t nc) const {
-    const bool finite = finite_run(src + nc * g.H * g.W, g.H * g.W);
-    std::memset(dst + nc * g.chan, 0, g.chan * sizeof(float));
-    // Padded pixel (yp, xp) goes to phase (yp % sh, xp % sw) at (yp / sh, xp / sw): stepped,
-    // not divided (a 64-bit division per row was a quarter of a call on 7x7 planes).
-    int64_t phase = g.ph % g.sh, line = g.ph / g.sh;
-    for (int64_t y = 0; y < g.H; ++y) {
-      const float* row = src + (nc * g.H + y) * g.W;
-      float* base = dst + nc * g.chan + phase * g.sw * g.plane + line * g.Wq;
-      if (g.sw == 1) {
-        std::memcpy(base + g.pw, row, g.W * sizeof(float));
-      } else {
+    float* const out = dst + nc * g.chan;
+    if (g.sh == 1 && g.sw == 1) {
+      // Only the padding is cleared: each row's right margin and the next row's left one are
+      // one run (a whole-plane memset first was a second pass over it).
+      int64_t at = 0;
+      for (int64_t y = 0; y < g.H; ++y) {
+        const int64_t start = (g.ph + y) * g.Wq + g.pw;
+        std::memset(out + at, 0, (start - at) * sizeof(float));
+        strided_copy(out + start, row(nc, y), g.W, step_w);
+        at = start + g.W;
+      }
+      std::memset(out + at, 0, (g.chan - at) * sizeof(float));
+    } else {
+      std::memset(out, 0, g.chan * sizeof(float));
+      // Padded pixel (yp, xp) goes to phase (yp % sh, xp % sw) at (yp / sh, xp / sw): stepped,
+      // not divided (a 64-bit division per row was a quarter of a call on 7x7 planes).
+      int64_t phase = g.ph % g.sh, line = g.ph / g.sh;
+      for (int64_t y = 0; y < g.H; ++y) {
+        float* base = out + phase * g.sw * g.plane + line * g.Wq;
         // one phase at a time: a strided read and a contiguous write, which vectorise
-        for (const ColumnPhase& ph : phases) {
-          float* out = base + ph.at;
-          const float* in = row + ph.x0;
-          // A constant stride 2 (every strided conv of ResNet) vectorises with permutes; a
-          // runtime stride stayed scalar, 45% of a 3x3 stride-2 call's own time.
-          if (g.sw == 2)
-            for (int64_t j = 0; j < ph.count; ++j) out[j] = in[2 * j];
-          else
-            for (int64_t j = 0; j < ph.count; ++j) out[j] = in[j * g.sw];
+        for (const ColumnPhase& ph : phases)
+          strided_copy(base + ph.at, row(nc, y) + ph.x0 * step_w, ph.count, g.sw * step_w);
+        if (++phase == g.sh) {
+          phase = 0;
+          ++line;
         }
       }
-      if (++phase == g.sh) {
-        phase = 0;
-        ++line;
-      }
     }
-    return finite;
+    // Checked on the copy, hot in cache, and on nothing the conv does not read.
+    return finite_run(out, g.chan);
   }
 };
 
 // All planes of images [n0, n1) in one parallel region; false when the input is not finite.
-bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst) {
-  const PhasedCopy copy(input, g, n0, n1, dst);
+bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst,
+                  int64_t step_h, int64_t step_w) {
+  const PhasedCopy copy(input, g, n0, n1, dst, step_h, step_w);
   std::atomic<bool> finite{true};
   at::parallel_for(0, copy.planes, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nc = begin; nc < end; ++nc)
@@ -292,8 +346,12 @@ at::Tensor dense_fallback(const at::Tensor& input, const at::Tensor& values,
   float* w = weight.data_ptr<float>();
   const float* v = values.data_ptr<float>();
   const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
-  for (int64_t r = 0; r < g.Cout; ++r)
+  for (int64_t r = 0; r < g.Cout; ++r) {
+    // checked again: with the offsets cached, col_idx was last checked when they were made
+    if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols))
+      compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, r, ncols, "Cin/groups*kh*kw");
     for (int32_t k = rp[r]; k < rp[r + 1]; ++k) w[r * ncols + col[k]] = v[k];
+  }
   auto out = at::conv2d(input, weight.view({g.Cout, g.cin_g, g.kh, g.kw}), bias, {g.sh, g.sw},
                         {g.ph, g.pw}, {g.dh, g.dw}, g.groups);
   if (residual) out.add_(*residual);
@@ -315,8 +373,9 @@ ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
   check_pair(padding, "padding", 0);
   check_pair(dilation, "dilation", 1);
   CMP_CHECK(groups >= 1, kOp, "groups must be >= 1, got ", groups);
-  const ConvGeom g = compressor::sparse_cpu::make_geom(input, row_ptr.numel() - 1, kernel_size,
-                                                       stride, padding, dilation, groups);
+  const ConvGeom g = compressor::sparse_cpu::make_geom(input.sizes(), row_ptr.numel() - 1,
+                                                       kernel_size, stride, padding, dilation,
+                                                       groups);
   check_geometry(g);
   compressor::sparse_cpu::check_row_ptr(kOp, row_ptr, values.numel());
   return g;
@@ -333,16 +392,16 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   const ConvGeom g = checked_geometry(input, values, col_idx, row_ptr, bias, kernel_size, stride,
                                       padding, dilation, groups);
   check_residual(residual, g);
-  if (g.kh == 1 && g.kw == 1 && g.ph == 0 && g.pw == 0 && (g.sh > 1 || g.sw > 1)) {
-    // A strided 1x1 conv reads only every sh-th row and sw-th column (a phase-split copy would
-    // copy the whole input to use one phase): subsample once, then run it with stride 1.
-    const auto sub = input.slice(2, 0, c10::nullopt, g.sh).slice(3, 0, c10::nullopt, g.sw);
-    return sparse_conv2d_cpu(sub.contiguous(), values, col_idx, row_ptr, bias, kernel_size,
-                             {1, 1}, padding, dilation, groups, residual, activation);
-  }
-  // Stride 1 without padding reads the input in place; otherwise groups of images are padded.
-  const bool direct = g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
-  const int64_t slack = compressor::sparse_cpu::kTile, per_image = g.Cin * g.chan;
+  // A strided 1x1 conv without padding reads only every sh-th row and sw-th column (a
+  // phase-split copy would copy the whole input to use one phase): it runs as a stride-1 conv
+  // over those, which the copy into the scratch buffer picks out.
+  const bool subsample = g.kh == 1 && g.kw == 1 && g.ph == 0 && g.pw == 0 && (g.sh > 1 || g.sw > 1);
+  const ConvGeom run = !subsample ? g : compressor::sparse_cpu::make_geom(
+      {g.N, g.Cin, g.Ho, g.Wo}, g.Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, g.groups);
+  const int64_t step_h = subsample ? g.sh : 1, step_w = subsample ? g.sw : 1;
+  // Stride 1 without padding reads the input in place; otherwise groups of images are copied.
+  const bool direct = !subsample && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  const int64_t slack = compressor::sparse_cpu::kTile, per_image = run.Cin * run.chan;
   const int64_t step = direct ? g.N : std::max<int64_t>(1, (kKeepFloats - slack) / per_image);
   const Scratch buf = direct ? Scratch{} : scratch(std::min(step, g.N) * per_image + slack, input);
   // The first group's copy (or, reading in place, the finiteness check) runs with the rows'
@@ -350,35 +409,35 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   constexpr int64_t kCheckChunk = int64_t{1} << 16;
   const float* x = input.data_ptr<float>();
   std::unique_ptr<PhasedCopy> first;
-  if (!direct) first = std::make_unique<PhasedCopy>(input, g, 0, std::min(step, g.N), buf.data);
+  if (!direct)
+    first = std::make_unique<PhasedCopy>(input, run, 0, std::min(step, g.N), buf.data, step_h,
+                                         step_w);
   std::atomic<bool> finite{true};
   const int64_t side_jobs = direct ? (input.numel() + kCheckChunk - 1) / kCheckChunk
                                    : first->planes;
-  const Rows prep = prepare_rows(col_idx, row_ptr, g, channel_block_count(g), side_jobs,
-                                 [&](int64_t i) {
+  const auto prep = prepared(col_idx, row_ptr, run, side_jobs, [&](int64_t i) {
     const bool ok = direct ? finite_run(x + i * kCheckChunk,
                                         std::min(kCheckChunk, input.numel() - i * kCheckChunk))
                            : first->plane(i);
     if (!ok) finite = false;
   });
-  const bool uniform = uniform_rows(col_idx, row_ptr, g);
-  const at::Tensor &offsets = prep.offsets, &segs = prep.segs;
+  const at::Tensor &offsets = prep->offsets, &segs = prep->segs;
   auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
   if (output.numel() == 0) return output;
   if (!finite) return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
   for (int64_t n0 = 0; n0 < g.N; n0 += step) {
     const int64_t n1 = std::min(g.N, n0 + step);
-    if (n0 > 0 && !phased_input(input, g, n0, n1, buf.data))
+    if (n0 > 0 && !phased_input(input, run, n0, n1, buf.data, step_h, step_w))
       return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
-    ConvGeom part = g;
+    ConvGeom part = run;
     part.N = n1 - n0;
     const int64_t out_at = n0 * g.Cout * g.Ho * g.Wo;
     compressor::sparse_cpu::conv_forward(
         {part, direct ? x : buf.data, values.data_ptr<float>(),
-         offsets.data_ptr<int32_t>(), row_ptr.data_ptr<int32_t>(), segs.data_ptr<int32_t>(),
+         offsets.data_ptr<int32_t>(), segs.data_ptr<int32_t>(),
          segs.size(1) - 1, bias ? bias->data_ptr<float>() : nullptr,
          residual ? residual->data_ptr<float>() + out_at : nullptr, act,
-         output.data_ptr<float>() + out_at, uniform});
+         output.data_ptr<float>() + out_at, prep->uniform_length});
   }
   return output;
 }

@@ -2,8 +2,8 @@
 //
 // Shapes, dtypes, devices, contiguity and int32 ranges are checked on every call. The CSR content
 // (row_ptr from 0 to nnz and non-decreasing, column entries in range, conv rows sorted without
-// duplicates) is checked once per packed
-// tensor and version (see ContentCache): reading it back synchronises with the GPU. The kernels
+// duplicates) is checked once per packed tensor and version (compressor::TensorCache): reading
+// it back synchronises with the GPU. The kernels
 // also stay in bounds for any content, so content changed behind the version counter (.data,
 // raw pointers) or passed during CUDA graph capture gives defined results, never a bad read.
 #include <ATen/ATen.h>
@@ -14,14 +14,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <mutex>
+#include <memory>
 #include <optional>
 #include <string>
-#include <unordered_map>
 
 #include "compressor/checks.h"
 #include "compressor/cuda_binding.h"
 #include "compressor/sparse_cuda.h"
+#include "compressor/tensor_cache.h"
 
 namespace {
 
@@ -69,39 +69,6 @@ int64_t check_csr(const at::Tensor& input, const at::Tensor& values, const at::T
   return rows;
 }
 
-// Which (column tensor, row_ptr tensor, versions, bound) have had their content checked. Weak
-// references keep a freed tensor's address from ever matching a new tensor.
-class ContentCache {
- public:
-  bool contains(const at::Tensor& cols, const at::Tensor& row_ptr, int64_t bound) {
-    const std::lock_guard<std::mutex> lock(mutex_);
-    const auto it = entries_.find(cols.unsafeGetTensorImpl());
-    if (it == entries_.end()) return false;
-    const Entry& e = it->second;
-    return e.cols.lock().get() == cols.unsafeGetTensorImpl() &&
-           e.row_ptr.lock().get() == row_ptr.unsafeGetTensorImpl() &&
-           e.cols_version == cols._version() && e.row_ptr_version == row_ptr._version() &&
-           e.bound == bound;
-  }
-
-  void add(const at::Tensor& cols, const at::Tensor& row_ptr, int64_t bound) {
-    const std::lock_guard<std::mutex> lock(mutex_);
-    if (entries_.size() >= 4096) entries_.clear();  // stale entries of freed tensors
-    entries_.insert_or_assign(cols.unsafeGetTensorImpl(),
-                              Entry{Weak(cols.getIntrusivePtr()), Weak(row_ptr.getIntrusivePtr()),
-                                    cols._version(), row_ptr._version(), bound});
-  }
-
- private:
-  using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-  struct Entry {
-    Weak cols, row_ptr;
-    int64_t cols_version, row_ptr_version, bound;
-  };
-  std::mutex mutex_;
-  std::unordered_map<const c10::TensorImpl*, Entry> entries_;
-};
-
 // Whether each row's columns strictly increase (sorted, no duplicates), as a device bool tensor.
 at::Tensor rows_sorted(const at::Tensor& cols, const at::Tensor& rp) {
   const int64_t nnz = cols.numel();
@@ -118,9 +85,10 @@ at::Tensor rows_sorted(const at::Tensor& cols, const at::Tensor& rp) {
 void check_content_once(const at::Tensor& cols, const at::Tensor& row_ptr, int64_t bound,
                         const char* op, const char* cols_name, const char* hint,
                         bool sorted = false) {
-  static ContentCache cache;
+  // Which (column tensor, row_ptr tensor, versions, bound) have had their content checked.
+  static compressor::TensorCache<bool> cache;
   if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None ||
-      cache.contains(cols, row_ptr, bound))
+      cache.find(cols, row_ptr, {bound}))
     return;  // a graph capture cannot synchronise; the kernels stay in bounds regardless
   const int64_t nnz = cols.numel();
   const auto rp = row_ptr.to(at::kLong);
@@ -138,7 +106,7 @@ void check_content_once(const at::Tensor& cols, const at::Tensor& row_ptr, int64
             "), got [", h[3], ", ", h[4], "]", hint);
   CMP_CHECK(h[5] == 1, op, cols_name, " must strictly increase within a row (sorted, no "
             "duplicates)");
-  cache.add(cols, row_ptr, bound);
+  cache.add(cols, row_ptr, {bound}, std::make_shared<const bool>(true));
 }
 
 void check_pair(at::IntArrayRef v, const char* name, int64_t min, const char* op) {

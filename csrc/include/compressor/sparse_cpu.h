@@ -48,14 +48,14 @@ struct ConvArgs {
   const float* input;     // phased, padded: (N, Cin, sh, sw, Hq, Wq)
   const float* values;    // (nnz)
   const int32_t* offsets; // (nnz) into one group's channels of the phased buffer
-  const int32_t* row_ptr; // (Cout + 1)
   const int32_t* segs;    // (Cout, ncb + 1): where each row's input-channel blocks start
   int64_t ncb;            // input-channel blocks (1 when rows are not sorted by channel)
   const float* bias;      // (Cout) or nullptr
   const float* residual;  // (N, Cout, Ho, Wo) added before the activation, or nullptr
   Act act;
   float* output;          // (N, Cout, Ho, Wo)
-  bool uniform = false;   // every row has the same columns (an unpruned layer): rows share loads
+  // Every row has the same columns (an unpruned layer), this many: rows share loads. 0 if not.
+  int64_t uniform_length = 0;
 };
 
 // [min, max] of idx[0:n] folded into [lo, hi]. Written with plain locals so it vectorises: with
@@ -70,7 +70,8 @@ inline std::pair<int32_t, int32_t> index_range(const int32_t* idx, int64_t n, in
   return {lo, hi};
 }
 
-ConvGeom make_geom(const at::Tensor& input, int64_t cout, at::IntArrayRef k, at::IntArrayRef s,
+// The geometry of a conv over an input of sizes (N, Cin, H, W).
+ConvGeom make_geom(at::IntArrayRef input, int64_t cout, at::IntArrayRef k, at::IntArrayRef s,
                    at::IntArrayRef p, at::IntArrayRef d, int64_t groups);
 void conv_forward(const ConvArgs& args);
 
