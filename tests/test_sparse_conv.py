@@ -135,7 +135,8 @@ def test_load_state_dict_after_a_call_is_seen():
     convs = [pruned_conv(5, 7, 3, 1, 1, 1, 1, 0.0, "cpu") for _ in range(2)]
     with torch.no_grad():
         for seed, conv in enumerate(convs):
-            keep = torch.randperm(conv.weight.numel(), generator=torch.Generator().manual_seed(seed))
+            order = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(conv.weight.numel(), generator=order)
             conv.weight.view(-1)[keep[40:]] = 0
     sc, other = (SparseConv2d.from_dense(conv) for conv in convs)
     x = torch.randn(2, 5, 8, 9)
