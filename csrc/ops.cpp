@@ -20,6 +20,11 @@ TORCH_LIBRARY(compressor, m) {
   // input (M, K), weight (N_out, K) in CSR -> (M, N_out).
   m.def("sparse_linear(Tensor input, Tensor values, Tensor col_idx, Tensor row_ptr, Tensor? bias) -> Tensor");
 
+  // ---- max pooling (what the sparse models' pools run on) ----
+  // input (N, C, H, W) float32 contiguous, no indices, dilation 1, floor mode, padding at most
+  // half of kernel_size; -inf padding, a NaN in a window gives NaN. CPU only.
+  m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+
   // ---- power-of-two quantized matmul (INQ codes) ----
   // Contract (shared by CPU and CUDA; see compressor/quantization/packing.py):
   //   levels {0} U {+-2^n : n2 <= n <= n1}, n2 = n1 + 1 - 2^(bits-1)/2.

@@ -188,12 +188,15 @@ def test_epilogue_keeps_nonfinite_residual_like_torch(activation):
     torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("args", [(3, 2, 1), (2, 2, 0), (3, 1, 1, 2, False, True)])
-def test_channels_last_max_pool_equals_max_pool(args):
-    from compressor.nn.fused import ChannelsLastMaxPool2d
+@pytest.mark.parametrize("args", [(3, 2, 1), (2, 2, 0), (3, 1, 1, 2, False, True),
+                                  (3, 2, 1, 1, False, True), ((3, 2), (1, 3), (1, 0))])
+def test_fast_max_pool_equals_max_pool(args):
+    """Our NCHW kernel (dilation 1, floor mode) and the channels-last path (dilation 2, ceil
+    mode) give torch's values exactly."""
+    from compressor.nn.fused import FastMaxPool2d
 
     plain = nn.MaxPool2d(*args)
-    fast = ChannelsLastMaxPool2d.from_pool(plain)
+    fast = FastMaxPool2d.from_pool(plain)
     x = noncontiguous((2, 5, 13, 11))
     out = fast(x)
     assert out.is_contiguous() and torch.equal(out, plain(x))

@@ -3,6 +3,7 @@ fallback when the extension is missing. Each twin states its shapes; keep them o
 """
 
 import torch
+import torch.nn.functional as F
 
 from compressor.errors import CompressorError
 from compressor.formats.csr import check_csr
@@ -237,3 +238,14 @@ def onlstm_sequence(xg, w_hh, b_hh, h0, c0, chunk_size: int):
         empty = xg.new_empty(0, *h0.shape)
         return empty, empty.clone(), xg.new_empty(0, h0.shape[0], 2)
     return torch.stack(outs), torch.stack(cells), torch.stack(dists)
+
+
+def max_pool2d(input: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
+    """F.max_pool2d without indices, dilation 1, floor mode: the kernel's contract (4-dim input,
+    padding at most half of kernel_size, a window never wholly outside the input)."""
+    if not isinstance(input, torch.Tensor) or input.dim() != 4:
+        raise ValueError("max_pool2d: input must be a 4-dim (N, C, H, W) tensor")
+    if any(p > k // 2 for p, k in zip(padding, kernel_size, strict=True)):
+        raise ValueError(f"max_pool2d: padding {tuple(padding)} must be at most half of "
+                         f"kernel_size {tuple(kernel_size)}")
+    return F.max_pool2d(input, tuple(kernel_size), tuple(stride), tuple(padding))

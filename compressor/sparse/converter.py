@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.nn.fused import ChannelsLastMaxPool2d
+from compressor.nn.fused import FastMaxPool2d
 from compressor.ops.reference import activate
 from compressor.sparse.fusion import Plan, Slot, apply, make_plan, sparse_module
 from compressor.sparse.perf_model import PerfModel
@@ -39,7 +39,7 @@ class Decision:
 
 class Decisions(list):
     """The per-layer decisions, plus the whole-model check (ms, original and converted) and the
-    max-pools computed channels-last ({path: (ms before, ms after)})."""
+    max-pools swapped for FastMaxPool2d ({path: (ms before, ms after)})."""
 
     dense_ms: float | None = None
     converted_ms: float | None = None
@@ -47,13 +47,13 @@ class Decisions(list):
 
 
 def _faster_pools(model, pools: dict, min_speedup: float) -> dict:
-    """{path: (ms, channels-last ms)} of the max-pools measured faster channels-last."""
+    """{path: (ms, FastMaxPool2d ms)} of the max-pools measured faster as FastMaxPool2d."""
     faster = {}
     for name, (x, _) in pools.items():
         if x.dim() != 4:
             continue
         plain = model.get_submodule(name)
-        fast = ChannelsLastMaxPool2d.from_pool(plain)
+        fast = FastMaxPool2d.from_pool(plain)
         with torch.no_grad():
             paired = paired_medians([lambda: plain(x), lambda: fast(x)], x.device.type,  # noqa: B023
                                     warmup=1, repeat=5, min_seconds=0.002)
@@ -176,7 +176,7 @@ def report(decisions: list[Decision]) -> str:
              f"{d.sparse_ms:.3f} ms ({d.speedup:.2f}x{', fused ' + d.fused if d.fused else ''}"
              f") -> {'sparse' if d.converted else 'dense'}" for d in decisions]
     for name, (before, after) in (getattr(decisions, "pools", None) or {}).items():
-        lines.append(f"{name}: max-pool {before:.3f} ms -> {after:.3f} ms channels-last")
+        lines.append(f"{name}: max-pool {before:.3f} ms -> {after:.3f} ms (FastMaxPool2d)")
     if getattr(decisions, "dense_ms", None) is not None:
         lines.append(f"whole model: dense {decisions.dense_ms:.3f} ms, converted "
                      f"{decisions.converted_ms:.3f} ms")

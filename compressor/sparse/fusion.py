@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from compressor.graph import Residual, TraceError, find_patterns, replace_module
-from compressor.nn.fused import ChannelsLastMaxPool2d, ConvAct, ResidualBlock
+from compressor.nn.fused import ConvAct, FastMaxPool2d, ResidualBlock
 from compressor.nn.sparse import SparseConv1d, SparseConv2d, SparseLinear
 
 
@@ -90,10 +90,10 @@ def dense_module(model: nn.Module, slot: Slot) -> nn.Module:
 def apply(model: nn.Module, plan: Plan, sparse: set[str], pools: set[str] = frozenset()
           ) -> nn.Module:
     """A copy of `model` with the slots named in `sparse` swapped (fused) as the plan says, and
-    the max-pools named in `pools` computed channels-last."""
+    the max-pools named in `pools` swapped for FastMaxPool2d."""
     work = copy.deepcopy(model)
     for path in pools:
-        replace_module(work, path, ChannelsLastMaxPool2d.from_pool(model.get_submodule(path)))
+        replace_module(work, path, FastMaxPool2d.from_pool(model.get_submodule(path)))
     for slot in plan.slots:
         if slot.block is None and slot.name in sparse:
             replace_module(work, slot.name, sparse_module(model, slot).to(_device(model, slot)))
