@@ -10,7 +10,8 @@ uniform global; BatchNorm statistics randomised so folding
 is not trivial). Per (model, sparsity, batch, threads): the model is converted on its example
 input (sparse.convert: per-layer measured decisions, fused BN/activation/residual, whole-model
 check), the dense model is exported to ONNX, then every engine is timed with interleaved samples
-(compressor.timing.paired_medians). --quick: ResNet-50 and VGG-16 at 90%, batch 1, 2 threads.
+(compressor.timing.paired_medians); batch_chunk is the chunk the converter runs a batch in
+(compressor.nn.chunked), if any. --quick: ResNet-50 and VGG-16 at 90%, batch 1, 2 threads.
 DeepSparse (Neural Magic, pins its own numpy/onnx) runs in its own interpreter:
 python -m venv /work/ds-venv && /work/ds-venv/bin/pip install deepsparse==1.8.0, then
 --deepsparse-python /work/ds-venv/bin/python. DeepSparse times back-to-back calls in its own
@@ -131,7 +132,9 @@ def measure(name, sparsity, batch, threads, args, scope="uniform") -> list[dict]
              "best_ms": None if best[engine] is None else best[engine] * 1e3,
              "load_avg": os.getloadavg()[0],
              "speedup_vs_pytorch": base / secs, "layers_sparse": swapped,
-             "layers": len(decisions), "max_abs_err": err} for engine, secs in engines.items()]
+             "layers": len(decisions), "max_abs_err": err,
+             "batch_chunk": (decisions.chunks or {}).get("chunk")}
+            for engine, secs in engines.items()]
 
 
 def plot(rows, path: str) -> None:
@@ -192,7 +195,7 @@ def main(argv=None) -> None:
     write_json_atomic(args.json, {"machine": machine_info(), "rows": rows})
     print(markdown_table(rows, ["model", "sparsity", "scope", "batch", "threads", "engine", "ms",
                                 "best_ms", "spread", "speedup_vs_pytorch", "layers_sparse",
-                                "layers", "load_avg"]))
+                                "layers", "batch_chunk", "load_avg"]))
     print(f"wrote {args.json}")
     if args.plot:
         plot(rows, "docs/img/e2e_sparse.png")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.nn.chunked import ChunkedSequential
 from compressor.nn.fused import FastMaxPool2d
 from compressor.ops.reference import activate
 from compressor.sparse.fusion import Plan, Slot, apply, make_plan, sparse_module
@@ -42,6 +43,7 @@ class Decisions(list):
     max-pools swapped for FastMaxPool2d ({path: (ms before, ms after)})."""
 
     dense_ms: float | None = None
+    chunks: dict | None = None  # what _chunk_batches kept
     converted_ms: float | None = None
     pools: dict | None = None
 
@@ -132,7 +134,75 @@ def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
     decisions.pools = _faster_pools(base, pools, min_speedup)
     work = _keep_not_slower(base, plan, decisions, example_inputs)
     _check_outputs(base, work, example_inputs)
+    decisions.chunks = _chunk_batches(work, example_inputs, min_speedup)
     return work, decisions
+
+
+def _stages(model: nn.Module, example_inputs) -> list[str]:
+    """Paths of the outermost nn.Sequential modules that take and give one tensor of the
+    example's batch size along dim 0: what ChunkedSequential can run in chunks."""
+    batch = example_inputs[0].shape[0] if example_inputs[0].dim() else 0
+    ok, hooks = set(), []
+
+    def check(name, args, out) -> None:
+        if (len(args) == 1 and isinstance(args[0], torch.Tensor) and args[0].dim()
+                and args[0].shape[0] == batch and isinstance(out, torch.Tensor)
+                and out.dim() and out.shape[0] == batch):
+            ok.add(name)
+
+    for name, mod in model.named_modules():
+        if type(mod) is nn.Sequential and name:
+            hooks.append(mod.register_forward_hook(
+                lambda m, args, out, name=name: check(name, args, out)))
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [n for n in sorted(ok) if not any(n.startswith(f"{o}.") for o in ok)]
+
+
+def _chunk_batches(work: nn.Module, example_inputs, min_speedup: float) -> dict:
+    """With a batched example, time the model with its stages (_stages) run 1, 2, 4 or 8 samples
+    at a time against the whole batch at once, and keep the fastest chunk where it measured at
+    least `min_speedup` faster and gave the same outputs. Returns {"chunk", "stages", "whole_ms",
+    "chunked_ms"}, or {} when nothing was chunked."""
+    x = example_inputs[0]
+    if len(example_inputs) != 1 or not isinstance(x, torch.Tensor) or x.dim() == 0 \
+            or x.shape[0] < 2:
+        return {}
+    stages = _stages(work, example_inputs)
+    sizes = [c for c in (1, 2, 4, 8) if c < x.shape[0]]
+    if not stages or not sizes:
+        return {}
+
+    def set_chunk(chunk: int) -> None:
+        for path in stages:
+            ChunkedSequential.adopt_(work.get_submodule(path), chunk)
+
+    def run(chunk: int):
+        set_chunk(chunk)
+        return work(x)
+
+    with torch.no_grad():
+        want = run(0)
+        timed = paired_medians([lambda c=c: run(c) for c in [0, *sizes]], x.device.type,
+                               warmup=1, repeat=3)
+        best = [min(s) for s in timed.samples]
+        pick = min(range(1, len(best)), key=best.__getitem__)
+        chunk = sizes[pick - 1]
+        same = isinstance(want, torch.Tensor) and torch.allclose(run(chunk), want, rtol=1e-4,
+                                                                  atol=1e-5)
+    if not same or best[0] < min_speedup * best[pick]:
+        set_chunk(0)
+        for path in stages:  # back to plain Sequentials: nothing changed
+            work.get_submodule(path).__class__ = nn.Sequential
+            del work.get_submodule(path).chunk
+        return {}
+    set_chunk(chunk)
+    return {"chunk": chunk, "stages": stages, "whole_ms": best[0] * 1e3,
+            "chunked_ms": best[pick] * 1e3}
 
 
 def _time_pair(base, work, example_inputs):
@@ -177,6 +247,10 @@ def report(decisions: list[Decision]) -> str:
              f") -> {'sparse' if d.converted else 'dense'}" for d in decisions]
     for name, (before, after) in (getattr(decisions, "pools", None) or {}).items():
         lines.append(f"{name}: max-pool {before:.3f} ms -> {after:.3f} ms (FastMaxPool2d)")
+    chunks = getattr(decisions, "chunks", None)
+    if chunks:
+        lines.append(f"batch in chunks of {chunks['chunk']} through {', '.join(chunks['stages'])}"
+                     f": {chunks['whole_ms']:.3f} ms -> {chunks['chunked_ms']:.3f} ms")
     if getattr(decisions, "dense_ms", None) is not None:
         lines.append(f"whole model: dense {decisions.dense_ms:.3f} ms, converted "
                      f"{decisions.converted_ms:.3f} ms")
