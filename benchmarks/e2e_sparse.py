@@ -15,8 +15,9 @@ check), the dense model is exported to ONNX, then every engine is timed with int
 DeepSparse (Neural Magic, pins its own numpy/onnx) runs in its own interpreter:
 python -m venv /work/ds-venv && /work/ds-venv/bin/pip install deepsparse==1.8.0, then
 --deepsparse-python /work/ds-venv/bin/python. DeepSparse times back-to-back calls in its own
-process; compressor is then also timed that way ("compressor back-to-back") for the ratio
-between the two.
+process; compressor and onnxruntime (its default spinning threads) are then also timed that way
+("... back-to-back") for the ratios against DeepSparse and onnxruntime. In the interleaved
+samples onnxruntime's threads do not spin, which would slow whichever engine runs next.
 """
 
 import argparse
@@ -80,12 +81,23 @@ def pruned_model(name: str, sparsity: float, scope: str = "uniform") -> nn.Modul
     return model
 
 
-def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, path: Path):
-    from compressor.export.verify import session
+def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, path: Path,
+                 spinning: bool = True):
+    """An onnxruntime session on `model` exported to `path`. spinning=False: its idle threads
+    sleep instead of spinning. Spinning is onnxruntime's default and its fastest, but measured
+    here its threads spin on both cores after a run: the next engine's call took 46.6 ms instead
+    of 22.4 (compressor's ResNet-50 at 90%, batch 1, 2 threads)."""
+    import onnxruntime as ort
 
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"])
-    return session(str(path), threads)
+    if not path.exists():
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def deepsparse_ms(python: str, path: Path, batch: int, threads: int, repeat: int) -> float:
@@ -103,27 +115,33 @@ def measure(name, sparsity, batch, threads, args, scope="uniform") -> list[dict]
     converted, decisions = convert(model, (x,))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.onnx"
-        sess = onnx_session(model, x, threads, path)
+        # Interleaved with the other engines, onnxruntime must not spin (see onnx_session).
+        quiet = onnx_session(model, x, threads, path, spinning=False)
         feed = {"x": x.numpy()}
         with torch.no_grad():
             err = (converted(x) - model(x)).abs().max().item()
             timed = paired_medians([lambda: model(x), lambda: converted(x),
-                                    lambda: sess.run(None, feed)], warmup=2, repeat=args.repeat)
+                                    lambda: quiet.run(None, feed)], warmup=2, repeat=args.repeat)
         engines = {"pytorch dense": timed.medians[0], "compressor": timed.medians[1],
                    "onnxruntime dense": timed.medians[2]}
         spreads = dict(zip(engines, timed.spreads, strict=True))
         best = dict(zip(engines, (min(s) for s in timed.samples), strict=True))
+        quiet = None  # its threads go with it
+        # Back to back, each engine alone: onnxruntime with its default (spinning) threads and,
+        # as DeepSparse times itself (alone in its process, calls back to back, weights left in
+        # cache), compressor, for the ratios against those two.
+        spinning = onnx_session(model, x, threads, path)
+        with torch.no_grad():
+            engines["onnxruntime back-to-back"] = median_seconds(
+                lambda: spinning.run(None, feed), warmup=3, repeat=args.repeat)
+            spinning = None  # no spinning threads beside compressor's calls
+            engines["compressor back-to-back"] = median_seconds(
+                lambda: converted(x), warmup=3, repeat=args.repeat)
         if args.deepsparse_python:
-            # DeepSparse runs alone in its process, calls back to back, so its weights stay in
-            # cache between calls; interleaved with the dense engines ours do not. Timed like it
-            # (back to back, same warm-up and count) right before it, for the ratio between them.
-            with torch.no_grad():
-                engines["compressor back-to-back"] = median_seconds(
-                    lambda: converted(x), warmup=3, repeat=args.repeat)
             engines["deepsparse"] = deepsparse_ms(args.deepsparse_python, path, batch, threads,
                                                   args.repeat) / 1e3
-            for engine in ("compressor back-to-back", "deepsparse"):
-                spreads[engine] = best[engine] = None
+        for engine in ("onnxruntime back-to-back", "compressor back-to-back", "deepsparse"):
+            spreads[engine] = best[engine] = None
     swapped = sum(d.converted for d in decisions)
     base = engines["pytorch dense"]
     return [{"model": name, "sparsity": sparsity, "scope": scope, "batch": batch,

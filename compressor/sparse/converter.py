@@ -188,7 +188,7 @@ def _chunk_batches(work: nn.Module, example_inputs, min_speedup: float) -> dict:
     with torch.no_grad():
         want = run(0)
         timed = paired_medians([lambda c=c: run(c) for c in [0, *sizes]], x.device.type,
-                               warmup=1, repeat=3)
+                               warmup=1, repeat=5)
         best = [min(s) for s in timed.samples]
         pick = min(range(1, len(best)), key=best.__getitem__)
         chunk = sizes[pick - 1]
