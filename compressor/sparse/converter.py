@@ -73,24 +73,34 @@ def convertible(module: nn.Module) -> bool:
                for base in (nn.Conv1d, nn.Conv2d, nn.Linear))
 
 
-def _layer_io(model, example_inputs, filter_fn) -> dict[str, tuple[torch.Tensor, tuple]]:
-    """{path: (input, output shape)} of every convertible layer that runs on the example."""
-    seen, hooks = {}, []
+def _watch(model: nn.Module, example_inputs, wanted, on_call) -> None:
+    """Run `model` on the example once, calling on_call(path, args, output) after every module
+    for which wanted(path, module) holds (a hook returning a value would replace the output)."""
+    def hook(name):
+        def seen(module, args, out) -> None:  # returns nothing, whatever on_call returns
+            on_call(name, args, out)
+        return seen
 
-    def keep(name, args, out) -> None:  # a hook returning a value would replace the output
-        seen.setdefault(name, (args[0].detach(), tuple(out.shape)))
-
-    for name, mod in model.named_modules():
-        wanted = convertible(mod) and (filter_fn is None or filter_fn(mod, name))
-        if wanted or (type(mod) is nn.MaxPool2d and not mod.return_indices):
-            hooks.append(mod.register_forward_hook(
-                lambda m, args, out, name=name: keep(name, args, out)))
+    hooks = [mod.register_forward_hook(hook(name))
+             for name, mod in model.named_modules() if wanted(name, mod)]
     try:
         with torch.no_grad():
             model(*example_inputs)
     finally:
         for h in hooks:
             h.remove()
+
+
+def _layer_io(model, example_inputs, filter_fn) -> dict[str, tuple[torch.Tensor, tuple]]:
+    """{path: (input, output shape)} of every convertible layer that runs on the example."""
+    seen = {}
+
+    def wanted(name, mod) -> bool:
+        return (convertible(mod) and (filter_fn is None or filter_fn(mod, name))) or (
+            type(mod) is nn.MaxPool2d and not mod.return_indices)
+
+    _watch(model, example_inputs, wanted,
+           lambda name, args, out: seen.setdefault(name, (args[0].detach(), tuple(out.shape))))
     return seen
 
 
@@ -142,7 +152,7 @@ def _stages(model: nn.Module, example_inputs) -> list[str]:
     """Paths of the outermost nn.Sequential modules that take and give one tensor of the
     example's batch size along dim 0: what ChunkedSequential can run in chunks."""
     batch = example_inputs[0].shape[0] if example_inputs[0].dim() else 0
-    ok, hooks = set(), []
+    ok = set()
 
     def check(name, args, out) -> None:
         if (len(args) == 1 and isinstance(args[0], torch.Tensor) and args[0].dim()
@@ -150,16 +160,8 @@ def _stages(model: nn.Module, example_inputs) -> list[str]:
                 and out.dim() and out.shape[0] == batch):
             ok.add(name)
 
-    for name, mod in model.named_modules():
-        if type(mod) is nn.Sequential and name:
-            hooks.append(mod.register_forward_hook(
-                lambda m, args, out, name=name: check(name, args, out)))
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    _watch(model, example_inputs, lambda name, mod: bool(name) and type(mod) is nn.Sequential,
+           check)
     return [n for n in sorted(ok) if not any(n.startswith(f"{o}.") for o in ok)]
 
 
