@@ -83,21 +83,14 @@ def pruned_model(name: str, sparsity: float, scope: str = "uniform") -> nn.Modul
 
 def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, path: Path,
                  spinning: bool = True):
-    """An onnxruntime session on `model` exported to `path`. spinning=False: its idle threads
-    sleep instead of spinning. Spinning is onnxruntime's default and its fastest, but measured
-    here its threads spin on both cores after a run: the next engine's call took 46.6 ms instead
-    of 22.4 (compressor's ResNet-50 at 90%, batch 1, 2 threads)."""
-    import onnxruntime as ort
+    """An onnxruntime session on `model` exported to `path` (once); spinning=False for the
+    interleaved samples (compressor.export.verify.session says why)."""
+    from compressor.export.verify import session
 
     if not path.exists():
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
                           input_names=["x"])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.log_severity_level = 3
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session(str(path), threads, spinning)
 
 
 def deepsparse_ms(python: str, path: Path, batch: int, threads: int, repeat: int) -> float:

@@ -4,6 +4,7 @@ the choice of the smallest form, and onnxruntime folding the decoders away at lo
 import numpy as np
 import onnx
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -183,3 +184,15 @@ def test_graph_inputs_that_are_initializers_are_left_alone():
     model.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, (64, 64)))
     _, chosen = compact_initializers(model)
     assert chosen[0].kind == "dense"
+
+
+def test_quiet_sessions_do_not_spin(tmp_path):
+    """Sessions timed interleaved with other work are made with idle threads that sleep: a
+    spinning session's threads slowed the next engine's call 2x on a 2-core machine."""
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),), str(path), dynamo=False)
+    quiet, default = session(str(path), 2, spinning=False), session(str(path), 2)
+    key = "session.intra_op.allow_spinning"
+    assert quiet.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # unset: onnxruntime's default
+        default.get_session_options().get_session_config_entry(key)

@@ -249,9 +249,10 @@ def _verify(model, plain, inputs, reference, compact, chosen, path, dense_file, 
                                      notes)
     latency = dense_latency = None
     if config.measure_latency:
-        dense_session = verify.session(str(dense_file), config.threads)
+        quiet = [verify.session(str(f), config.threads, spinning=False)
+                 for f in (dense_file, path)]
         feed = verify.feeds(session, inputs)
-        dense_latency, latency = verify.paired_median_latency([dense_session, session], feed)
+        dense_latency, latency = verify.paired_median_latency(quiet, feed)
     size, dense_size = os.path.getsize(path), os.path.getsize(dense_file)
     return ExportReport(
         str(path), size, dense_size, dense_size / size, error, tolerance, latency, dense_latency,

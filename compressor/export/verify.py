@@ -35,11 +35,18 @@ def check(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(densified(model), full_check=True)
 
 
-def session(model: onnx.ModelProto | str, threads: int = 1) -> ort.InferenceSession:
+def session(model: onnx.ModelProto | str, threads: int = 1,
+            spinning: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session. spinning=False: its idle threads sleep instead of spinning,
+    for sessions timed interleaved with other work. (Spinning is onnxruntime's default and its
+    fastest alone, but measured on a 2-core machine, the next call of another engine right after
+    a run took 46.6 ms instead of 22.4 while its threads spun.)"""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -147,7 +154,8 @@ def optimized_ops(path: str) -> list[str]:
 def paired_median_latency(sessions: list, feed: dict, repeat: int = 15,
                           min_seconds: float = 0.01) -> list[float]:
     """Median seconds per run of each session after warm-up, samples interleaved between the
-    sessions (compressor.timing), so a machine that gets busier slows all of them alike."""
+    sessions (compressor.timing), so a machine that gets busier slows all of them alike. Make the
+    sessions with spinning=False, or each one's idle threads slow the next one's run."""
     timed = paired_medians([lambda s=s: s.run(None, feed) for s in sessions], warmup=3,
                            repeat=repeat, min_seconds=min_seconds)
     return timed.medians

@@ -80,7 +80,8 @@ def layer_latency(dense: nn.Module, compressed: nn.Module, x: torch.Tensor,
 
 def onnx_latency(dense_path: str, compressed_path: str, x: torch.Tensor, threads: int) -> dict:
     """Median seconds of the dense and the compressed ONNX file in onnxruntime, interleaved."""
-    sessions = [verify.session(dense_path, threads), verify.session(compressed_path, threads)]
+    sessions = [verify.session(dense_path, threads, spinning=False),
+                verify.session(compressed_path, threads, spinning=False)]
     feed = verify.feeds(sessions[1], (x,))
     dense_s, compressed_s = verify.paired_median_latency(sessions, feed)
     return {"dense_s": dense_s, "compressed_s": compressed_s,
