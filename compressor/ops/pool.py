@@ -10,30 +10,18 @@ import torch
 from compressor import _extension
 from compressor.ops import reference
 from compressor.ops._dispatch import has_kernel
-from compressor.ops.sparse import _pair
-
-
-def _out(size: int, k: int, s: int, p: int) -> int:
-    return (size + 2 * p - k) // s + 1
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
     """F.max_pool2d(input, kernel_size, stride, padding) for a 4-dim input, without indices,
     dilation 1, floor mode; padding at most half of kernel_size (as torch requires). NaN in a
     window gives NaN. Any strides (a non-contiguous input is copied once)."""
-    kernel_size = _pair(kernel_size, "kernel_size")
-    stride = kernel_size if stride is None else _pair(stride, "stride")
-    padding = _pair(padding, "padding")
-    if not isinstance(input, torch.Tensor) or input.dim() != 4:
-        raise ValueError("max_pool2d: input must be a 4-dim (N, C, H, W) tensor")
-    if min(kernel_size) < 1 or min(stride) < 1 or min(padding) < 0:
-        raise ValueError(f"max_pool2d: kernel_size and stride must be >= 1 and padding >= 0, got "
-                         f"{kernel_size}, {stride}, {padding}")
-    if any(p > k // 2 for p, k in zip(padding, kernel_size, strict=True)):
-        raise ValueError(f"max_pool2d: padding {padding} must be at most half of kernel_size "
-                         f"{kernel_size}")
+    kernel_size = reference.pair("max_pool2d", "kernel_size", kernel_size)
+    stride = kernel_size if stride is None else reference.pair("max_pool2d", "stride", stride)
+    padding = reference.pair("max_pool2d", "padding", padding)
     if input.dtype != torch.float32 or not has_kernel("max_pool2d", input.device):
         return reference.max_pool2d(input, kernel_size, stride, padding)
+    reference.check_max_pool2d(input, kernel_size, stride, padding)
     return torch.ops.compressor.max_pool2d(input.contiguous(), kernel_size, stride, padding)
 
 
@@ -42,5 +30,6 @@ if _extension.load():
     @torch.library.register_fake("compressor::max_pool2d")
     def _max_pool2d_fake(input, kernel_size, stride, padding):
         n, c, h, w = input.shape
-        return input.new_empty(n, c, *(_out(size, kernel_size[i], stride[i], padding[i])
+        return input.new_empty(n, c, *(reference.conv_out(size, kernel_size[i], stride[i],
+                                                          padding[i])
                                        for i, size in enumerate((h, w))))

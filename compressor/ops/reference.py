@@ -240,12 +240,36 @@ def onlstm_sequence(xg, w_hh, b_hh, h0, c0, chunk_size: int):
     return torch.stack(outs), torch.stack(cells), torch.stack(dists)
 
 
-def max_pool2d(input: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
-    """F.max_pool2d without indices, dilation 1, floor mode: the kernel's contract (4-dim input,
-    padding at most half of kernel_size, a window never wholly outside the input)."""
+# ---- max pooling ---------------------------------------------------------------------------
+
+
+def pair(op: str, name: str, value) -> tuple[int, int]:
+    """An int or a pair of ints as a pair; anything else is an error naming `op` and `name`."""
+    both = (value, value) if isinstance(value, int) else tuple(value)
+    if len(both) != 2 or not all(isinstance(v, int) for v in both):
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    return both
+
+
+def conv_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
+    """Output length of a convolution or pool window over `size` (floor mode)."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def check_max_pool2d(input, kernel_size, stride, padding) -> None:
+    """The max_pool2d contract: a 4-dim input, kernel_size and stride >= 1, padding >= 0 and at
+    most half of kernel_size (as torch requires), pairs already."""
     if not isinstance(input, torch.Tensor) or input.dim() != 4:
         raise ValueError("max_pool2d: input must be a 4-dim (N, C, H, W) tensor")
+    if min(kernel_size) < 1 or min(stride) < 1 or min(padding) < 0:
+        raise ValueError(f"max_pool2d: kernel_size and stride must be >= 1 and padding >= 0, got "
+                         f"{tuple(kernel_size)}, {tuple(stride)}, {tuple(padding)}")
     if any(p > k // 2 for p, k in zip(padding, kernel_size, strict=True)):
         raise ValueError(f"max_pool2d: padding {tuple(padding)} must be at most half of "
                          f"kernel_size {tuple(kernel_size)}")
+
+
+def max_pool2d(input: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
+    """F.max_pool2d without indices, dilation 1, floor mode, on the kernel's contract."""
+    check_max_pool2d(input, kernel_size, stride, padding)
     return F.max_pool2d(input, tuple(kernel_size), tuple(stride), tuple(padding))

@@ -14,10 +14,7 @@ from compressor.ops._dispatch import has_kernel
 
 
 def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"sparse_conv2d: {name} must be an int or a pair of ints, got {value!r}")
-    return pair
+    return reference.pair("sparse_conv2d", name, value)
 
 
 def _check_csr(op: str, values, index, row_ptr, bias, index_name: str) -> None:
@@ -93,13 +90,9 @@ def sparse_linear(input, values, col_idx, row_ptr, bias=None) -> torch.Tensor:
     return out.reshape(*input.shape[:-1], row_ptr.numel() - 1)
 
 
-def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 def _out_shape(input, row_ptr, kernel_size, stride, padding, dilation) -> tuple:
-    ho, wo = (_conv_out(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
-              for i in range(2))
+    ho, wo = (reference.conv_out(input.shape[2 + i], kernel_size[i], stride[i], padding[i],
+                                 dilation[i]) for i in range(2))
     return (input.shape[0], row_ptr.shape[0] - 1, ho, wo)
 
 

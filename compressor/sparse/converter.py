@@ -197,10 +197,10 @@ def _chunk_batches(work: nn.Module, example_inputs, min_speedup: float) -> dict:
         same = isinstance(want, torch.Tensor) and torch.allclose(run(chunk), want, rtol=1e-4,
                                                                   atol=1e-5)
     if not same or best[0] < min_speedup * best[pick]:
-        set_chunk(0)
         for path in stages:  # back to plain Sequentials: nothing changed
-            work.get_submodule(path).__class__ = nn.Sequential
-            del work.get_submodule(path).chunk
+            stage = work.get_submodule(path)
+            stage.__class__ = nn.Sequential
+            del stage.chunk
         return {}
     set_chunk(chunk)
     return {"chunk": chunk, "stages": stages, "whole_ms": best[0] * 1e3,
