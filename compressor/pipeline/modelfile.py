@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.graph import replace_module
 from compressor.history import HISTORY_ATTRIBUTE, history, set_history
 from compressor.io import load_checked, save_checked
 from compressor.models import MODELS, build_model
@@ -226,8 +227,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, info: ModelFile) -> Pa
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
     if name == "":
         return module
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+    replace_module(model, name, module)
     return model
 
 

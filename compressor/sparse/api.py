@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from compressor.config import Config
+from compressor.graph import replace_module
 from compressor.history import adopt_, record
 from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
 from compressor.pruning.selection import compressible_
@@ -33,11 +34,6 @@ class SparsifyConfig(Config):
         self.require(self.min_speedup > 0, "min_speedup", "must be > 0")
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_inputs=None,
               filter_fn: FilterFn | None = None) -> nn.Module:
     """Swap each selected Conv1d / Conv2d / Linear (and Pow2 layer) whose sparse twin measured
@@ -53,7 +49,7 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
             if isinstance(m, (Pow2Linear, Pow2Conv1d, Pow2Conv2d))}
     twins = {name: module.export_module() for name, module in pow2.items()}  # exact floats
     for name, twin in twins.items():
-        _swap(work, name, twin)
+        replace_module(work, name, twin)
     work, decisions = convert(work, inputs, config.min_speedup, filter_fn=filter_fn)
     modules = dict(work.named_modules())
     for name, module in pow2.items():
@@ -61,7 +57,7 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
         # its type and weights at the same path; a path a fused block absorbed is left alone
         here = modules.get(name)
         if type(here) is type(twins[name]) and torch.equal(here.weight, twins[name].weight):
-            _swap(work, name, module)
+            replace_module(work, name, module)
     layers = {d.name: {"action": "sparse" if d.converted else "kept dense",
                        "sparsity": round(d.sparsity, 4), "speedup": round(d.speedup, 3),
                        "dense_ms": round(d.dense_ms, 4), "sparse_ms": round(d.sparse_ms, 4),
