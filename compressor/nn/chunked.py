@@ -20,13 +20,15 @@ class ChunkedSequential(nn.Sequential):
 
     @classmethod
     def adopt_(cls, sequential: nn.Sequential, chunk: int) -> "ChunkedSequential":
-        """Make `sequential` (an nn.Sequential, in place) a ChunkedSequential of `chunk`."""
-        if type(sequential) not in (nn.Sequential, cls):
+        """Make `sequential` (an nn.Sequential, in place) a ChunkedSequential of `chunk`; one
+        already of this class or a subclass (TracedSequential) keeps its class."""
+        if type(sequential) is not nn.Sequential and not isinstance(sequential, cls):
             raise TypeError(f"ChunkedSequential: expected an nn.Sequential, got "
                             f"{type(sequential).__name__}")
         if not isinstance(chunk, int) or chunk < 0:
             raise ValueError(f"ChunkedSequential: chunk must be an int >= 0, got {chunk!r}")
-        sequential.__class__ = cls
+        if not isinstance(sequential, cls):
+            sequential.__class__ = cls
         sequential.chunk = chunk
         return sequential
 

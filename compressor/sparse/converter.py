@@ -5,7 +5,10 @@ Per layer, the sparse layer, with what it can fuse (compressor.sparse.fusion: Ba
 activation and residual add in the epilogue), is timed against the dense ops it replaces, with
 interleaved samples (PerfModel); it is taken when measured at least `min_speedup` faster. Then
 the whole converted model is timed against the original, interleaved too, and while it is slower
-the swaps with the smallest gains are undone. The original model is never modified.
+the swaps with the smallest gains are undone. Last, the model's stages (outermost Sequentials
+over the batch) may run a batch in chunks (ChunkedSequential) and replay inference from traced
+graphs (TracedSequential), each kept only where measured to pay. The original model is never
+modified.
 """
 
 import copy
@@ -17,6 +20,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.nn.chunked import ChunkedSequential
 from compressor.nn.fused import FastMaxPool2d
+from compressor.nn.traced import TracedSequential
 from compressor.ops.reference import activate
 from compressor.sparse.fusion import Plan, Slot, apply, make_plan, sparse_module
 from compressor.sparse.perf_model import PerfModel
@@ -44,6 +48,7 @@ class Decisions(list):
 
     dense_ms: float | None = None
     chunks: dict | None = None  # what _chunk_batches kept
+    traced: dict | None = None  # what _trace_stages kept
     converted_ms: float | None = None
     pools: dict | None = None
 
@@ -144,7 +149,9 @@ def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
     decisions.pools = _faster_pools(base, pools, min_speedup)
     work = _keep_not_slower(base, plan, decisions, example_inputs)
     _check_outputs(base, work, example_inputs)
-    decisions.chunks = _chunk_batches(work, example_inputs, min_speedup)
+    stages = _stages(work, example_inputs)
+    decisions.chunks = _chunk_batches(work, example_inputs, stages, min_speedup)
+    decisions.traced = _trace_stages(work, example_inputs, stages)
     return work, decisions
 
 
@@ -160,12 +167,34 @@ def _stages(model: nn.Module, example_inputs) -> list[str]:
                 and out.dim() and out.shape[0] == batch):
             ok.add(name)
 
-    _watch(model, example_inputs, lambda name, mod: bool(name) and type(mod) is nn.Sequential,
-           check)
+    _watch(model, example_inputs,
+           lambda name, mod: bool(name) and type(mod) in (nn.Sequential, ChunkedSequential,
+                                                          TracedSequential), check)
     return [n for n in sorted(ok) if not any(n.startswith(f"{o}.") for o in ok)]
 
 
-def _chunk_batches(work: nn.Module, example_inputs, min_speedup: float) -> dict:
+_STAGE_ATTRIBUTES = ("chunk", "traced", "_graphs")  # what ChunkedSequential / TracedSequential add
+
+
+def _stage_state(work: nn.Module, stages: list[str]) -> dict:
+    """Each stage's class and stage attributes, for _restore_stages."""
+    return {path: (type(stage), {k: stage.__dict__[k] for k in _STAGE_ATTRIBUTES
+                                 if k in stage.__dict__})
+            for path, stage in ((p, work.get_submodule(p)) for p in stages)}
+
+
+def _restore_stages(work: nn.Module, saved: dict) -> None:
+    """Put the stages back as _stage_state found them."""
+    for path, (cls, attributes) in saved.items():
+        stage = work.get_submodule(path)
+        stage.__class__ = cls
+        for key in _STAGE_ATTRIBUTES:
+            stage.__dict__.pop(key, None)
+        stage.__dict__.update(attributes)
+
+
+def _chunk_batches(work: nn.Module, example_inputs, stages: list[str], min_speedup: float
+                   ) -> dict:
     """With a batched example, time the model with its stages (_stages) run 1, 2, 4 or 8 samples
     at a time against the whole batch at once, and keep the fastest chunk where it measured at
     least `min_speedup` faster and gave the same outputs. Returns {"chunk", "stages", "whole_ms",
@@ -174,7 +203,6 @@ def _chunk_batches(work: nn.Module, example_inputs, min_speedup: float) -> dict:
     if len(example_inputs) != 1 or not isinstance(x, torch.Tensor) or x.dim() == 0 \
             or x.shape[0] < 2:
         return {}
-    stages = _stages(work, example_inputs)
     sizes = [c for c in (1, 2, 4, 8) if c < x.shape[0]]
     if not stages or not sizes:
         return {}
@@ -187,6 +215,7 @@ def _chunk_batches(work: nn.Module, example_inputs, min_speedup: float) -> dict:
         set_chunk(chunk)
         return work(x)
 
+    saved = _stage_state(work, stages)
     with torch.no_grad():
         want = run(0)
         timed = paired_medians([lambda c=c: run(c) for c in [0, *sizes]], x.device.type,
@@ -197,14 +226,41 @@ def _chunk_batches(work: nn.Module, example_inputs, min_speedup: float) -> dict:
         same = isinstance(want, torch.Tensor) and torch.allclose(run(chunk), want, rtol=1e-4,
                                                                   atol=1e-5)
     if not same or best[0] < min_speedup * best[pick]:
-        for path in stages:  # back to plain Sequentials: nothing changed
-            stage = work.get_submodule(path)
-            stage.__class__ = nn.Sequential
-            del stage.chunk
+        _restore_stages(work, saved)  # nothing changed
         return {}
     set_chunk(chunk)
     return {"chunk": chunk, "stages": stages, "whole_ms": best[0] * 1e3,
             "chunked_ms": best[pick] * 1e3}
+
+
+def _trace_stages(work: nn.Module, example_inputs, stages: list[str]) -> dict:
+    """Make the stages (_stages) TracedSequential and time the model with their graphs against
+    without; keep them where not slower, with the same outputs (a graph changes no result, so,
+    as for the whole model, not slower is the bar). Returns {"stages", "eager_ms", "traced_ms"},
+    or {} when nothing was kept."""
+    if not stages or len(example_inputs) != 1:
+        return {}
+    saved = _stage_state(work, stages)
+    traced = [TracedSequential.adopt_(work.get_submodule(path)) for path in stages]
+
+    def run(on: bool):
+        for stage in traced:
+            stage.traced = on
+        return work(*example_inputs)
+
+    with torch.no_grad():
+        want, got = run(False), run(True)  # the second call traces
+        same = isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and \
+            torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+        timed = paired_medians([lambda: run(False), lambda: run(True)],
+                               example_inputs[0].device.type, warmup=1, repeat=7)
+    eager, fast = (min(s) for s in timed.samples)
+    if not same or fast > eager:
+        _restore_stages(work, saved)
+        return {}
+    for stage in traced:
+        stage.traced = True
+    return {"stages": stages, "eager_ms": eager * 1e3, "traced_ms": fast * 1e3}
 
 
 def _time_pair(base, work, example_inputs):
@@ -253,6 +309,10 @@ def report(decisions: list[Decision]) -> str:
     if chunks:
         lines.append(f"batch in chunks of {chunks['chunk']} through {', '.join(chunks['stages'])}"
                      f": {chunks['whole_ms']:.3f} ms -> {chunks['chunked_ms']:.3f} ms")
+    traced = getattr(decisions, "traced", None)
+    if traced:
+        lines.append(f"traced graphs for {', '.join(traced['stages'])}: {traced['eager_ms']:.3f}"
+                     f" ms -> {traced['traced_ms']:.3f} ms")
     if getattr(decisions, "dense_ms", None) is not None:
         lines.append(f"whole model: dense {decisions.dense_ms:.3f} ms, converted "
                      f"{decisions.converted_ms:.3f} ms")
