@@ -37,6 +37,11 @@ def test_report_matches_artefacts(run_dir):
     for stage, acc in metrics["accuracy"].items():
         assert f"| {stage} | {acc:.4f} |" in report
     assert f"| model.onnx | {metrics['sizes']['model.onnx']:,} |" in report
+    whole = metrics["stages"]["sparsify"]["whole_model"]  # what the converter did, as timed
+    assert whole["converted_ms"] > 0 and \
+        f"dense {whole['dense_ms']:.3f} ms, converted {whole['converted_ms']:.3f} ms" in report
+    traced = whole["traced"]
+    assert not traced or f"Inference of {', '.join(traced['stages'])} replayed" in report
     for png in ("accuracy.png", "size.png", "latency.png", "layers.png"):
         assert (run_dir / png).stat().st_size > 1000 and f"]({png})" in report
     bench = metrics["stages"]["bench"]

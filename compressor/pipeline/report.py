@@ -49,6 +49,23 @@ def _latency_plot(path: Path, bench: dict) -> Path:
     return path
 
 
+def _whole_model_lines(whole: dict) -> list[str]:
+    """What the converter did to the whole model, as it measured it (sparsify's record)."""
+    lines = []
+    if whole.get("dense_ms") is not None:
+        lines.append(f"- Whole model, as the converter timed it on its example: dense "
+                     f"{whole['dense_ms']:.3f} ms, converted {whole['converted_ms']:.3f} ms.")
+    if whole.get("chunks"):
+        c = whole["chunks"]
+        lines.append(f"- Batch run in chunks of {c['chunk']} through {', '.join(c['stages'])}: "
+                     f"{c['whole_ms']:.3f} -> {c['chunked_ms']:.3f} ms.")
+    if whole.get("traced"):
+        t = whole["traced"]
+        lines.append(f"- Inference of {', '.join(t['stages'])} replayed from traced graphs "
+                     f"(compressor.nn.traced): {t['eager_ms']:.3f} -> {t['traced_ms']:.3f} ms.")
+    return ["", *lines] if lines else []
+
+
 def _layer_rows(bench: dict, sparsify: dict | None) -> list[dict]:
     """Per layer, dense against compressed ms: the sparse converter's own measurements when the
     run sparsified (they cover every candidate, fused blocks included, which the per-layer
@@ -147,6 +164,8 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
                          for n, r in sparsify.items()],
                         ["layer", "sparsity", "fused", "dense ms", "sparse ms", "speedup",
                          "decision"])
+        whole = done.get("sparsify", {}).get("metrics", {}).get("whole_model") or {}
+        lines += _whole_model_lines(whole)
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Files: " + ", ".join(f"`{n}`" for n in files) + ", `metrics.json`."]
     return write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")

@@ -78,10 +78,11 @@ def sparsify_stage(model: nn.Module, data: Dataset, cfg: SparsifyConfig, batch: 
     if has_masks(model):
         fold_masks(model)
     sparsify_(model, cfg, (data.x_test[:batch].contiguous(),))
-    layers = history(model)[-1]["layers"]
+    done = history(model)[-1]
+    layers = done["layers"]
     return {"test_acc": accuracy(model, data),
             "sparse_layers": sum(v["action"] == "sparse" for v in layers.values()),
-            "layers": layers}
+            "layers": layers, "whole_model": done.get("whole_model", {})}
 
 
 def export_stage(model: nn.Module, data: Dataset, cfg: ExportConfig, out: str | os.PathLike,
