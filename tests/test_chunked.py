@@ -79,7 +79,7 @@ def test_converter_chunks_stages_and_keeps_structure(monkeypatch, tmp_path):
     assert f"batch in chunks of {found['chunk']}" in report(decisions)
     plain, notes, _ = exported_copy(work)
     assert not any(isinstance(m, ChunkedSequential) for m in plain.modules())
-    kind = type(work.get_submodule(found["stages"][0])).__name__  # Chunked or, traced, Traced
+    kind = type(work.get_submodule(found["stages"][0])).__name__  # Chunked-, or Traced-
     assert any(f"{kind} -> Sequential" in line for line in notes["converted"])
     with torch.no_grad():
         torch.testing.assert_close(plain(x), want, atol=1e-4, rtol=1e-4)

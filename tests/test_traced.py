@@ -11,6 +11,7 @@ from torch import nn
 
 from compressor.export.prepare import exported_copy
 from compressor.models import build_model
+from compressor.nn import traced
 from compressor.nn.chunked import ChunkedSequential
 from compressor.nn.pow2 import Pow2Linear
 from compressor.nn.sparse import SparseConv2d
@@ -77,13 +78,27 @@ def test_graph_only_for_inference():
 def test_graph_follows_edits_to_the_stage():
     seq = TracedSequential.adopt_(stage())
     x = torch.randn(2, 3, 6, 6)
+
+    def graph():  # the graph the last call used
+        (only,) = graphs(seq).values()
+        assert only.graph is not None
+        return only
+
     with torch.no_grad():
         seq(x)
+        first = graph()
         seq[2].weight.mul_(2.0)  # in place: the graph holds the same tensor
         torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x), rtol=0, atol=0)
-        seq[3] = nn.Sigmoid()  # a swapped child
+        assert graph() is first
+        seq[3] = nn.Sigmoid()  # a swapped child, in training mode as built: the modules run
         torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x), rtol=0, atol=0)
-        assert seq(x).min() > 0
+        assert seq(x).min() > 0 and graph() is first
+        seq[3].eval()  # now a new graph
+        torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x), rtol=0, atol=0)
+        assert seq(x).min() > 0 and graph() is not first
+        seq[3].__class__ = nn.Tanh  # a class swapped in place
+        torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x), rtol=0, atol=0)
+        assert seq(x).min() < 0
         seq[2].bias = nn.Parameter(torch.full((5,), 3.0))  # a replaced parameter
         torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x), rtol=0, atol=0)
         other = stage()
@@ -98,9 +113,17 @@ def test_graph_follows_edits_to_the_stage():
         torch.testing.assert_close(seq(x.double()), nn.Sequential(*seq)(x.double()), rtol=0,
                                    atol=0)
         seq.float()
-        seq.append(nn.Tanh())  # a child added
+        seq.append(nn.Tanh().eval())  # a child added
         assert seq(x).abs().max() <= 1
         torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x), rtol=0, atol=0)
+        for drop in (lambda: seq.train().eval(), seq.float,
+                     lambda: seq.load_state_dict(seq.state_dict())):
+            seq(x)
+            drop()
+            assert graphs(seq) == {}
+        ChunkedSequential.adopt_(seq, 1)  # another chunk: its own graph
+        seq(x)
+        assert {key[-1] for key in graphs(seq)} == {1}
 
 
 def test_packed_layer_edited_in_place():
@@ -141,19 +164,68 @@ def test_hooks_inside_are_called():
         assert "Conv2d" in seen and (1, 3, 6, 6) not in {k[0] for k in graphs(seq)}
 
 
-def test_untraceable_stage_runs_eagerly():
-    class RefusesTracing(nn.Module):
-        def forward(self, x):
-            if torch.jit.is_tracing():
-                raise RuntimeError("not traceable")
-            return x + 1
+class RefusesTracing(nn.Module):
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            raise RuntimeError("not traceable")
+        return x + 1
 
+
+class BranchesOnValues(nn.Module):
+    """Python that a trace would bake in: the branch taken on the traced input."""
+
+    def forward(self, x):
+        return x + 1 if x.mean() > 0 else x - 1
+
+
+def test_untraceable_stage_runs_eagerly(monkeypatch):
+    monkeypatch.setattr(traced, "GRAPH_SAFE", traced.GRAPH_SAFE | {RefusesTracing})
     seq = TracedSequential.adopt_(nn.Sequential(nn.ReLU(), RefusesTracing()).eval())
     x = torch.randn(3, 4)
     with torch.no_grad():
         torch.testing.assert_close(seq(x), x.relu() + 1)
         torch.testing.assert_close(seq(x), x.relu() + 1)
     assert [g.graph for g in graphs(seq).values()] == [None]
+
+
+def test_modules_of_unknown_classes_are_not_traced():
+    seq = TracedSequential.adopt_(nn.Sequential(nn.Linear(3, 3), BranchesOnValues()).eval())
+    with torch.no_grad():
+        for sign in (1.0, -1.0, 1.0):
+            x = torch.full((2, 3), sign)
+            torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x), rtol=0, atol=0)
+    assert [g.graph for g in graphs(seq).values()] == [None]
+
+
+def test_first_call_runs_an_inplace_stage_once():
+    seq = TracedSequential.adopt_(nn.Sequential(nn.LeakyReLU(0.1, inplace=True)).eval())
+    with torch.no_grad():
+        for _ in range(2):  # traced, then replayed
+            x = torch.full((2, 3), -1.0)
+            torch.testing.assert_close(seq(x), torch.full((2, 3), -0.1))
+            torch.testing.assert_close(x, torch.full((2, 3), -0.1))  # changed once, as eager
+
+
+def test_modes_autocast_and_signatures():
+    """A module inside in training mode (BatchNorm recalibrating) or autocast runs the modules;
+    back in eval, the graph again; new shapes past MAX_SIGNATURES run eagerly."""
+    seq = TracedSequential.adopt_(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval())
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        seq(x)
+        seq[1].train()
+        before = seq[1].running_mean.clone()
+        torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x))
+        assert not torch.equal(seq[1].running_mean, before)  # the modules ran: stats moved
+        seq[1].eval()
+        torch.testing.assert_close(seq(x), nn.Sequential(*seq)(x), rtol=0, atol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert seq(x).dtype == nn.Sequential(*seq)(x).dtype == torch.bfloat16
+        assert seq(x).dtype == torch.float32
+        for n in range(1, traced.MAX_SIGNATURES + 3):
+            y = torch.randn(1, 3, n, 4)
+            torch.testing.assert_close(seq(y), nn.Sequential(*seq)(y), rtol=0, atol=0)
+    assert len(graphs(seq)) == traced.MAX_SIGNATURES
 
 
 def test_pickles_copies_and_exports_as_a_sequential():
@@ -187,7 +259,7 @@ def test_other_tracers_see_the_modules():
         jit = torch.jit.trace(model, (x,), check_trace=False)
         for other in (fx, exported, jit):
             torch.testing.assert_close(other(x), want, rtol=0, atol=0)
-    assert any(n.op == "call_module" for n in fx.graph.nodes)
+    assert any(n.op == "call_module" and n.target == "1.0" for n in fx.graph.nodes)
     assert "aten.linear" in str(exported.graph) or "aten.addmm" in str(exported.graph)
 
 

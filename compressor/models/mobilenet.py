@@ -26,6 +26,8 @@ def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1,
 
 
 class InvertedResidual(nn.Module):
+    trace_safe = True  # compressor.nn.traced: Python decides on attributes only
+
     def __init__(self, cin: int, cout: int, stride: int, expand_ratio: int):
         super().__init__()
         hidden = round(cin * expand_ratio)

@@ -22,6 +22,7 @@ def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
 
 
 class BasicBlock(nn.Module):
+    trace_safe = True  # compressor.nn.traced: Python decides on attributes only
     expansion = 1
 
     def __init__(self, cin: int, width: int, stride: int = 1):
@@ -41,7 +42,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     """torchvision's v1.5 bottleneck: the stride sits on the 3x3 conv."""
-
+    trace_safe = True  # compressor.nn.traced: Python decides on attributes only
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int = 1):

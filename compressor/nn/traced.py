@@ -8,16 +8,18 @@ medians of 150 alternating calls: ResNet-50 with layer1-4 traced 17.99 -> 17.42 
 with its features and classifier 5.72 -> 4.95 ms). The converter keeps it only where it
 measured not slower and gave the same outputs.
 
-A graph is traced on first use for each input signature (shape, dtype, device, chunk size) and used
-only for inference: eval mode, autograd off, a plain tensor in. Anything else -- training,
-autograd, tracing by torch.export / torch.compile / fx / jit -- runs the Sequential as usual. The
-graph holds the stage's tensors themselves, so in-place edits are seen. It is traced again when a
-tensor or submodule was replaced (load_state_dict of another nnz, `.to()`, a swapped layer: the
-identity of every parameter, buffer and child is checked on each call), when a module's state
-derived in Python went stale (a packed power-of-two layer whose codes were edited in place), and
-when the stage changed mode. While a module inside has a forward hook (or torch has global ones) the
-modules run, so that the hooks are called. Plain attributes (strides, an activation's name) are
-baked into a graph: call `retrace()` after changing one.
+A graph is traced on first use for each input signature (shape, strides, dtype, device, chunk size;
+at most MAX_SIGNATURES of them) and used only for inference: eval mode for every module inside,
+autograd and autocast off, a plain tensor in. Anything else -- training, autograd, tracing by
+torch.export / torch.compile / fx / jit -- runs the Sequential as usual, and so does a stage
+holding a module of a class not known to replay exactly (GRAPH_SAFE). The graph holds the stage's
+tensors themselves, so in-place edits are seen. It is traced again when a tensor or submodule was
+replaced or a module's class or mode changed (load_state_dict of another nnz, `.to()`, a swapped
+layer: checked on each call), when a module's state derived in Python went stale (a packed power-
+of-two layer whose codes were edited in place), and after the stage's `train()`, `.to()` or
+`load_state_dict`. While a module inside has a forward hook (or torch has global ones) the modules
+run, so that the hooks are called. Plain attributes (strides, an activation's name) are baked into
+a graph: call `retrace()` after changing one.
 """
 
 import warnings
@@ -26,6 +28,36 @@ import torch
 from torch import nn
 
 from compressor.nn.chunked import ChunkedSequential
+from compressor.nn.fused import ConvAct, FastMaxPool2d, ResidualBlock
+from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
+from compressor.nn.sparse import SparseConv1d, SparseConv2d, SparseLinear
+
+# Module classes whose forward makes Python decisions only on shapes, dtypes and attributes
+# (which the graph's key or the documented rule covers) and computes everything else with
+# torch ops on its own tensors, so that a trace replays it exactly. A stage holding any other
+# class (a user's module, whose Python may branch on values or read a tensor as a float, as
+# int8 fake-quant layers read their scales) is not traced. Exact classes: a subclass may
+# override forward. The power-of-two layers derive their decoded weight in Python: _Graph
+# checks it (their _stale()).
+GRAPH_SAFE = frozenset({
+    nn.Sequential, nn.ModuleList, ChunkedSequential, nn.Identity, nn.Flatten, nn.Dropout,
+    nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+    nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+    SparseConv2d, SparseConv1d, SparseLinear, ConvAct, ResidualBlock, FastMaxPool2d,
+    Pow2Linear, Pow2Conv2d, Pow2Conv1d,
+})
+
+
+def replays_exactly(module: nn.Module) -> bool:
+    """Whether a trace replays `module`'s forward exactly: its class is in GRAPH_SAFE, or says
+    so itself with a class attribute `trace_safe = True` (on the class, not inherited: a
+    subclass may override forward), as compressor.models' blocks do."""
+    return type(module) in GRAPH_SAFE or type(module).__dict__.get("trace_safe") is True
+
+
+MAX_SIGNATURES = 8  # graphs kept per stage: past that, new input shapes run eagerly
+STAGE_ATTRIBUTES = ("chunk", "traced", "_graphs")  # what ChunkedSequential / this class add
 
 
 def _tracing_already() -> bool:
@@ -52,13 +84,14 @@ class _Graph:
 
     def __init__(self, stage: nn.Module, graph):
         self.graph = graph
-        modules = list(stage.modules())
-        dicts = [d for m in modules for d in (m._modules, m._parameters, m._buffers)]
+        self.modules = list(stage.modules())
+        self.kinds = [(type(m), m.training) for m in self.modules]  # swapped classes, modes
+        dicts = [d for m in self.modules for d in (m._modules, m._parameters, m._buffers)]
         self.entries = [(d, k, v) for d in dicts for k, v in d.items()]
         self.sizes = [(d, len(d)) for d in dicts]
         # one stale when traced does not follow its tensors in its mode (a packed layer running
         # on its codes): the graph reads those tensors themselves
-        self.derived = [m for m in modules
+        self.derived = [m for m in self.modules
                         if callable(getattr(m, "_stale", None)) and not m._stale()]
         self.hooks = _hook_dicts(stage)
 
@@ -66,8 +99,9 @@ class _Graph:
         """True while the stage holds the same children and tensors and no derived state went
         stale (its tensors edited in place: only the module's eager forward, run again by a new
         trace, brings it up to date; other in-place edits the graph sees as they are)."""
-        # on every call: 17 us for ResNet-50's layer3, 56 us for MobileNetV2's features
-        return all(len(d) == n for d, n in self.sizes) and \
+        # on every call: 21 us for ResNet-50's layer3, 71 us for MobileNetV2's features
+        return [(type(m), m.training) for m in self.modules] == self.kinds and \
+            all(len(d) == n for d, n in self.sizes) and \
             all(d.get(k) is v for d, k, v in self.entries) and \
             not any(m._stale() for m in self.derived)
 
@@ -101,12 +135,16 @@ class TracedSequential(ChunkedSequential):
 
     def _graph_for(self, x: torch.Tensor):
         graphs = self.__dict__.setdefault("_graphs", {})
-        key = (tuple(x.shape), x.dtype, x.device, self.chunk)
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.chunk)
         found = graphs.get(key)
         if found is None or (found.graph is not None and not found.current()):
-            if any(_hook_dicts(self)):  # a graph traced now would hold no hook
+            modules = list(self.modules())
+            if (any(_hook_dicts(self))  # a graph traced now would hold no hook
+                    or any(m.training for m in modules)  # e.g. BatchNorm recalibrating
+                    or (found is None and len(graphs) >= MAX_SIGNATURES)):
                 return None
-            found = graphs[key] = _Graph(self, self._trace(x))
+            safe = all(replays_exactly(m) for m in modules[1:])  # [0]: this stage
+            found = graphs[key] = _Graph(self, self._trace(x) if safe else None)
         return None if found.hooked() else found.graph
 
     def _trace(self, x: torch.Tensor):
@@ -118,13 +156,16 @@ class TracedSequential(ChunkedSequential):
                 # the trace itself is what we want: its deprecation notice and the tracer's
                 # warnings about Python values baked into the graph are expected here
                 warnings.simplefilter("ignore")
-                return torch.jit.trace(self, (x,), check_trace=False)
+                # on a copy: tracing runs the forward, and an in-place first layer would
+                # otherwise change the caller's tensor twice
+                return torch.jit.trace(self, (x.clone(),), check_trace=False)
         except Exception:  # noqa: BLE001 - any untraceable stage simply runs eagerly
             return None
 
     def forward(self, x):
         if (not self.traced or self.training or torch.is_grad_enabled()
-                or type(x) is not torch.Tensor or x.requires_grad or _tracing_already()):
+                or type(x) is not torch.Tensor or x.requires_grad or _tracing_already()
+                or torch.is_autocast_enabled(x.device.type)):  # a graph holds its dtypes
             return super().forward(x)
         graph = self._graph_for(x)
         return super().forward(x) if graph is None else graph(x)

@@ -54,7 +54,8 @@ def _whole_model_lines(whole: dict) -> list[str]:
     lines = []
     if whole.get("dense_ms") is not None:
         lines.append(f"- Whole model, as the converter timed it on its example: dense "
-                     f"{whole['dense_ms']:.3f} ms, converted {whole['converted_ms']:.3f} ms.")
+                     f"{whole['dense_ms']:.3f} ms, converted {whole['converted_ms']:.3f} ms "
+                     f"(before batch chunks and traced graphs, timed next).")
     if whole.get("chunks"):
         c = whole["chunks"]
         lines.append(f"- Batch run in chunks of {c['chunk']} through {', '.join(c['stages'])}: "

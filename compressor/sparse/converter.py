@@ -20,7 +20,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.nn.chunked import ChunkedSequential
 from compressor.nn.fused import FastMaxPool2d
-from compressor.nn.traced import TracedSequential
+from compressor.nn.traced import STAGE_ATTRIBUTES, TracedSequential
 from compressor.ops.reference import activate
 from compressor.sparse.fusion import Plan, Slot, apply, make_plan, sparse_module
 from compressor.sparse.perf_model import PerfModel
@@ -173,12 +173,9 @@ def _stages(model: nn.Module, example_inputs) -> list[str]:
     return [n for n in sorted(ok) if not any(n.startswith(f"{o}.") for o in ok)]
 
 
-_STAGE_ATTRIBUTES = ("chunk", "traced", "_graphs")  # what ChunkedSequential / TracedSequential add
-
-
 def _stage_state(work: nn.Module, stages: list[str]) -> dict:
     """Each stage's class and stage attributes, for _restore_stages."""
-    return {path: (type(stage), {k: stage.__dict__[k] for k in _STAGE_ATTRIBUTES
+    return {path: (type(stage), {k: stage.__dict__[k] for k in STAGE_ATTRIBUTES
                                  if k in stage.__dict__})
             for path, stage in ((p, work.get_submodule(p)) for p in stages)}
 
@@ -188,7 +185,7 @@ def _restore_stages(work: nn.Module, saved: dict) -> None:
     for path, (cls, attributes) in saved.items():
         stage = work.get_submodule(path)
         stage.__class__ = cls
-        for key in _STAGE_ATTRIBUTES:
+        for key in STAGE_ATTRIBUTES:
             stage.__dict__.pop(key, None)
         stage.__dict__.update(attributes)
 
@@ -315,5 +312,5 @@ def report(decisions: list[Decision]) -> str:
                      f" ms -> {traced['traced_ms']:.3f} ms")
     if getattr(decisions, "dense_ms", None) is not None:
         lines.append(f"whole model: dense {decisions.dense_ms:.3f} ms, converted "
-                     f"{decisions.converted_ms:.3f} ms")
+                     f"{decisions.converted_ms:.3f} ms (before chunks and traced graphs)")
     return "\n".join(lines)

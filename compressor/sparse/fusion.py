@@ -109,7 +109,9 @@ def apply(model: nn.Module, plan: Plan, sparse: set[str], pools: set[str] = froz
                                              key=lambda s: s.index)]
         short = [pick[s.name] for s in inside if s.index is None]
         replace_module(work, path, ResidualBlock(main, short[0] if short else None))
-    return work
+    # the swapped-in modules are built in training mode: they take the model's mode (a traced
+    # stage runs its modules while any of them is training)
+    return work.train(model.training)
 
 
 def _device(model: nn.Module, slot: Slot):
