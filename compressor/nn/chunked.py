@@ -20,13 +20,13 @@ class ChunkedSequential(nn.Sequential):
 
     @classmethod
     def adopt_(cls, sequential: nn.Sequential, chunk: int) -> "ChunkedSequential":
-        """Make `sequential` (an nn.Sequential, in place) a ChunkedSequential of `chunk`; one
-        already of this class or a subclass (TracedSequential) keeps its class."""
-        if type(sequential) is not nn.Sequential and not isinstance(sequential, cls):
-            raise TypeError(f"ChunkedSequential: expected an nn.Sequential, got "
+        """Make `sequential` (an nn.Sequential or ChunkedSequential, in place) a `cls` of
+        `chunk`; one already a `cls` or a subclass of it (TracedSequential) keeps its class."""
+        if type(sequential) is not nn.Sequential and not isinstance(sequential, ChunkedSequential):
+            raise TypeError(f"{cls.__name__}: expected an nn.Sequential, got "
                             f"{type(sequential).__name__}")
         if not isinstance(chunk, int) or chunk < 0:
-            raise ValueError(f"ChunkedSequential: chunk must be an int >= 0, got {chunk!r}")
+            raise ValueError(f"{cls.__name__}: chunk must be an int >= 0, got {chunk!r}")
         if not isinstance(sequential, cls):
             sequential.__class__ = cls
         sequential.chunk = chunk

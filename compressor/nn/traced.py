@@ -26,6 +26,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from compressor.nn.chunked import ChunkedSequential
 from compressor.nn.fused import ConvAct, FastMaxPool2d, ResidualBlock
@@ -66,14 +67,12 @@ def _tracing_already() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def _hook_dicts(stage: nn.Module) -> list[dict]:
-    """The forward-hook dicts whose hooks a graph of `stage` would not call: those of the
-    modules inside it, and torch's global ones (nn.modules.module.register_module_forward_hook)."""
-    from torch.nn.modules import module
-
-    return [d for m in stage.modules() if m is not stage
-            for d in (m._forward_hooks, m._forward_pre_hooks)] + \
-        [module._global_forward_hooks, module._global_forward_pre_hooks]
+def _hook_dicts(modules: list[nn.Module]) -> list[dict]:
+    """The forward-hook dicts whose hooks a graph of a stage would not call: those of the
+    modules inside it (`modules`: the stage's, itself first), and torch's global ones
+    (nn.modules.module.register_module_forward_hook)."""
+    return [d for m in modules[1:] for d in (m._forward_hooks, m._forward_pre_hooks)] + \
+        [torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks]
 
 
 class _Graph:
@@ -82,9 +81,9 @@ class _Graph:
     from their tensors in Python (a packed power-of-two layer's decoded weight: they have
     `_stale()`) and were up to date when traced; and the hook dicts (_hook_dicts)."""
 
-    def __init__(self, stage: nn.Module, graph):
+    def __init__(self, modules: list[nn.Module], graph):
         self.graph = graph
-        self.modules = list(stage.modules())
+        self.modules = modules  # the stage's, itself first
         self.kinds = [(type(m), m.training) for m in self.modules]  # swapped classes, modes
         dicts = [d for m in self.modules for d in (m._modules, m._parameters, m._buffers)]
         self.entries = [(d, k, v) for d in dicts for k, v in d.items()]
@@ -93,7 +92,7 @@ class _Graph:
         # on its codes): the graph reads those tensors themselves
         self.derived = [m for m in self.modules
                         if callable(getattr(m, "_stale", None)) and not m._stale()]
-        self.hooks = _hook_dicts(stage)
+        self.hooks = _hook_dicts(modules)
 
     def current(self) -> bool:
         """True while the stage holds the same children and tensors and no derived state went
@@ -120,12 +119,7 @@ class TracedSequential(ChunkedSequential):
     def adopt_(cls, sequential: nn.Sequential, chunk: int | None = None) -> "TracedSequential":
         """Make `sequential` (an nn.Sequential or ChunkedSequential, in place) a
         TracedSequential, keeping its chunk size unless `chunk` is given."""
-        if type(sequential) not in (nn.Sequential, ChunkedSequential, cls):
-            raise TypeError(f"TracedSequential: expected an nn.Sequential, got "
-                            f"{type(sequential).__name__}")
-        ChunkedSequential.adopt_(sequential, getattr(sequential, "chunk", 0) if chunk is None
-                                 else chunk)
-        sequential.__class__ = cls
+        super().adopt_(sequential, getattr(sequential, "chunk", 0) if chunk is None else chunk)
         sequential.retrace()
         return sequential
 
@@ -139,12 +133,12 @@ class TracedSequential(ChunkedSequential):
         found = graphs.get(key)
         if found is None or (found.graph is not None and not found.current()):
             modules = list(self.modules())
-            if (any(_hook_dicts(self))  # a graph traced now would hold no hook
+            if (any(_hook_dicts(modules))  # a graph traced now would hold no hook
                     or any(m.training for m in modules)  # e.g. BatchNorm recalibrating
                     or (found is None and len(graphs) >= MAX_SIGNATURES)):
                 return None
             safe = all(replays_exactly(m) for m in modules[1:])  # [0]: this stage
-            found = graphs[key] = _Graph(self, self._trace(x) if safe else None)
+            found = graphs[key] = _Graph(modules, self._trace(x) if safe else None)
         return None if found.hooked() else found.graph
 
     def _trace(self, x: torch.Tensor):

@@ -92,13 +92,19 @@ def apply(model: nn.Module, plan: Plan, sparse: set[str], pools: set[str] = froz
     """A copy of `model` with the slots named in `sparse` swapped (fused) as the plan says, and
     the max-pools named in `pools` swapped for FastMaxPool2d."""
     work = copy.deepcopy(model)
+
+    def swap(path: str, new: nn.Module) -> None:
+        # built in training mode, a new module takes the mode of the one it replaces (a traced
+        # stage runs its modules while any of them is training)
+        replace_module(work, path, new.train(model.get_submodule(path).training))
+
     for path in pools:
-        replace_module(work, path, FastMaxPool2d.from_pool(model.get_submodule(path)))
+        swap(path, FastMaxPool2d.from_pool(model.get_submodule(path)))
     for slot in plan.slots:
         if slot.block is None and slot.name in sparse:
-            replace_module(work, slot.name, sparse_module(model, slot).to(_device(model, slot)))
+            swap(slot.name, sparse_module(model, slot).to(_device(model, slot)))
             for path in slot.removals:
-                replace_module(work, path, nn.Identity())
+                swap(path, nn.Identity())
     for path in plan.blocks:
         inside = [s for s in plan.slots if s.block == path]
         if not any(s.name in sparse for s in inside):
@@ -108,10 +114,8 @@ def apply(model: nn.Module, plan: Plan, sparse: set[str], pools: set[str] = froz
         main = [pick[s.name] for s in sorted((s for s in inside if s.index is not None),
                                              key=lambda s: s.index)]
         short = [pick[s.name] for s in inside if s.index is None]
-        replace_module(work, path, ResidualBlock(main, short[0] if short else None))
-    # the swapped-in modules are built in training mode: they take the model's mode (a traced
-    # stage runs its modules while any of them is training)
-    return work.train(model.training)
+        swap(path, ResidualBlock(main, short[0] if short else None))
+    return work
 
 
 def _device(model: nn.Module, slot: Slot):
