@@ -12,7 +12,7 @@ import warnings
 # treated as missing (ops run on their twins) instead of failing the import.
 OP_NAMES = (
     "cumax", "cumax_backward",
-    "sparse_conv2d", "sparse_linear", "max_pool2d",
+    "sparse_conv2d", "sparse_bottleneck", "sparse_linear", "max_pool2d",
     "pow2_linear", "pow2_linear_int8",
     "onlstm_cell", "onlstm_cell_backward", "onlstm_sequence", "onlstm_sequence_backward",
 )

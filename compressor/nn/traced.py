@@ -32,6 +32,7 @@ from compressor.nn.chunked import ChunkedSequential
 from compressor.nn.fused import ConvAct, FastMaxPool2d, ResidualBlock
 from compressor.nn.pow2 import Pow2Conv1d, Pow2Conv2d, Pow2Linear
 from compressor.nn.sparse import SparseConv1d, SparseConv2d, SparseLinear
+from compressor.nn.sparse_block import SparseBottleneck
 
 # Module classes whose forward makes Python decisions only on shapes, dtypes and attributes
 # (which the graph's key or the documented rule covers) and computes everything else with
@@ -45,7 +46,8 @@ GRAPH_SAFE = frozenset({
     nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d,
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
     nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    SparseConv2d, SparseConv1d, SparseLinear, ConvAct, ResidualBlock, FastMaxPool2d,
+    SparseConv2d, SparseConv1d, SparseLinear, ConvAct, ResidualBlock, SparseBottleneck,
+    FastMaxPool2d,
     Pow2Linear, Pow2Conv2d, Pow2Conv1d,
 })
 

@@ -33,15 +33,15 @@ def _use_kernel(op: str, input: torch.Tensor) -> bool:
     return input.dtype == torch.float32 and has_kernel(op, input.device)
 
 
-def _check_residual(residual, input, shape) -> None:
+def _check_residual(residual, input, shape, op: str = "sparse_conv2d") -> None:
     if residual is None:
         return
     if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != shape:
         got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual)
-        raise ValueError(f"sparse_conv2d: residual must have the output's shape {shape}, "
+        raise ValueError(f"{op}: residual must have the output's shape {shape}, "
                          f"got {got}")
     if residual.dtype != input.dtype or residual.device != input.device:
-        raise ValueError(f"sparse_conv2d: residual must be {input.dtype} on {input.device} like "
+        raise ValueError(f"{op}: residual must be {input.dtype} on {input.device} like "
                          f"the input, got {residual.dtype} on {residual.device}")
 
 
@@ -71,6 +71,39 @@ def sparse_conv2d(input, values, col_idx, row_ptr, bias=None, *, kernel_size, st
     return torch.ops.compressor.sparse_conv2d(
         input.contiguous(), values, col_idx, row_ptr, bias, *args,
         None if residual is None else residual.contiguous(), activation)
+
+
+def sparse_bottleneck(input, conv0, conv1, conv2, kernel_size: int, residual=None,
+                      activations=("none", "none", "none")) -> torch.Tensor:
+    """A residual bottleneck in one pass: act2(conv2(act1(conv1(act0(conv0(input))))) +
+    residual), the inner activations kept in cache (CPU kernel; elsewhere the three convs).
+
+    conv_i = (values, col_idx, row_ptr, bias) in CSR as for sparse_conv2d: conv0 1x1 Cin -> Cm,
+    conv1 kernel_size x kernel_size (odd) Cm -> Cm2 padded kernel_size // 2, conv2 1x1
+    Cm2 -> Cout; all stride 1, groups 1. input (N, Cin, H, W), any strides; residual
+    (N, Cout, H, W) or None; activations: three of none | relu | relu6 | silu.
+    Returns (N, Cout, H, W)."""
+    if not isinstance(input, torch.Tensor) or input.dim() != 4:
+        raise ValueError("sparse_bottleneck: input must be a 4-dim (N, C, H, W) tensor")
+    reference.check_bottleneck_kernel(kernel_size)
+    convs = (conv0, conv1, conv2)
+    for i, conv in enumerate(convs):
+        if not isinstance(conv, (tuple, list)) or len(conv) != 4:
+            raise ValueError(f"sparse_bottleneck: conv{i} must be (values, col_idx, row_ptr, "
+                             f"bias), got {type(conv).__name__}")
+        _check_csr(f"sparse_bottleneck conv{i}", *conv, "col_idx")
+    if not isinstance(activations, (tuple, list)) or len(activations) != 3 or any(
+            a not in reference.ACTIVATIONS for a in activations):
+        raise ValueError(f"sparse_bottleneck: activations must be three of "
+                         f"{', '.join(reference.ACTIVATIONS)}, got {activations!r}")
+    n, _, h, w = input.shape
+    _check_residual(residual, input, (n, conv2[2].numel() - 1, h, w), "sparse_bottleneck")
+    if not _use_kernel("sparse_bottleneck", input):
+        return reference.sparse_bottleneck(input, conv0, conv1, conv2, kernel_size, residual,
+                                           tuple(activations))
+    return torch.ops.compressor.sparse_bottleneck(
+        input.contiguous(), *conv0, *conv1, *conv2, kernel_size,
+        None if residual is None else residual.contiguous(), *activations)
 
 
 def sparse_linear(input, values, col_idx, row_ptr, bias=None) -> torch.Tensor:
@@ -104,6 +137,15 @@ if _extension.load():
         shape = _out_shape(input, row_ptr, kernel_size, stride, padding, dilation)
         torch._check(residual is None or tuple(residual.shape) == shape,
                      lambda: "sparse_conv2d: residual must have the output's shape")
+        return input.new_empty(shape)
+
+    @torch.library.register_fake("compressor::sparse_bottleneck")
+    def _sparse_bottleneck_fake(input, values0, col_idx0, row_ptr0, bias0, values1, col_idx1,
+                                row_ptr1, bias1, values2, col_idx2, row_ptr2, bias2, kernel_size,
+                                residual, activation0, activation1, activation2):
+        shape = (input.shape[0], row_ptr2.shape[0] - 1, input.shape[2], input.shape[3])
+        torch._check(residual is None or tuple(residual.shape) == shape,
+                     lambda: "sparse_bottleneck: residual must have the output's shape")
         return input.new_empty(shape)
 
     @torch.library.register_fake("compressor::sparse_linear")

@@ -55,7 +55,12 @@ def _whole_model_lines(whole: dict) -> list[str]:
     if whole.get("dense_ms") is not None:
         lines.append(f"- Whole model, as the converter timed it on its example: dense "
                      f"{whole['dense_ms']:.3f} ms, converted {whole['converted_ms']:.3f} ms "
-                     f"(before batch chunks and traced graphs, timed next).")
+                     f"(before fused blocks, batch chunks and traced graphs, timed next).")
+    if whole.get("blocks"):
+        b = whole["blocks"]
+        lines.append(f"- Residual blocks run as one fused sparse op each "
+                     f"(compressor.nn.sparse_block): {', '.join(b['blocks'])}: "
+                     f"{b['unfused_ms']:.3f} -> {b['fused_ms']:.3f} ms.")
     if whole.get("chunks"):
         c = whole["chunks"]
         lines.append(f"- Batch run in chunks of {c['chunk']} through {', '.join(c['stages'])}: "

@@ -5,10 +5,11 @@ Per layer, the sparse layer, with what it can fuse (compressor.sparse.fusion: Ba
 activation and residual add in the epilogue), is timed against the dense ops it replaces, with
 interleaved samples (PerfModel); it is taken when measured at least `min_speedup` faster. Then
 the whole converted model is timed against the original, interleaved too, and while it is slower
-the swaps with the smallest gains are undone. Last, the model's stages (outermost Sequentials
-over the batch) may run a batch in chunks (ChunkedSequential) and replay inference from traced
-graphs (TracedSequential), each kept only where measured to pay. The original model is never
-modified.
+the swaps with the smallest gains are undone. Residual blocks made of three sparse convs (ResNet's
+bottleneck) may then run as one fused op each (SparseBottleneck), and the model's stages
+(outermost Sequentials over the batch) run a batch in chunks (ChunkedSequential) and replay
+inference from traced graphs (TracedSequential), each kept only where measured to pay. The
+original model is never modified.
 """
 
 import copy
@@ -18,8 +19,10 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
+from compressor.graph import replace_module
 from compressor.nn.chunked import ChunkedSequential
-from compressor.nn.fused import FastMaxPool2d
+from compressor.nn.fused import FastMaxPool2d, ResidualBlock
+from compressor.nn.sparse_block import SparseBottleneck, bottleneck_mismatch
 from compressor.nn.traced import STAGE_ATTRIBUTES, TracedSequential
 from compressor.ops.reference import activate
 from compressor.sparse.fusion import Plan, Slot, apply, make_plan, sparse_module
@@ -47,6 +50,7 @@ class Decisions(list):
     max-pools swapped for FastMaxPool2d ({path: (ms before, ms after)})."""
 
     dense_ms: float | None = None
+    blocks: dict | None = None  # what _fuse_blocks kept
     chunks: dict | None = None  # what _chunk_batches kept
     traced: dict | None = None  # what _trace_stages kept
     converted_ms: float | None = None
@@ -149,10 +153,43 @@ def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
     decisions.pools = _faster_pools(base, pools, min_speedup)
     work = _keep_not_slower(base, plan, decisions, example_inputs)
     _check_outputs(base, work, example_inputs)
+    decisions.blocks = _fuse_blocks(work, example_inputs)
     stages = _stages(work, example_inputs)
     decisions.chunks = _chunk_batches(work, example_inputs, stages, min_speedup)
     decisions.traced = _trace_stages(work, example_inputs, stages)
     return work, decisions
+
+
+def _fuse_blocks(work: nn.Module, example_inputs) -> dict:
+    """Swap every ResidualBlock that can run as one sparse_bottleneck call for SparseBottleneck
+    (the same children) and time the model both ways; keep the fused blocks where not slower,
+    with the same outputs (as for the whole model, not slower is the bar: the op computes what
+    the three convs do). Returns {"blocks", "unfused_ms", "fused_ms"}, or {} when nothing was
+    kept."""
+    paths = [name for name, m in work.named_modules()
+             if type(m) is ResidualBlock and bottleneck_mismatch(m) is None]
+    if not paths or len(example_inputs) != 1:
+        return {}
+    plain = {path: work.get_submodule(path) for path in paths}
+    fused = {path: SparseBottleneck.from_block(block) for path, block in plain.items()}
+
+    def run(on: bool):
+        for path in paths:
+            replace_module(work, path, (fused if on else plain)[path])
+        return work(*example_inputs)
+
+    with torch.no_grad():
+        want, got = run(False), run(True)
+        same = isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and \
+            torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+        timed = paired_medians([lambda: run(False), lambda: run(True)],
+                               example_inputs[0].device.type, warmup=1, repeat=7)
+    unfused_s, fused_s = (min(s) for s in timed.samples)
+    keep = same and fused_s <= unfused_s
+    run(keep)
+    if not keep:
+        return {}
+    return {"blocks": paths, "unfused_ms": unfused_s * 1e3, "fused_ms": fused_s * 1e3}
 
 
 def _stages(model: nn.Module, example_inputs) -> list[str]:
@@ -302,6 +339,10 @@ def report(decisions: list[Decision]) -> str:
              f") -> {'sparse' if d.converted else 'dense'}" for d in decisions]
     for name, (before, after) in (getattr(decisions, "pools", None) or {}).items():
         lines.append(f"{name}: max-pool {before:.3f} ms -> {after:.3f} ms (FastMaxPool2d)")
+    blocks = getattr(decisions, "blocks", None)
+    if blocks:
+        lines.append(f"fused bottleneck blocks {', '.join(blocks['blocks'])}: "
+                     f"{blocks['unfused_ms']:.3f} ms -> {blocks['fused_ms']:.3f} ms")
     chunks = getattr(decisions, "chunks", None)
     if chunks:
         lines.append(f"batch in chunks of {chunks['chunk']} through {', '.join(chunks['stages'])}"
@@ -312,5 +353,6 @@ def report(decisions: list[Decision]) -> str:
                      f" ms -> {traced['traced_ms']:.3f} ms")
     if getattr(decisions, "dense_ms", None) is not None:
         lines.append(f"whole model: dense {decisions.dense_ms:.3f} ms, converted "
-                     f"{decisions.converted_ms:.3f} ms (before chunks and traced graphs)")
+                     f"{decisions.converted_ms:.3f} ms (before fused blocks, chunks and "
+                     f"traced graphs)")
     return "\n".join(lines)

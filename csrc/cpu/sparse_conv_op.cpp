@@ -20,11 +20,13 @@
 #include "compressor/sparse_cpu.h"
 #include "compressor/tensor_cache.h"
 #include "sparse_checks.h"
+#include "sparse_conv_prep.h"
 
 namespace {
 
 using compressor::sparse_cpu::Act;
 using compressor::sparse_cpu::ConvGeom;
+using compressor::sparse_cpu::Prepared;
 constexpr const char* kOp = "sparse_conv2d";
 
 void check_pair(at::IntArrayRef v, const char* name, int64_t min) {
@@ -47,14 +49,6 @@ void check_geometry(const ConvGeom& g) {
             kOp, "input channel group too large for int32 offsets");
 }
 
-Act parse_activation(c10::string_view name) {
-  if (name == "none") return Act::None;
-  if (name == "relu") return Act::ReLU;
-  if (name == "relu6") return Act::ReLU6;
-  if (name == "silu") return Act::SiLU;
-  TORCH_CHECK(false, kOp, ": activation must be one of none, relu, relu6, silu, got '",
-              std::string(name), "'");
-}
 
 void check_residual(const c10::optional<at::Tensor>& residual, const ConvGeom& g) {
   if (!residual) return;
@@ -64,6 +58,19 @@ void check_residual(const c10::optional<at::Tensor>& residual, const ConvGeom& g
   CMP_CHECK(residual->sizes() == at::IntArrayRef({g.N, g.Cout, g.Ho, g.Wo}), kOp,
             "residual must have the output's shape (", g.N, ", ", g.Cout, ", ", g.Ho, ", ", g.Wo,
             "), got ", residual->sizes());
+}
+
+}  // namespace
+
+namespace compressor::sparse_cpu {
+
+Act parse_activation(const char* op, const char* name, c10::string_view value) {
+  if (value == "none") return Act::None;
+  if (value == "relu") return Act::ReLU;
+  if (value == "relu6") return Act::ReLU6;
+  if (value == "silu") return Act::SiLU;
+  TORCH_CHECK(false, op, ": ", name, " must be one of none, relu, relu6, silu, got '",
+              std::string(value), "'");
 }
 
 // True when x[0:n) holds no inf or NaN: x * 0 is 0 for finite x and NaN otherwise.
@@ -88,6 +95,12 @@ bool finite_run(const float* x, int64_t n) {
 #endif
   return nan_if_any == nan_if_any;
 }
+
+}  // namespace compressor::sparse_cpu
+
+namespace {
+
+using compressor::sparse_cpu::finite_run;
 
 // Input channels per block: the block's slice under one tile of positions fits the budget.
 int64_t channel_block_count(const ConvGeom& g) {
@@ -127,8 +140,9 @@ struct Rows {
 // previous channel's). `side(i)` for i < side_jobs (the input's copy or check) runs in the same
 // parallel region: on a shared machine every region costs a wake-up of each thread, up to a
 // scheduler slice each.
-Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const ConvGeom& g,
-                  int64_t ncb, int64_t side_jobs, const std::function<void(int64_t)>& side) {
+Rows prepare_rows(const char* op, const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                  const ConvGeom& g, int64_t ncb, int64_t side_jobs,
+                  const std::function<void(int64_t)>& side) {
   const std::vector<int32_t> table = offset_table(g);
   const int64_t rows = row_ptr.numel() - 1, ncols = g.cin_g * g.kh * g.kw;
   const int64_t block_stride = (g.cin_g + ncb - 1) / ncb * g.chan;
@@ -171,7 +185,7 @@ Rows prepare_rows(const at::Tensor& col_idx, const at::Tensor& row_ptr, const Co
     }
   });
   if (first_bad.load() < rows)
-    compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, first_bad.load(), ncols,
+    compressor::sparse_cpu::bad_columns(op, col, "col_idx", rp, first_bad.load(), ncols,
                                         "Cin/groups*kh*kw");
   return out;
 }
@@ -196,13 +210,9 @@ int64_t uniform_length(const at::Tensor& col_idx, const at::Tensor& row_ptr, con
 // versions): recomputing it took 7% of a whole pruned ResNet-50 at batch 1. The kernel reads
 // only these and `values` (whose length is part of the key), so content changed behind torch's
 // version counter stays in bounds; it is seen when the tensors are next edited by torch ops.
-struct Prepared {
-  at::Tensor offsets, segs;
-  int64_t uniform_length;
-};
-
-std::shared_ptr<const Prepared> prepared(const at::Tensor& col_idx, const at::Tensor& row_ptr,
-                                         const ConvGeom& g, int64_t side_jobs,
+std::shared_ptr<const Prepared> prepared(const char* op, const at::Tensor& col_idx,
+                                         const at::Tensor& row_ptr, const ConvGeom& g,
+                                         int64_t side_jobs,
                                          const std::function<void(int64_t)>& side) {
   static compressor::TensorCache<Prepared> cache;
   const int64_t ncb = channel_block_count(g);
@@ -215,7 +225,7 @@ std::shared_ptr<const Prepared> prepared(const at::Tensor& col_idx, const at::Te
     });
     return hit;
   }
-  Rows rows = prepare_rows(col_idx, row_ptr, g, ncb, side_jobs, side);
+  Rows rows = prepare_rows(op, col_idx, row_ptr, g, ncb, side_jobs, side);
   auto value = std::make_shared<const Prepared>(
       Prepared{std::move(rows.offsets), std::move(rows.segs), uniform_length(col_idx, row_ptr, g)});
   cache.add(col_idx, row_ptr, key, value);
@@ -381,6 +391,15 @@ ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
   return g;
 }
 
+}  // namespace
+
+namespace compressor::sparse_cpu {
+
+std::shared_ptr<const Prepared> prepare_weight(const char* op, const at::Tensor& col_idx,
+                                               const at::Tensor& row_ptr, const ConvGeom& g) {
+  return prepared(op, col_idx, row_ptr, g, 0, [](int64_t) {});
+}
+
 at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
                              const at::Tensor& col_idx, const at::Tensor& row_ptr,
                              const c10::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
@@ -388,7 +407,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
                              at::IntArrayRef dilation, int64_t groups,
                              const c10::optional<at::Tensor>& residual,
                              c10::string_view activation) {
-  const Act act = parse_activation(activation);
+  const Act act = parse_activation(kOp, "activation", activation);
   const ConvGeom g = checked_geometry(input, values, col_idx, row_ptr, bias, kernel_size, stride,
                                       padding, dilation, groups);
   check_residual(residual, g);
@@ -415,7 +434,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   std::atomic<bool> finite{true};
   const int64_t side_jobs = direct ? (input.numel() + kCheckChunk - 1) / kCheckChunk
                                    : first->planes;
-  const auto prep = prepared(col_idx, row_ptr, run, side_jobs, [&](int64_t i) {
+  const auto prep = prepared(kOp, col_idx, row_ptr, run, side_jobs, [&](int64_t i) {
     const bool ok = direct ? finite_run(x + i * kCheckChunk,
                                         std::min(kCheckChunk, input.numel() - i * kCheckChunk))
                            : first->plane(i);
@@ -442,8 +461,8 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   return output;
 }
 
-}  // namespace
+}  // namespace compressor::sparse_cpu
 
 TORCH_LIBRARY_IMPL(compressor, CPU, m) {
-  m.impl("sparse_conv2d", &sparse_conv2d_cpu);
+  m.impl("sparse_conv2d", &compressor::sparse_cpu::sparse_conv2d_cpu);
 }

@@ -1,0 +1,38 @@
+// What the CPU sparse conv op shares with the fused bottleneck (sparse_block.cpp): the weight's
+// per-geometry preparation (offsets into the layer's input, input-channel block starts; cached),
+// the finiteness check, the activation names, and the conv op itself (the bottleneck's fallback).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <memory>
+
+#include "compressor/sparse_cpu.h"
+
+namespace compressor::sparse_cpu {
+
+struct Prepared {
+  at::Tensor offsets;  // (nnz) each nonzero's offset into one group of the input's layout
+  at::Tensor segs;     // (Cout, ncb + 1) where each row's input-channel blocks start
+  int64_t uniform_length;  // ConvArgs::uniform_length
+};
+
+// The weight's columns checked (errors name `op`) and turned into offsets for geometry g, kept
+// between calls for the same tensors at the same versions (compressor::TensorCache).
+std::shared_ptr<const Prepared> prepare_weight(const char* op, const at::Tensor& col_idx,
+                                               const at::Tensor& row_ptr, const ConvGeom& g);
+
+// True when x[0:n) holds no inf or NaN.
+bool finite_run(const float* x, int64_t n);
+
+// none, relu, relu6, silu; anything else is an error naming `op` and the argument `name`.
+Act parse_activation(const char* op, const char* name, c10::string_view value);
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& col_idx, const at::Tensor& row_ptr,
+                             const c10::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, int64_t groups,
+                             const c10::optional<at::Tensor>& residual,
+                             c10::string_view activation);
+
+}  // namespace compressor::sparse_cpu

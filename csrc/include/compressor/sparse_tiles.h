@@ -1,0 +1,100 @@
+// One task's worth of the CPU direct sparse convolution, shared by the conv op (sparse_conv.cpp)
+// and the fused bottleneck (sparse_block.cpp): output channels over a run of virtual positions,
+// tile by tile and input-channel block by block, each finished tile handed to a store callback
+// (which applies the epilogue where the result goes: an output plane, a padded scratch, ...).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "compressor/sparse_cpu.h"
+
+namespace compressor::sparse_cpu {
+
+constexpr int64_t kChannelBlock = 32;  // output channels whose tile partial sums are parked
+
+// Pieces of at most `most` covering `length`, as equal as whole vectors allow: a short last tile
+// costs a whole pass over the row's nonzeros for a few positions.
+inline int64_t even_split(int64_t length, int64_t most) {
+  const int64_t pieces = (length + most - 1) / most;
+  return std::min(most, ((length + pieces - 1) / pieces + kLanes - 1) / kLanes * kLanes);
+}
+
+// Scatter virtual positions [p, p + count) from `acc` (a layout `wq` wide) into rows `wo` wide
+// at `plane`, skipping the wq - wo padding columns that the virtual layout computes and throws
+// away, and applying the epilogue (residual add, activation) on the way, while the tile is in L1.
+inline void store_rows(const float* acc, int64_t p, int64_t count, int64_t wq, int64_t wo,
+                       float* plane, const float* res, Act act) {
+  if (wq == wo) {
+    // No padding columns (a 1x1 or unpadded conv): virtual position p is output position p, and
+    // the tile is one run. Row by row it was 7-14 calls a tile on 7x7 and 14x14 planes, most of
+    // the time of a 1x1 conv there at high sparsity.
+    epilogue(acc, res ? res + p : nullptr, plane + p, count, act);
+    return;
+  }
+  int64_t y = p / wq, x = p % wq, i = 0;
+  while (i < count) {
+    const int64_t run = std::min(wq - x, count - i);
+    if (x < wo) {
+      const int64_t at = y * wo + x;
+      epilogue(acc + i, res ? res + at : nullptr, plane + at, std::min(run, wo - x), act);
+    }
+    i += run;
+    x = 0;
+    ++y;
+  }
+}
+
+// Rows [oc, oc + kRows) of a uniform weight (same columns, groups == 1) over one tile of `in`
+// (one image's input): their values sit the common row length apart, their offsets are row oc's.
+inline void rows_tile(const ConvArgs& a, const float* in, int64_t oc, int64_t cb, int64_t p,
+                      int64_t count, float* acc) {
+#ifdef COMPRESSOR_SPARSE_SIMD
+  const int32_t* seg = a.segs + oc * (a.ncb + 1) + cb;
+  const int64_t length = a.uniform_length;
+  float init[kRows];
+  for (int r = 0; r < kRows; ++r) init[r] = a.bias ? a.bias[oc + r] : 0.f;
+  axpy_rows(a.values + seg[0], length, a.offsets + seg[0], seg[1] - seg[0], in + p, init, count,
+            acc, kTile, cb > 0);
+#else
+  (void)a, (void)in, (void)oc, (void)cb, (void)p, (void)count, (void)acc;
+#endif
+}
+
+// Output channels [oc0, oc1) (at most kChannelBlock) over virtual positions [p0, p1) of `in`,
+// one image's input in a.geom's layout. Per tile, the input-channel blocks in turn, and all
+// output channels within a block, so the block's slice of the input under the tile (at most
+// kL2Floats) stays in cache, L2 at least, while the weights stream; the channels' partial sums
+// for the tile (kChannelBlock x kTile floats) are parked in `buf` between blocks. A uniform
+// weight takes its rows kRows at a time (rows_tile). Each finished tile goes to
+// store(oc, acc, p, count).
+template <class Store>
+void channel_tiles(const ConvArgs& a, const float* in, int64_t oc0, int64_t oc1, int64_t p0,
+                   int64_t p1, float* buf, Store&& store) {
+  const ConvGeom& g = a.geom;
+#ifdef COMPRESSOR_SPARSE_SIMD
+  const int64_t rows_end = a.uniform_length ? oc0 + (oc1 - oc0) / kRows * kRows : oc0;
+  const int64_t most = a.uniform_length ? kMultiTile : kTile;
+#else
+  const int64_t rows_end = oc0, most = kTile;
+#endif
+  const int64_t tile = even_split(p1 - p0, most);
+  for (int64_t p = p0; p < p1; p += tile) {
+    const int64_t count = std::min(tile, p1 - p);
+    for (int64_t cb = 0; cb < a.ncb; ++cb) {
+      for (int64_t oc = oc0; oc < oc1; ++oc) {
+        float* acc = buf + (oc - oc0) * kTile;
+        if (oc < rows_end) {
+          if ((oc - oc0) % kRows == 0) rows_tile(a, in, oc, cb, p, count, acc);
+        } else {
+          const int32_t* seg = a.segs + oc * (a.ncb + 1) + cb;
+          axpy_tile(a.values + seg[0], a.offsets + seg[0], seg[1] - seg[0],
+                    in + oc / g.cout_g * g.cin_g * g.chan + p, a.bias ? a.bias[oc] : 0.f, count,
+                    acc, cb > 0);
+        }
+        if (cb == a.ncb - 1) store(oc, static_cast<const float*>(acc), p, count);
+      }
+    }
+  }
+}
+
+}  // namespace compressor::sparse_cpu
