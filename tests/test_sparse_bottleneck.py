@@ -23,8 +23,8 @@ from compressor.nn.sparse_block import SparseBottleneck, bottleneck_mismatch
 from compressor.ops import reference, sparse_bottleneck
 from compressor.sparse import convert, converter
 from compressor.sparse.perf_model import PerfModel
-from compressor.timing import Paired
 from tests.conftest import require_kernel
+from tests.test_traced import fake_timing  # (first, second) seconds, whatever is timed
 
 OP = "sparse_bottleneck"
 
@@ -298,14 +298,6 @@ def test_mismatches_are_named():
         assert why in bottleneck_mismatch(block)
         with pytest.raises(CompressorError, match="SparseBottleneck.from_block: .*" + why):
             SparseBottleneck.from_block(block)
-
-
-def fake_timing(unfused_s: float, fused_s: float):
-    def timed(fns, *args, **kwargs):
-        for fn in fns:
-            fn()
-        return Paired([unfused_s, fused_s], [0.0, 0.0], [[unfused_s], [fused_s]])
-    return timed
 
 
 @pytest.mark.parametrize("fused_faster", [True, False])
