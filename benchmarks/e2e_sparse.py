@@ -11,8 +11,9 @@ is not trivial). Per (model, sparsity, batch, threads): the model is converted o
 input (sparse.convert: per-layer measured decisions, fused BN/activation/residual, whole-model
 check), the dense model is exported to ONNX, then every engine is timed with interleaved samples
 (compressor.timing.paired_medians); batch_chunk is the chunk the converter runs a batch in
-(compressor.nn.chunked), if any, and traced_stages how many stages it runs as traced graphs
-(compressor.nn.traced). --quick: ResNet-50 and VGG-16 at 90%, batch 1, 2 threads.
+(compressor.nn.chunked), if any, traced_stages how many stages it runs as traced graphs
+(compressor.nn.traced) and fused_blocks how many residual blocks as one fused sparse op
+(compressor.nn.sparse_block). --quick: ResNet-50 and VGG-16 at 90%, batch 1, 2 threads.
 DeepSparse (Neural Magic, pins its own numpy/onnx) runs in its own interpreter:
 python -m venv /work/ds-venv && /work/ds-venv/bin/pip install deepsparse==1.8.0, then
 --deepsparse-python /work/ds-venv/bin/python. DeepSparse times back-to-back calls in its own
@@ -146,7 +147,8 @@ def measure(name, sparsity, batch, threads, args, scope="uniform") -> list[dict]
              "speedup_vs_pytorch": base / secs, "layers_sparse": swapped,
              "layers": len(decisions), "max_abs_err": err,
              "batch_chunk": (decisions.chunks or {}).get("chunk"),
-             "traced_stages": len((decisions.traced or {}).get("stages", []))}
+             "traced_stages": len((decisions.traced or {}).get("stages", [])),
+             "fused_blocks": len((decisions.blocks or {}).get("blocks", []))}
             for engine, secs in engines.items()]
 
 
@@ -208,7 +210,8 @@ def main(argv=None) -> None:
     write_json_atomic(args.json, {"machine": machine_info(), "rows": rows})
     print(markdown_table(rows, ["model", "sparsity", "scope", "batch", "threads", "engine", "ms",
                                 "best_ms", "spread", "speedup_vs_pytorch", "layers_sparse",
-                                "layers", "batch_chunk", "traced_stages", "load_avg"]))
+                                "layers", "batch_chunk", "traced_stages", "fused_blocks",
+                                "load_avg"]))
     print(f"wrote {args.json}")
     if args.plot:
         plot(rows, "docs/img/e2e_sparse.png")
