@@ -18,15 +18,17 @@ TORCH_LIBRARY(compressor, m) {
         "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int groups, "
         "Tensor? residual=None, str activation=\"none\") -> Tensor");
   // A residual bottleneck in one op: act2(conv2(act1(conv1(act0(conv0(input) + bias0)) + bias1))
-  // + bias2 + residual), conv0 and conv2 1x1, conv1 kernel_size x kernel_size (odd), all stride
-  // 1, groups 1, conv1 padded kernel_size / 2 ("same"); each weight in CSR as for sparse_conv2d
-  // (conv0 Cin -> Cm, conv1 Cm -> Cm2, conv2 Cm2 -> Cout); residual (N, Cout, H, W) optional.
+  // + bias2 + residual), conv0 and conv2 1x1 stride 1, conv1 kernel_size x kernel_size (odd)
+  // padded kernel_size / 2 with `stride`, all groups 1; each weight in CSR as for sparse_conv2d
+  // (conv0 Cin -> Cm, conv1 Cm -> Cm2, conv2 Cm2 -> Cout); residual (N, Cout, Ho, Wo) optional,
+  // Ho = (H - 1) / stride + 1 (Wo alike).
   // Equals the three sparse_conv2d calls (fp32 rounding aside; an input or intermediate holding
   // inf or NaN gives exactly theirs). CPU only; inference only.
   m.def("sparse_bottleneck(Tensor input, Tensor values0, Tensor col_idx0, Tensor row_ptr0, "
         "Tensor? bias0, Tensor values1, Tensor col_idx1, Tensor row_ptr1, Tensor? bias1, "
         "Tensor values2, Tensor col_idx2, Tensor row_ptr2, Tensor? bias2, int kernel_size, "
-        "Tensor? residual, str activation0, str activation1, str activation2) -> Tensor");
+        "int stride, Tensor? residual, str activation0, str activation1, str activation2) "
+        "-> Tensor");
   // input (M, K), weight (N_out, K) in CSR -> (M, N_out).
   m.def("sparse_linear(Tensor input, Tensor values, Tensor col_idx, Tensor row_ptr, Tensor? bias) -> Tensor");
 

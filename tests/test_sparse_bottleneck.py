@@ -35,34 +35,44 @@ def weights(cout, cin, k, sparsity, bias=True, scale=1.0):
     return (*csr_from_dense(w.flatten(1)), torch.randn(cout) * 0.1 if bias else None), w
 
 
-def dense_chain(x, dense, biases, k, residual, acts):
+def dense_chain(x, dense, biases, k, residual, acts, stride=1):
     """The three convs as F.conv2d: what the op must equal."""
     for i, (w, b, kk) in enumerate(zip(dense, biases, (1, k, 1), strict=True)):
-        x = F.conv2d(x, w, b, 1, kk // 2)
+        x = F.conv2d(x, w, b, stride if i == 1 else 1, kk // 2)
         x = reference.activate(x + residual if i == 2 and residual is not None else x, acts[i])
     return x
 
 
-def case_inputs(cin, cm, cm2, cout, k, hw, n, sparsity, bias=True, with_residual=True):
+def case_inputs(cin, cm, cm2, cout, k, hw, n, sparsity, bias=True, with_residual=True,
+                stride=1):
     torch.manual_seed(cin * 131 + cm * 17 + hw[0] + n)
     packed, dense = zip(*(weights(o, i, kk, sparsity, bias) for o, i, kk in
                           ((cm, cin, 1), (cm2, cm, k), (cout, cm2, 1))), strict=True)
     x = torch.randn(n, cin, *hw)
-    residual = torch.randn(n, cout, *hw) if with_residual else None
+    out_hw = [(d - 1) // stride + 1 for d in hw]
+    residual = torch.randn(n, cout, *out_hw) if with_residual else None
     return x, packed, dense, residual
 
 
-# (cin, cm, cm2, cout, k, (h, w), batch)
+# (cin, cm, cm2, cout, k, stride, (h, w), batch)
 CASES = [
-    (8, 4, 4, 8, 3, (9, 7), 1),
-    (5, 3, 6, 7, 1, (1, 1), 1),             # size-1 plane, 1x1 middle conv
-    (6, 5, 5, 6, 3, (1, 9), 2),             # one row: every band at both image edges
-    (16, 8, 8, 16, 5, (13, 11), 2),         # 5x5 middle conv, halo of 2 rows
-    (700, 24, 24, 33, 3, (6, 5), 1),        # several input-channel blocks in conv0
-    (6, 5, 5, 6, 3, (40, 3), 1),            # tall: each thread its own slab of rows
-    (6, 5, 5, 6, 3, (20, 3), 1),            # short: the threads share each conv
-    (8, 4, 4, 8, 3, (6, 6), 16),            # a batch: whole images per thread
-    (3, 40, 70, 2, 3, (17, 19), 1),         # more channels inside than outside; bands
+    (8, 4, 4, 8, 3, 1, (9, 7), 1),
+    (5, 3, 6, 7, 1, 1, (1, 1), 1),             # size-1 plane, 1x1 middle conv
+    (6, 5, 5, 6, 3, 1, (1, 9), 2),             # one row: every band at both image edges
+    (16, 8, 8, 16, 5, 1, (13, 11), 2),         # 5x5 middle conv, halo of 2 rows
+    (700, 24, 24, 33, 3, 1, (6, 5), 1),        # several input-channel blocks in conv0
+    (6, 5, 5, 6, 3, 1, (40, 3), 1),            # tall: each thread its own slab of rows
+    (6, 5, 5, 6, 3, 1, (20, 3), 1),            # short: the threads share each conv
+    (8, 4, 4, 8, 3, 1, (6, 6), 16),            # a batch: whole images per thread
+    (3, 40, 70, 2, 3, 1, (17, 19), 1),         # more channels inside than outside; bands
+    # A strided middle conv (ResNet's downsampling blocks): the first conv's output goes to
+    # the scratch split into stride phases; odd and even sizes, slabs, shared and batches.
+    (8, 4, 4, 8, 3, 2, (9, 7), 1),
+    (6, 5, 5, 6, 3, 2, (40, 13), 1),
+    (6, 5, 5, 6, 3, 2, (12, 12), 1),
+    (16, 8, 8, 16, 5, 3, (14, 11), 2),
+    (6, 4, 4, 6, 1, 2, (7, 8), 3),             # a strided 1x1 middle conv
+    (8, 4, 4, 8, 3, 2, (1, 1), 4),
 ]
 ACTS = [("relu", "relu", "relu"), ("none", "relu6", "silu"), ("silu", "none", "none")]
 
@@ -72,17 +82,16 @@ ACTS = [("relu", "relu", "relu"), ("none", "relu6", "silu"), ("silu", "none", "n
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_matches_the_three_convs(case, sparsity, threads):
     require_kernel(OP, "cpu")
-    *shape, k, hw, n = case
+    *shape, k, stride, hw, n = case
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for acts in ACTS:
-            x, packed, dense, residual = case_inputs(*shape, k, hw, n, sparsity)
-            got = torch.ops.compressor.sparse_bottleneck(x, *packed[0], *packed[1], *packed[2],
-                                                         k, residual, *acts)
-            want = dense_chain(x, dense, [p[3] for p in packed], k, residual, acts)
+            x, packed, dense, residual = case_inputs(*shape, k, hw, n, sparsity, stride=stride)
+            got = call(x, packed, k, residual, acts, stride)
+            want = dense_chain(x, dense, [p[3] for p in packed], k, residual, acts, stride)
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-            twin = reference.sparse_bottleneck(x, *packed, k, residual, acts)
+            twin = reference.sparse_bottleneck(x, *packed, k, residual, acts, stride)
             torch.testing.assert_close(got, twin, atol=1e-4, rtol=1e-4)
     finally:
         torch.set_num_threads(before)
@@ -90,15 +99,17 @@ def test_matches_the_three_convs(case, sparsity, threads):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_options_and_noncontiguous_input(bias, with_residual):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_options_and_noncontiguous_input(bias, with_residual, stride):
     require_kernel(OP, "cpu")
-    x, packed, dense, residual = case_inputs(6, 4, 5, 7, 3, (11, 10), 2, 0.6, bias, with_residual)
+    x, packed, dense, residual = case_inputs(6, 4, 5, 7, 3, (11, 10), 2, 0.6, bias,
+                                             with_residual, stride)
     wide = torch.randn(2, 12, 11, 10)[:, ::2]  # non-contiguous, through the wrapper
     assert not wide.is_contiguous()
     for inp in (x, wide, x.contiguous(memory_format=torch.channels_last)):
-        got = sparse_bottleneck(inp, *packed, 3, residual, ("relu", "relu6", "relu"))
+        got = sparse_bottleneck(inp, *packed, 3, residual, ("relu", "relu6", "relu"), stride)
         want = dense_chain(inp, dense, [p[3] for p in packed], 3, residual,
-                           ("relu", "relu6", "relu"))
+                           ("relu", "relu6", "relu"), stride)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -107,28 +118,27 @@ def test_nonfinite_values_give_the_three_ops_result():
     three sparse_conv2d calls give (they send such inputs to the dense convolution)."""
     require_kernel(OP, "cpu")
 
-    def three_ops(x, packed, residual, acts):
+    def three_ops(x, packed, residual, acts, stride=1):
         out = x
         for i, (p, kk) in enumerate(zip(packed, (1, 3, 1), strict=True)):
-            out = torch.ops.compressor.sparse_conv2d(out, *p, (kk, kk), (1, 1), (kk // 2,) * 2,
+            s = stride if i == 1 else 1
+            out = torch.ops.compressor.sparse_conv2d(out, *p, (kk, kk), (s, s), (kk // 2,) * 2,
                                                      (1, 1), 1, residual if i == 2 else None,
                                                      acts[i])
         return out
 
     acts = ("relu", "none", "relu")
-    for poison in (float("inf"), float("nan")):
-        x, packed, _, residual = case_inputs(6, 4, 5, 6, 3, (9, 8), 2, 0.7)
+    for poison, stride in ((float("inf"), 1), (float("nan"), 1), (float("nan"), 2)):
+        x, packed, _, residual = case_inputs(6, 4, 5, 6, 3, (9, 8), 2, 0.7, stride=stride)
         x[1, 2, 4, 5] = poison
-        got = torch.ops.compressor.sparse_bottleneck(x, *packed[0], *packed[1], *packed[2], 3,
-                                                     residual, *acts)
-        torch.testing.assert_close(got, three_ops(x, packed, residual, acts), atol=0, rtol=0,
-                                   equal_nan=True)
+        got = call(x, packed, 3, residual, acts, stride)
+        torch.testing.assert_close(got, three_ops(x, packed, residual, acts, stride), atol=0,
+                                   rtol=0, equal_nan=True)
         assert got.isnan().any()
     x, packed, _, residual = case_inputs(6, 4, 5, 6, 3, (9, 8), 1, 0.7)
     x = x * 1e4
     huge = (packed[0][0] * 1e38, *packed[0][1:])  # conv0 overflows to +-inf from a finite input
-    got = torch.ops.compressor.sparse_bottleneck(x, *huge, *packed[1], *packed[2], 3, residual,
-                                                 *acts)
+    got = call(x, (huge, packed[1], packed[2]), 3, residual, acts)
     want = three_ops(x, (huge, packed[1], packed[2]), residual, acts)
     torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
     assert not got.isfinite().all()
@@ -138,15 +148,17 @@ def test_opcheck():
     require_kernel(OP, "cpu")
     x, packed, _, residual = case_inputs(6, 4, 5, 6, 3, (7, 6), 2, 0.5)
     no_bias = [(*p[:3], None) for p in packed]
-    for ws, res, acts in ((packed, residual, ("relu", "relu", "relu")),
-                          (no_bias, None, ("none", "silu", "relu6"))):
+    strided = residual[:, :, ::2, ::2].contiguous()
+    for ws, res, acts, stride in ((packed, residual, ("relu", "relu", "relu"), 1),
+                                  (no_bias, None, ("none", "silu", "relu6"), 1),
+                                  (packed, strided, ("relu", "relu", "relu"), 2)):
         torch.library.opcheck(torch.ops.compressor.sparse_bottleneck.default,
-                              (x, *ws[0], *ws[1], *ws[2], 3, res, *acts))
+                              (x, *ws[0], *ws[1], *ws[2], 3, stride, res, *acts))
 
 
-def call(x, packed, k=3, residual=None, acts=("relu", "relu", "relu")):
+def call(x, packed, k=3, residual=None, acts=("relu", "relu", "relu"), stride=1):
     return torch.ops.compressor.sparse_bottleneck(x, *packed[0], *packed[1], *packed[2], k,
-                                                  residual, *acts)
+                                                  stride, residual, *acts)
 
 
 def test_kernel_rejects_bad_input():
@@ -159,6 +171,10 @@ def test_kernel_rejects_bad_input():
         call(x[:, :3].contiguous(), packed)  # fewer input channels than conv0's columns
     with pytest.raises(RuntimeError, match="kernel_size must be odd"):
         call(x, packed, k=2)
+    with pytest.raises(RuntimeError, match="stride must be >= 1"):
+        call(x, packed, stride=0)
+    with pytest.raises(RuntimeError, match=r"residual must have the output's shape \(1, 6, 4, 3\)"):
+        call(x, packed, residual=residual, stride=2)
     with pytest.raises(RuntimeError, match="activation1 must be one of"):
         call(x, packed, acts=("relu", "gelu", "relu"))
     with pytest.raises(RuntimeError, match="residual must have the output's shape"):
@@ -185,6 +201,8 @@ def test_wrapper_and_twin_errors():
             sparse_bottleneck(x, *packed, bad_k)
         with pytest.raises(CompressorError, match="kernel_size must be an odd int"):
             reference.sparse_bottleneck(x, *packed, bad_k)
+    with pytest.raises(CompressorError, match="stride must be an int >= 1"):
+        sparse_bottleneck(x, *packed, 3, stride=0)
     with pytest.raises(ValueError, match="must be a 4-dim"):
         sparse_bottleneck(x[0], *packed, 3)
 
@@ -193,17 +211,19 @@ def test_wrapper_and_twin_errors():
 @given(cin=st.integers(1, 7), cm=st.integers(1, 7), cm2=st.integers(1, 7),
        cout=st.integers(1, 7), k=st.sampled_from([1, 3, 5]), h=st.integers(1, 13),
        w=st.integers(1, 13), n=st.integers(1, 3), sparsity=st.floats(0, 1),
-       threads=st.integers(1, 2), acts=st.sampled_from(ACTS))
-def test_fuzz_against_the_three_convs(cin, cm, cm2, cout, k, h, w, n, sparsity, threads, acts):
+       threads=st.integers(1, 2), acts=st.sampled_from(ACTS), stride=st.integers(1, 3))
+def test_fuzz_against_the_three_convs(cin, cm, cm2, cout, k, h, w, n, sparsity, threads, acts,
+                                      stride):
     require_kernel(OP, "cpu")
-    x, packed, dense, residual = case_inputs(cin, cm, cm2, cout, k, (h, w), n, sparsity)
+    x, packed, dense, residual = case_inputs(cin, cm, cm2, cout, k, (h, w), n, sparsity,
+                                             stride=stride)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = call(x, packed, k, residual, acts)
+        got = call(x, packed, k, residual, acts, stride)
     finally:
         torch.set_num_threads(before)
-    want = dense_chain(x, dense, [p[3] for p in packed], k, residual, acts)
+    want = dense_chain(x, dense, [p[3] for p in packed], k, residual, acts, stride)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -211,8 +231,8 @@ def test_fuzz_against_the_three_convs(cin, cm, cm2, cout, k, h, w, n, sparsity, 
 
 
 def bottleneck_resnet() -> nn.Module:
-    """ResNet-50's layout, narrow: every stride-1 bottleneck can fuse (layer1.0 with its 1x1
-    shortcut too)."""
+    """ResNet-50's layout, narrow: every bottleneck can fuse (the first of each stage with its
+    1x1 shortcut, layer2-4's with a strided 3x3)."""
     torch.manual_seed(0)
     model = build_model("resnet50", num_classes=10, feature_shape=(3, 32, 32), width=8).eval()
     with torch.no_grad():
@@ -253,7 +273,7 @@ def test_module_equals_the_block_and_exports_as_one(converted_resnet):
     model, converted, x = converted_resnet
     work = unfused_copy(converted)  # whatever the converter chose
     blocks = plain_blocks(work)
-    assert len(blocks) == 13  # 16 bottlenecks less the three with a strided 3x3
+    assert len(blocks) == 16
     for path, block in blocks.items():
         fused = SparseBottleneck.from_block(block)
         assert fused.state_dict().keys() == block.state_dict().keys()
@@ -265,7 +285,7 @@ def test_module_equals_the_block_and_exports_as_one(converted_resnet):
         torch.testing.assert_close(work(x), model(x), atol=1e-4, rtol=1e-4)
     plain, notes, _ = exported_copy(work)
     assert not any(isinstance(m, SparseBottleneck) for m in plain.modules())
-    assert sum("SparseBottleneck -> ResidualBlock" in line for line in notes["converted"]) == 13
+    assert sum("SparseBottleneck -> ResidualBlock" in line for line in notes["converted"]) == 16
 
 
 def test_module_falls_back_where_the_kernel_does_not_apply(converted_resnet):
@@ -286,10 +306,13 @@ def test_mismatches_are_named():
         nn.Conv2d(cin, cout, k, s, k // 2), activation="relu", residual=res)
     good = ResidualBlock([conv(4, 2, 1), conv(2, 3, 3), conv(3, 4, 1, res=True)])
     assert bottleneck_mismatch(good) is None
+    strided = ResidualBlock([conv(4, 2, 1), conv(2, 3, 3, 2), conv(3, 4, 1, res=True)])
+    assert bottleneck_mismatch(strided) is None
     cases = {
         "not a ResidualBlock": nn.Sequential(),
         "not three SparseConv2d": ResidualBlock([conv(4, 2, 1), conv(2, 4, 3, res=True)]),
-        "a stride": ResidualBlock([conv(4, 2, 1), conv(2, 3, 3, 2), conv(3, 4, 1, res=True)]),
+        "a 1x1 conv is strided": ResidualBlock([conv(4, 2, 1, 2), conv(2, 3, 3),
+                                                conv(3, 4, 1, res=True)]),
         "not 1x1": ResidualBlock([conv(4, 2, 3), conv(2, 3, 3), conv(3, 4, 1, res=True)]),
         "not a square odd": ResidualBlock([conv(4, 2, 1), conv(2, 3, 2), conv(3, 4, 1, res=True)]),
         "do not chain": ResidualBlock([conv(4, 2, 1), conv(5, 3, 3), conv(3, 4, 1, res=True)]),

@@ -23,8 +23,8 @@ def _is_1x1(conv: nn.Module) -> bool:
 def bottleneck_mismatch(block: nn.Module) -> str | None:
     """Why `block` cannot run as one sparse_bottleneck call, or None when it can: a
     ResidualBlock whose main is exactly three SparseConv2d (not subclasses), a 1x1, a k x k with
-    k odd padded k // 2, and a 1x1 taking the residual, all stride 1, dilation 1, groups 1, the
-    channels chained."""
+    k odd padded k // 2 and any square stride, and a 1x1 taking the residual, the 1x1s stride 1,
+    all dilation 1 and groups 1, the channels chained. (The shortcut may be any module.)"""
     if not isinstance(block, ResidualBlock):
         return f"{type(block).__name__} is not a ResidualBlock"
     if len(block.main) != 3 or any(type(c) is not SparseConv2d for c in block.main):
@@ -36,8 +36,10 @@ def bottleneck_mismatch(block: nn.Module) -> str | None:
     if c1.kernel_size != (k, k) or k % 2 == 0 or c1.padding != (k // 2, k // 2):
         return f"its middle conv is not a square odd 'same' conv (kernel {c1.kernel_size}, " \
                f"padding {c1.padding})"
-    if any(c.stride != (1, 1) or c.dilation != (1, 1) or c.groups != 1 for c in block.main):
-        return "a conv has a stride, dilation or groups other than 1"
+    if c0.stride != (1, 1) or c2.stride != (1, 1) or c1.stride[0] != c1.stride[1]:
+        return "a 1x1 conv is strided, or the middle conv's stride is not square"
+    if any(c.dilation != (1, 1) or c.groups != 1 for c in block.main):
+        return "a conv has a dilation or groups other than 1"
     if c0.residual or c1.residual or not c2.residual:
         return "only its last conv may take the residual"
     if c0.out_channels != c1.in_channels or c1.out_channels != c2.in_channels:
@@ -48,7 +50,8 @@ def bottleneck_mismatch(block: nn.Module) -> str | None:
 class SparseBottleneck(ResidualBlock):
     """A ResidualBlock (see bottleneck_mismatch for its shape) computed by one
     compressor::sparse_bottleneck call: per slab of rows, the first conv's output goes to a
-    per-thread padded scratch, the middle conv's to a second, and the last conv writes the
+    per-thread padded (and, under a strided middle conv, phase-split) scratch, the middle conv's
+    to a second, and the last conv writes the
     block's output with the shortcut added, so nothing between the convs leaves the cache. The
     shortcut, if any, runs first as in ResidualBlock. The converter swaps it in per block where
     measured faster."""
@@ -72,7 +75,7 @@ class SparseBottleneck(ResidualBlock):
         return torch.ops.compressor.sparse_bottleneck(
             x.contiguous(), c0.values, c0.col_idx, c0.row_ptr, c0.bias,
             c1.values, c1.col_idx, c1.row_ptr, c1.bias,
-            c2.values, c2.col_idx, c2.row_ptr, c2.bias, c1.kernel_size[0],
+            c2.values, c2.col_idx, c2.row_ptr, c2.bias, c1.kernel_size[0], c1.stride[0],
             identity.contiguous(), c0.activation, c1.activation, c2.activation)
 
     def export_module(self) -> nn.Module:

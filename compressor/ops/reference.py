@@ -73,25 +73,28 @@ def sparse_conv2d(input, values, col_idx, row_ptr, bias, kernel_size, stride, pa
 
 
 def sparse_bottleneck(input, conv0, conv1, conv2, kernel_size, residual=None,
-                      activations=("none", "none", "none")):
+                      activations=("none", "none", "none"), stride=1):
     """A residual bottleneck's three convs, one after another: with conv_i = (values, col_idx,
-    row_ptr, bias) in CSR (conv0 and conv2 1x1, conv1 kernel_size x kernel_size, odd), all
-    stride 1 and groups 1, conv1 padded kernel_size // 2:
+    row_ptr, bias) in CSR (conv0 and conv2 1x1 stride 1, conv1 kernel_size x kernel_size, odd,
+    padded kernel_size // 2, with `stride`), groups 1:
     act2(conv2(act1(conv1(act0(conv0(input))))) + residual). input (N, Cin, H, W); residual
-    (N, Cout, H, W) or None. Returns (N, Cout, H, W)."""
-    check_bottleneck_kernel(kernel_size)
+    (N, Cout, Ho, Wo) or None, Ho = (H - 1) // stride + 1 (Wo alike). Returns (N, Cout, Ho, Wo)."""
+    check_bottleneck_geometry(kernel_size, stride)
     x = input
     for i, (weights, k) in enumerate(zip((conv0, conv1, conv2), (1, kernel_size, 1), strict=True)):
-        x = sparse_conv2d(x, *weights, (k, k), (1, 1), (k // 2, k // 2), (1, 1), 1,
+        s = stride if i == 1 else 1
+        x = sparse_conv2d(x, *weights, (k, k), (s, s), (k // 2, k // 2), (1, 1), 1,
                           residual if i == 2 else None, activations[i])
     return x
 
 
-def check_bottleneck_kernel(kernel_size) -> None:
+def check_bottleneck_geometry(kernel_size, stride) -> None:
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
             or kernel_size % 2 == 0:
-        raise CompressorError(f"sparse_bottleneck: kernel_size must be an odd int >= 1 (a "
-                              f"stride-1 'same' conv), got {kernel_size!r}")
+        raise CompressorError(f"sparse_bottleneck: kernel_size must be an odd int >= 1 (the "
+                              f"middle conv padded kernel_size // 2), got {kernel_size!r}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise CompressorError(f"sparse_bottleneck: stride must be an int >= 1, got {stride!r}")
 
 
 def sparse_linear(input, values, col_idx, row_ptr, bias):

@@ -74,18 +74,18 @@ def sparse_conv2d(input, values, col_idx, row_ptr, bias=None, *, kernel_size, st
 
 
 def sparse_bottleneck(input, conv0, conv1, conv2, kernel_size: int, residual=None,
-                      activations=("none", "none", "none")) -> torch.Tensor:
+                      activations=("none", "none", "none"), stride: int = 1) -> torch.Tensor:
     """A residual bottleneck in one pass: act2(conv2(act1(conv1(act0(conv0(input))))) +
     residual), the inner activations kept in cache (CPU kernel; elsewhere the three convs).
 
     conv_i = (values, col_idx, row_ptr, bias) in CSR as for sparse_conv2d: conv0 1x1 Cin -> Cm,
-    conv1 kernel_size x kernel_size (odd) Cm -> Cm2 padded kernel_size // 2, conv2 1x1
-    Cm2 -> Cout; all stride 1, groups 1. input (N, Cin, H, W), any strides; residual
-    (N, Cout, H, W) or None; activations: three of none | relu | relu6 | silu.
-    Returns (N, Cout, H, W)."""
+    conv1 kernel_size x kernel_size (odd) Cm -> Cm2 padded kernel_size // 2 with `stride`,
+    conv2 1x1 Cm2 -> Cout; groups 1. input (N, Cin, H, W), any strides; residual
+    (N, Cout, Ho, Wo) or None, Ho = (H - 1) // stride + 1 (Wo alike); activations: three of
+    none | relu | relu6 | silu. Returns (N, Cout, Ho, Wo)."""
     if not isinstance(input, torch.Tensor) or input.dim() != 4:
         raise ValueError("sparse_bottleneck: input must be a 4-dim (N, C, H, W) tensor")
-    reference.check_bottleneck_kernel(kernel_size)
+    reference.check_bottleneck_geometry(kernel_size, stride)
     convs = (conv0, conv1, conv2)
     for i, conv in enumerate(convs):
         if not isinstance(conv, (tuple, list)) or len(conv) != 4:
@@ -96,14 +96,19 @@ def sparse_bottleneck(input, conv0, conv1, conv2, kernel_size: int, residual=Non
             a not in reference.ACTIVATIONS for a in activations):
         raise ValueError(f"sparse_bottleneck: activations must be three of "
                          f"{', '.join(reference.ACTIVATIONS)}, got {activations!r}")
-    n, _, h, w = input.shape
-    _check_residual(residual, input, (n, conv2[2].numel() - 1, h, w), "sparse_bottleneck")
+    _check_residual(residual, input, _bottleneck_shape(input, conv2[2], stride),
+                    "sparse_bottleneck")
     if not _use_kernel("sparse_bottleneck", input):
         return reference.sparse_bottleneck(input, conv0, conv1, conv2, kernel_size, residual,
-                                           tuple(activations))
+                                           tuple(activations), stride)
     return torch.ops.compressor.sparse_bottleneck(
-        input.contiguous(), *conv0, *conv1, *conv2, kernel_size,
+        input.contiguous(), *conv0, *conv1, *conv2, kernel_size, stride,
         None if residual is None else residual.contiguous(), *activations)
+
+
+def _bottleneck_shape(input, row_ptr2, stride: int) -> tuple:
+    n, _, h, w = input.shape
+    return (n, row_ptr2.shape[0] - 1, (h - 1) // stride + 1, (w - 1) // stride + 1)
 
 
 def sparse_linear(input, values, col_idx, row_ptr, bias=None) -> torch.Tensor:
@@ -142,8 +147,8 @@ if _extension.load():
     @torch.library.register_fake("compressor::sparse_bottleneck")
     def _sparse_bottleneck_fake(input, values0, col_idx0, row_ptr0, bias0, values1, col_idx1,
                                 row_ptr1, bias1, values2, col_idx2, row_ptr2, bias2, kernel_size,
-                                residual, activation0, activation1, activation2):
-        shape = (input.shape[0], row_ptr2.shape[0] - 1, input.shape[2], input.shape[3])
+                                stride, residual, activation0, activation1, activation2):
+        shape = _bottleneck_shape(input, row_ptr2, stride)
         torch._check(residual is None or tuple(residual.shape) == shape,
                      lambda: "sparse_bottleneck: residual must have the output's shape")
         return input.new_empty(shape)

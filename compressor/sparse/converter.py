@@ -24,6 +24,7 @@ from compressor.nn.chunked import ChunkedSequential
 from compressor.nn.fused import FastMaxPool2d, ResidualBlock
 from compressor.nn.sparse_block import SparseBottleneck, bottleneck_mismatch
 from compressor.nn.traced import STAGE_ATTRIBUTES, TracedSequential
+from compressor.ops._dispatch import has_kernel
 from compressor.ops.reference import activate
 from compressor.sparse.fusion import Plan, Slot, apply, make_plan, sparse_module
 from compressor.sparse.perf_model import PerfModel
@@ -168,8 +169,10 @@ def _fuse_blocks(work: nn.Module, example_inputs) -> dict:
     kept."""
     paths = [name for name, m in work.named_modules()
              if type(m) is ResidualBlock and bottleneck_mismatch(m) is None]
-    if not paths or len(example_inputs) != 1:
-        return {}
+    x = example_inputs[0] if len(example_inputs) == 1 else None
+    if not paths or not isinstance(x, torch.Tensor) or not has_kernel("sparse_bottleneck",
+                                                                      x.device):
+        return {}  # (without the kernel the blocks would run unfused: nothing to decide)
     plain = {path: work.get_submodule(path) for path in paths}
     fused = {path: SparseBottleneck.from_block(block) for path, block in plain.items()}
 

@@ -1,15 +1,16 @@
 // compressor::sparse_bottleneck on CPU: a residual bottleneck's three sparse convs (1x1, then
-// k x k stride 1 "same", then 1x1 with the residual add) in one op, so that the block's inner
-// activations stay in the thread's cache instead of being written to memory by one op and read
-// back by the next (measured in a whole pruned ResNet-50, those convs ran 1.2-2.3x slower than
-// alone with their inputs hot).
+// k x k padded k / 2 with a stride, then 1x1 with the residual add) in one op, so that the
+// block's inner activations stay in the thread's cache instead of being written to memory by
+// one op and read back by the next (in a whole pruned ResNet-50 those convs ran 1.2-2.3x slower
+// than alone with their inputs hot).
 //
-// A task owns a slab of rows of one image and walks it in bands. The first conv's output rows
-// for a band (and the middle conv's halo rows, recomputed at slab edges) go to a per-thread
-// scratch laid out as the middle conv's zero-padded input, so no padding copy is made; the middle
-// conv's output for the band goes to a second scratch, which the last conv reads while it is in
-// L1/L2 and stores, with the residual and the activation, into the output. Each conv runs the
-// same tiles as sparse_conv2d (sparse_tiles.h) on weights prepared for these scratch layouts.
+// A task owns a slab of output rows of one image and walks it in bands. The first conv's output
+// rows for a band (and the rows a slab shares with the next, recomputed) go to a per-thread
+// scratch laid out as the middle conv's zero-padded input, split into stride phases as
+// sparse_conv2d splits its input, so no padding copy is made; the middle conv's output for the
+// band goes to a second scratch, which the last conv reads while it is in L1/L2 and stores, with
+// the residual and the activation, into the output. Each conv runs the same tiles as
+// sparse_conv2d (sparse_tiles.h) on weights prepared for these scratch layouts.
 //
 // The unfused ops send an input holding inf or NaN to the dense convolution (pruned zeros turn
 // them into NaN there). Here the input and both intermediate results are checked as they are
@@ -98,7 +99,7 @@ at::Tensor sparse_bottleneck_cpu(
     const at::Tensor& row_ptr0, const c10::optional<at::Tensor>& bias0, const at::Tensor& values1,
     const at::Tensor& col_idx1, const at::Tensor& row_ptr1, const c10::optional<at::Tensor>& bias1,
     const at::Tensor& values2, const at::Tensor& col_idx2, const at::Tensor& row_ptr2,
-    const c10::optional<at::Tensor>& bias2, int64_t kernel_size,
+    const c10::optional<at::Tensor>& bias2, int64_t kernel_size, int64_t stride,
     const c10::optional<at::Tensor>& residual, c10::string_view activation0,
     c10::string_view activation1, c10::string_view activation2) {
   CMP_CHECK_DEVICE(input, at::Device(at::kCPU), kOp, "input");
@@ -106,7 +107,9 @@ at::Tensor sparse_bottleneck_cpu(
   CMP_CHECK_DTYPE(input, at::kFloat, kOp, "input");
   CMP_CHECK_CONTIGUOUS(input, kOp, "input");
   CMP_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, kOp,
-            "kernel_size must be odd and >= 1 (a stride-1 'same' conv), got ", kernel_size);
+            "kernel_size must be odd and >= 1 (the middle conv padded kernel_size / 2), got ",
+            kernel_size);
+  CMP_CHECK(stride >= 1, kOp, "stride must be >= 1, got ", stride);
   const Act act[3] = {parse_activation(kOp, "activation0", activation0),
                       parse_activation(kOp, "activation1", activation1),
                       parse_activation(kOp, "activation2", activation2)};
@@ -116,47 +119,53 @@ at::Tensor sparse_bottleneck_cpu(
   const int64_t N = input.size(0), Cin = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Cm = checked_rows(0, w[0]), Cm2 = checked_rows(1, w[1]);
   const int64_t Cout = checked_rows(2, w[2]);
-  const int64_t k = kernel_size, h = k / 2, Wq = W + 2 * h;
+  const int64_t k = kernel_size, h = k / 2, s = stride, Wp = W + 2 * h;
+  // The middle conv's (and so the block's) output, and the width of one stride phase of its
+  // padded input.
+  const int64_t Ho = (H + 2 * h - k) / s + 1, Wo = (Wp - k) / s + 1, Wq = (Wp + s - 1) / s;
   if (residual) {
     CMP_CHECK_DEVICE(*residual, at::Device(at::kCPU), kOp, "residual");
     CMP_CHECK_DTYPE(*residual, at::kFloat, kOp, "residual");
     CMP_CHECK_CONTIGUOUS(*residual, kOp, "residual");
-    CMP_CHECK(residual->sizes() == at::IntArrayRef({N, Cout, H, W}), kOp,
-              "residual must have the output's shape (", N, ", ", Cout, ", ", H, ", ", W,
+    CMP_CHECK(residual->sizes() == at::IntArrayRef({N, Cout, Ho, Wo}), kOp,
+              "residual must have the output's shape (", N, ", ", Cout, ", ", Ho, ", ", Wo,
               "), got ", residual->sizes());
   }
 
-  // Slabs: whole images when the batch has one per thread; otherwise rows split between the
-  // threads, each slab recomputing the middle conv's halo rows of the first conv. On planes too
-  // short for that (the halo over 12% of a slab) the threads instead share one image at a time,
-  // splitting each conv's output channels as sparse_conv2d does, a parallel region per conv.
-  // A slab is no taller than the scratch bound; a band is the rows of the middle conv's output
-  // kept for the last conv.
-  const int64_t threads = at::get_num_threads();
+  // Slabs of output rows: whole images when the batch has one per thread; otherwise rows split
+  // between the threads, each slab recomputing the k - s rows of the first conv that it shares
+  // with the next. On planes too short for that (those rows over 12% of the plane) the threads
+  // instead share one image at a time, splitting each conv's output channels as sparse_conv2d
+  // does, a parallel region per conv. A slab's scratch stays within kSlabFloats; a band is the
+  // rows of the middle conv's output kept for the last conv.
+  const int64_t threads = at::get_num_threads(), overlap = std::max<int64_t>(0, k - s);
   int64_t slabs = N >= threads ? 1 : (threads + N - 1) / N;
-  const int64_t fit = std::max<int64_t>(1, kSlabFloats / std::max<int64_t>(1, Cm * Wq) - 2 * h);
-  const bool shared = slabs > 1 && H <= fit && 2 * h * slabs * 8 > H;
+  const int64_t fit = std::max<int64_t>(
+      1, (kSlabFloats / std::max<int64_t>(1, Cm * Wp) - k) / s + 1);
+  const bool shared = slabs > 1 && Ho <= fit && overlap * slabs * 8 > H;
   if (shared) slabs = 1;
-  int64_t rows = std::min((H + slabs - 1) / slabs, fit);
-  slabs = std::max<int64_t>(1, (H + rows - 1) / std::max<int64_t>(1, rows));
-  rows = std::max<int64_t>(1, (H + slabs - 1) / slabs);
+  int64_t rows = std::min((Ho + slabs - 1) / slabs, fit);
+  slabs = std::max<int64_t>(1, (Ho + rows - 1) / std::max<int64_t>(1, rows));
+  rows = std::max<int64_t>(1, (Ho + slabs - 1) / slabs);
   // (shared: one band, as each parallel region costs every thread a wake-up)
   const int64_t band = shared ? rows
                               : std::clamp<int64_t>(kBandFloats / std::max<int64_t>(1, Cm2 * Wq),
                                                     1, rows);
 
-  // The three stages' layouts: conv0 reads the input image, conv1 the slab scratch (rows + 2h
-  // padded rows, Wq wide, unpadded from its point of view), conv2 the band scratch.
+  // The three stages' layouts: conv0 reads the input image; conv1 the slab scratch, the padded
+  // rows under a slab ((rows - 1) * s + k of them, Wp wide) split into s x s stride phases as
+  // sparse_conv2d splits its input, unpadded from its point of view; conv2 the band scratch.
+  const int64_t slab_rows = (rows - 1) * s + k;
   const ConvGeom g0 = make_geom(input.sizes(), Cm, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1);
-  const ConvGeom g1 = make_geom({1, Cm, rows + 2 * h, Wq}, Cm2, {k, k}, {1, 1}, {0, 0}, {1, 1}, 1);
-  const ConvGeom g2 = make_geom({1, Cm2, band, W}, Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1);
+  const ConvGeom g1 = make_geom({1, Cm, slab_rows, Wp}, Cm2, {k, k}, {s, s}, {0, 0}, {1, 1}, 1);
+  const ConvGeom g2 = make_geom({1, Cm2, band, Wo}, Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1);
   const ConvGeom* geoms[3] = {&g0, &g1, &g2};
   std::shared_ptr<const Prepared> prep[3];
-  for (int s = 0; s < 3; ++s) {
-    check_offsets_fit(s, *geoms[s]);
-    prep[s] = prepare_weight(kConvName[s], w[s].col_idx, w[s].row_ptr, *geoms[s]);
+  for (int i = 0; i < 3; ++i) {
+    check_offsets_fit(i, *geoms[i]);
+    prep[i] = prepare_weight(kConvName[i], w[i].col_idx, w[i].row_ptr, *geoms[i]);
   }
-  auto output = at::empty({N, Cout, H, W}, input.options());
+  auto output = at::empty({N, Cout, Ho, Wo}, input.options());
   if (output.numel() == 0) return output;
   const ConvArgs a0 = stage_args(g0, w[0], *prep[0], act[0]);
   const ConvArgs a1 = stage_args(g1, w[1], *prep[1], act[1]);
@@ -187,16 +196,52 @@ at::Tensor sparse_bottleneck_cpu(
     });
   };
 
-  // Rows [y0, y1) of image n, band by band, with scratch A (the slab's padded conv0 output)
-  // and B (a band of conv1's output, W wide: conv2 computes no padding columns).
+  // fn(i) for i < count: by this thread, or (shared) by all (the scratch's clearing and the
+  // input's check, which would otherwise leave the other threads waiting).
+  auto for_each = [&](int64_t count, auto&& fn) {
+    if (!shared) {
+      for (int64_t i = 0; i < count; ++i) fn(i);
+      return;
+    }
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) fn(i);
+    });
+  };
+
+  // conv0's output (activated) for image row y, columns [col, col + len), into the slab
+  // scratch A at padded row y - top, column col + h, split into its stride phases.
+  auto scatter0 = [&](float* A_plane, const float* row, int64_t y, int64_t top, int64_t col,
+                      int64_t len) {
+    const int64_t r = y - top;
+    float* line = A_plane + (r % s) * s * g1.plane + r / s * Wq;
+    for (int64_t q = 0; q < s; ++q) {  // the columns of phase q: padded column % s == q
+      const int64_t first = ((q - col - h) % s + s) % s;  // offset of the first in [col, +len)
+      if (first >= len) continue;
+      float* dst = line + q * g1.plane + (col + first + h) / s;
+      const float* src = row + first;
+      const int64_t count = (len - first + s - 1) / s;
+      if (s == 2)  // a constant step vectorises (ResNet's strided blocks)
+        for (int64_t j = 0; j < count; ++j) dst[j] = src[2 * j];
+      else
+        for (int64_t j = 0; j < count; ++j) dst[j] = src[j * s];
+    }
+  };
+
+  // Output rows [y0, y1) of image n, band by band, with scratch A (the slab's padded, phased
+  // conv0 output) and B (a band of conv1's output, Wo wide: conv2 computes no padding columns).
   auto slab = [&](int64_t n, int64_t y0, int64_t y1, float* A, float* B) {
-    const int64_t top = y0 - h;  // the image row in scratch row 0
+    const int64_t top = y0 * s - h;  // the image row in padded scratch row 0
+    const int64_t used = (y1 - y0 - 1) * s + k;  // padded rows under these output rows
     const float* image = x + n * Cin * H * W;
-    // Scratch rows outside the image are zero padding, and so are the h columns either side
-    // of every row (one run: a row's right margin and the next row's left one are adjacent).
-    for (int64_t c = 0; c < Cm; ++c) {
+    for_each(Cm, [&](int64_t c) {
       float* plane = A + c * g1.chan;
-      for (int64_t r = 0; r < y1 - y0 + 2 * h; ++r) {
+      if (s > 1) {  // every phase holds padding here and there: clear all, as sparse_conv2d does
+        std::memset(plane, 0, g1.chan * sizeof(float));
+        return;
+      }
+      // Rows outside the image are zero padding, and so are the h columns either side of every
+      // row (one run: a row's right margin and the next row's left one are adjacent).
+      for (int64_t r = 0; r < used; ++r) {
         const int64_t y = top + r;
         if (y < 0 || y >= H) {
           std::memset(plane + r * Wq, 0, Wq * sizeof(float));
@@ -205,22 +250,28 @@ at::Tensor sparse_bottleneck_cpu(
           std::memset(plane + r * Wq + h + W, 0, h * sizeof(float));
         }
       }
-    }
+    });
     int64_t done = std::max<int64_t>(0, top);  // the next image row conv0 must compute
     for (int64_t b0 = 0; b0 < y1 - y0 && finite; b0 += band) {
       const int64_t b1 = std::min(y1 - y0, b0 + band);
-      const int64_t need = std::min(H, y0 + b1 + h);
+      const int64_t need = std::min(H, top + (b1 - 1) * s + k);  // image rows conv1 reads
       if (need > done) {
-        for (int64_t c = 0; c < Cin && finite; ++c)
+        for_each(Cin, [&](int64_t c) {
           if (!finite_run(image + (c * H + done) * W, (need - done) * W)) finite = false;
+        });
         run_stage(a0, image, done * W, need * W,
                   [&](int64_t oc, const float* acc, int64_t p, int64_t count) {
                     float* plane = A + oc * g1.chan;
+                    // strided: activated once for the tile, then scattered row by row
+                    alignas(64) float tile[kTile];
+                    if (s > 1 && !epilogue_checked(acc, tile, count, act[0])) finite = false;
                     int64_t y = p / W, col = p % W, i = 0;
                     while (i < count) {
                       const int64_t run = std::min(W - col, count - i);
-                      if (!epilogue_checked(acc + i, plane + (y - top) * Wq + h + col, run,
-                                            act[0]))
+                      if (s > 1)
+                        scatter0(plane, tile + i, y, top, col, run);
+                      else if (!epilogue_checked(acc + i, plane + (y - top) * Wq + h + col, run,
+                                                 act[0]))
                         finite = false;
                       i += run;
                       col = 0;
@@ -230,14 +281,14 @@ at::Tensor sparse_bottleneck_cpu(
         done = need;
       }
       // conv1 over the band's output rows: virtual positions of the slab scratch
-      const int64_t q0 = b0 * Wq, q1 = (b1 - 1) * Wq + W;
+      const int64_t q0 = b0 * Wq, q1 = (b1 - 1) * Wq + Wo;
       run_stage(a1, A, q0, q1, [&](int64_t oc, const float* acc, int64_t q, int64_t count) {
         float* plane = B + oc * g2.chan;
         int64_t y = (q - q0) / Wq, col = (q - q0) % Wq, i = 0;
         while (i < count) {
           const int64_t run = std::min(Wq - col, count - i);
-          if (col < W && !epilogue_checked(acc + i, plane + y * W + col, std::min(run, W - col),
-                                           act[1]))
+          if (col < Wo && !epilogue_checked(acc + i, plane + y * Wo + col,
+                                            std::min(run, Wo - col), act[1]))
             finite = false;
           i += run;
           col = 0;
@@ -245,11 +296,11 @@ at::Tensor sparse_bottleneck_cpu(
         }
       });
       // conv2 over the band scratch, into the output rows with the residual
-      const int64_t at = (y0 + b0) * W;
-      run_stage(a2, B, 0, (b1 - b0) * W,
+      const int64_t at = (y0 + b0) * Wo;
+      run_stage(a2, B, 0, (b1 - b0) * Wo,
                 [&](int64_t oc, const float* acc, int64_t q, int64_t count) {
-                  const int64_t plane = (n * Cout + oc) * H * W + at;
-                  store_rows(acc, q, count, W, W, out + plane, res ? res + plane : nullptr,
+                  const int64_t plane = (n * Cout + oc) * Ho * Wo + at;
+                  store_rows(acc, q, count, Wo, Wo, out + plane, res ? res + plane : nullptr,
                              act[2]);
                 });
     }
@@ -259,21 +310,21 @@ at::Tensor sparse_bottleneck_cpu(
   if (shared) {
     float* A = grown(slab_keep, Cm * g1.chan);
     float* B = grown(band_keep, Cm2 * g2.chan);
-    for (int64_t n = 0; n < N && finite; ++n) slab(n, 0, H, A, B);
+    for (int64_t n = 0; n < N && finite; ++n) slab(n, 0, Ho, A, B);
   } else {
     at::parallel_for(0, N * slabs, 1, [&](int64_t begin, int64_t end) {
       float* A = grown(slab_keep, Cm * g1.chan);
       float* B = grown(band_keep, Cm2 * g2.chan);
       for (int64_t t = begin; t < end && finite; ++t) {
         const int64_t n = t / slabs, y0 = t % slabs * rows;
-        if (y0 < H) slab(n, y0, std::min(H, y0 + rows), A, B);
+        if (y0 < Ho) slab(n, y0, std::min(Ho, y0 + rows), A, B);
       }
     });
   }
   if (finite) return output;
   const auto t0 = sparse_conv2d_cpu(input, values0, col_idx0, row_ptr0, bias0, {1, 1}, {1, 1},
                                     {0, 0}, {1, 1}, 1, c10::nullopt, activation0);
-  const auto t1 = sparse_conv2d_cpu(t0, values1, col_idx1, row_ptr1, bias1, {k, k}, {1, 1},
+  const auto t1 = sparse_conv2d_cpu(t0, values1, col_idx1, row_ptr1, bias1, {k, k}, {s, s},
                                     {h, h}, {1, 1}, 1, c10::nullopt, activation1);
   return sparse_conv2d_cpu(t1, values2, col_idx2, row_ptr2, bias2, {1, 1}, {1, 1}, {0, 0},
                            {1, 1}, 1, residual, activation2);
