@@ -22,8 +22,9 @@ TORCH_LIBRARY(compressor, m) {
   // padded kernel_size / 2 with `stride`, all groups 1; each weight in CSR as for sparse_conv2d
   // (conv0 Cin -> Cm, conv1 Cm -> Cm2, conv2 Cm2 -> Cout); residual (N, Cout, Ho, Wo) optional,
   // Ho = (H - 1) / stride + 1 (Wo alike).
-  // Equals the three sparse_conv2d calls (fp32 rounding aside; an input or intermediate holding
-  // inf or NaN gives exactly theirs). CPU only; inference only.
+  // Equals the three sparse_conv2d calls (fp32 rounding aside; an input holding inf or NaN, or an
+  // intermediate holding one where the next conv reads, gives exactly theirs). H, W >= 1.
+  // CPU only; inference only.
   m.def("sparse_bottleneck(Tensor input, Tensor values0, Tensor col_idx0, Tensor row_ptr0, "
         "Tensor? bias0, Tensor values1, Tensor col_idx1, Tensor row_ptr1, Tensor? bias1, "
         "Tensor values2, Tensor col_idx2, Tensor row_ptr2, Tensor? bias2, int kernel_size, "

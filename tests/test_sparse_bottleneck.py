@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from compressor.errors import CompressorError
 from compressor.export.prepare import exported_copy
@@ -60,11 +61,11 @@ CASES = [
     (5, 3, 6, 7, 1, 1, (1, 1), 1),             # size-1 plane, 1x1 middle conv
     (6, 5, 5, 6, 3, 1, (1, 9), 2),             # one row: every band at both image edges
     (16, 8, 8, 16, 5, 1, (13, 11), 2),         # 5x5 middle conv, halo of 2 rows
-    (700, 24, 24, 33, 3, 1, (6, 5), 1),        # several input-channel blocks in conv0
+    (700, 24, 24, 33, 3, 1, (16, 16), 1),      # three input-channel blocks in conv0
     (6, 5, 5, 6, 3, 1, (40, 3), 1),            # tall: each thread its own slab of rows
     (6, 5, 5, 6, 3, 1, (20, 3), 1),            # short: the threads share each conv
     (8, 4, 4, 8, 3, 1, (6, 6), 16),            # a batch: whole images per thread
-    (3, 40, 70, 2, 3, 1, (17, 19), 1),         # more channels inside than outside; bands
+    (3, 40, 70, 2, 3, 1, (60, 19), 1),         # more channels inside than out; 2-3 bands
     # A strided middle conv (ResNet's downsampling blocks): the first conv's output goes to
     # the scratch split into stride phases; odd and even sizes, slabs, shared and batches.
     (8, 4, 4, 8, 3, 2, (9, 7), 1),
@@ -95,6 +96,36 @@ def test_matches_the_three_convs(case, sparsity, threads):
             torch.testing.assert_close(got, twin, atol=1e-4, rtol=1e-4)
     finally:
         torch.set_num_threads(before)
+
+
+def test_slabs_bounded_by_the_scratch_and_huge_scratch():
+    """A plane whose slab scratch would pass its bound is cut into more slabs (here 3 at one
+    thread); a scratch past what a thread keeps lives for the call only."""
+    require_kernel(OP, "cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for shape, hw, sparsity in (((3, 256, 8, 5), (130, 62), 0.9),
+                                    ((1, 2000, 2, 3), (3, 700), 0.5)):
+            x, packed, dense, residual = case_inputs(*shape, 3, hw, 1, sparsity)
+            got = call(x, packed, 3, residual)
+            want = dense_chain(x, dense, [p[3] for p in packed], 3, residual, ("relu",) * 3)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_empty_batch_and_planes():
+    require_kernel(OP, "cpu")
+    x, packed, _, _ = case_inputs(6, 4, 5, 6, 3, (7, 6), 1, 0.5)
+    assert call(x[:0], packed, stride=2).shape == (0, 6, 4, 3)
+    with pytest.raises(RuntimeError, match="input height and width must be >= 1, got 0x6"):
+        call(x[:, :, :0].contiguous(), packed)
+    empty_in = (*csr_from_dense(torch.zeros(4, 0)), None)  # conv0 reading no channel at all
+    got = call(torch.randn(1, 0, 5, 5), (empty_in, packed[1], packed[2]))
+    want = reference.sparse_bottleneck(torch.randn(1, 0, 5, 5), empty_in, packed[1], packed[2], 3,
+                                       None, ("relu",) * 3)
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -142,6 +173,23 @@ def test_nonfinite_values_give_the_three_ops_result():
     want = three_ops(x, (huge, packed[1], packed[2]), residual, acts)
     torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
     assert not got.isfinite().all()
+    x, packed, _, residual = case_inputs(6, 4, 5, 6, 3, (9, 8), 1, 0.7)
+    huge = (packed[1][0] * 1e38, *packed[1][1:])  # the middle conv overflows
+    got = call(x * 1e4, (packed[0], huge, packed[2]), 3, residual, acts)
+    want = three_ops(x * 1e4, (packed[0], huge, packed[2]), residual, acts)
+    torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
+    assert not got.isfinite().all()
+    # an inf in input rows no output reads (stride 3 over 3 rows with a 1x1 middle conv)
+    for k, stride, hw in ((3, 3, (3, 5)), (1, 2, (4, 4))):
+        x, packed, _, residual = case_inputs(6, 4, 5, 6, k, hw, 1, 0.7, stride=stride)
+        x[0, 1, hw[0] - 1, 2] = float("inf")
+        got = call(x, packed, k, residual, acts, stride)
+        want = torch.ops.compressor.sparse_conv2d(torch.ops.compressor.sparse_conv2d(
+            torch.ops.compressor.sparse_conv2d(x, *packed[0], (1, 1), (1, 1), (0, 0), (1, 1), 1,
+                                               None, acts[0]),
+            *packed[1], (k, k), (stride,) * 2, (k // 2,) * 2, (1, 1), 1, None, acts[1]),
+            *packed[2], (1, 1), (1, 1), (0, 0), (1, 1), 1, residual, acts[2])
+        assert torch.equal(got, want)
 
 
 def test_opcheck():
@@ -171,7 +219,7 @@ def test_kernel_rejects_bad_input():
         call(x[:, :3].contiguous(), packed)  # fewer input channels than conv0's columns
     with pytest.raises(RuntimeError, match="kernel_size must be odd"):
         call(x, packed, k=2)
-    with pytest.raises(RuntimeError, match="stride must be >= 1"):
+    with pytest.raises(RuntimeError, match=r"stride must be in \[1, 2\^20\]"):
         call(x, packed, stride=0)
     with pytest.raises(RuntimeError, match=r"residual must have the output's shape \(1, 6, 4, 3\)"):
         call(x, packed, residual=residual, stride=2)
@@ -286,6 +334,33 @@ def test_module_equals_the_block_and_exports_as_one(converted_resnet):
     plain, notes, _ = exported_copy(work)
     assert not any(isinstance(m, SparseBottleneck) for m in plain.modules())
     assert sum("SparseBottleneck -> ResidualBlock" in line for line in notes["converted"]) == 16
+
+
+class OpsCalled(TorchDispatchMode):
+    """The ops a call runs (custom ops reach a dispatch mode too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_module_runs_one_fused_op(converted_resnet):
+    require_kernel(OP, "cpu")
+    _, converted, _ = converted_resnet
+    block = next(b for b in plain_blocks(unfused_copy(converted)).values() if b.shortcut is None)
+    fused = SparseBottleneck.from_block(block)
+    inp = torch.randn(1, block.main[0].in_channels, 6, 6)
+    with torch.no_grad(), OpsCalled() as seen:
+        fused(inp)
+    ours = [name for name in seen.names if name.startswith("compressor.")]
+    assert ours == ["compressor.sparse_bottleneck"]  # not the three convs
+    with torch.no_grad(), OpsCalled() as seen:
+        block(inp)
+    assert "compressor.sparse_bottleneck" not in seen.names
 
 
 def test_module_falls_back_where_the_kernel_does_not_apply(converted_resnet):

@@ -66,9 +66,16 @@ def sparse_conv2d(input, values, col_idx, row_ptr, bias, kernel_size, stride, pa
         check_csr("sparse_conv2d", values, col_idx, row_ptr, cin_g * kh * kw)
     weight = torch.zeros(cout, cin_g * kh * kw, dtype=input.dtype, device=values.device)
     weight[_csr_rows(row_ptr, values.numel()), col_idx.long()] = values.to(input.dtype)
-    out = torch.nn.functional.conv2d(input, weight.view(cout, cin_g, kh, kw),
-                                     None if bias is None else bias.to(input.dtype), tuple(stride),
-                                     tuple(padding), tuple(dilation), groups)
+    if cin_g == 0:  # F.conv2d gives no output channels at all for an input without channels
+        ho, wo = (conv_out(input.shape[2 + i], kernel_size[i], stride[i], padding[i],
+                           dilation[i]) for i in range(2))
+        out = input.new_zeros(input.shape[0], cout, ho, wo)
+        if bias is not None:
+            out = out + bias.to(input.dtype).view(1, -1, 1, 1)
+    else:
+        out = torch.nn.functional.conv2d(input, weight.view(cout, cin_g, kh, kw),
+                                         None if bias is None else bias.to(input.dtype),
+                                         tuple(stride), tuple(padding), tuple(dilation), groups)
     return activate(out if residual is None else out + residual, activation)
 
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "compressor/balanced_for.h"
 #include "compressor/checks.h"
 
 namespace {
@@ -82,8 +83,8 @@ at::Tensor max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
   float* y = output.data_ptr<float>();
   // Tasks of whole output rows, enough of them that a row is not one thread's alone.
   const int64_t grain = std::max<int64_t>(1, 4096 / (p.Wo * p.kh * p.kw));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
+  compressor::balanced_for((rows + grain - 1) / grain, [&](int64_t task) {
+    for (int64_t r = task * grain; r < std::min(rows, (task + 1) * grain); ++r) {
       const float* plane = x + r / p.Ho * p.H * p.W;
       float* out = y + r * p.Wo;
       if (p.sw == 1)

@@ -13,9 +13,9 @@
 // sparse_conv2d (sparse_tiles.h) on weights prepared for these scratch layouts.
 //
 // The unfused ops send an input holding inf or NaN to the dense convolution (pruned zeros turn
-// them into NaN there). Here the input and both intermediate results are checked as they are
-// made; if any is not finite the call runs the three sparse_conv2d ops one after another instead,
-// so the result is theirs.
+// them into NaN there). Here the input and both intermediate results (all the next conv reads)
+// are checked as they are made; if any is not finite the call runs the three sparse_conv2d ops
+// one after another instead, so the result is theirs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,6 +26,7 @@
 #include <limits>
 #include <vector>
 
+#include "compressor/balanced_for.h"
 #include "compressor/checks.h"
 #include "compressor/sparse_cpu.h"
 #include "compressor/sparse_tiles.h"
@@ -60,7 +61,9 @@ int64_t checked_rows(int stage, const Weight& w) {
 
 void check_offsets_fit(int stage, const ConvGeom& g) {
   CMP_CHECK(g.cin_g * g.chan + kTile <= std::numeric_limits<int32_t>::max(), kConvName[stage],
-            "input too large for int32 offsets");
+            "what it reads (", g.cin_g, " channels of ", g.chan,
+            " floats: the input, or a scratch of the slab's rows) is too large for int32 "
+            "offsets");
 }
 
 // The arguments of one stage's tiles; `input` and `output` are set per task.
@@ -90,6 +93,28 @@ float* grown(std::vector<float>& v, int64_t floats) {
   return v.data();
 }
 
+// A thread's scratch: its kept buffer (grown as needed, kept between calls) up to kKeepFloats,
+// and past that a buffer of its own, freed after the call, so a huge layer leaves no huge
+// buffer behind in every thread.
+constexpr int64_t kKeepFloats = int64_t{4} << 20;
+
+class Scratch {
+ public:
+  Scratch(std::vector<float>& keep, int64_t floats) {
+    if (floats <= kKeepFloats) {
+      data_ = grown(keep, floats);
+    } else {
+      own_.resize(floats);
+      data_ = own_.data();
+    }
+  }
+  float* data() const { return data_; }
+
+ private:
+  std::vector<float> own_;
+  float* data_ = nullptr;
+};
+
 }  // namespace
 
 namespace compressor::sparse_cpu {
@@ -109,7 +134,7 @@ at::Tensor sparse_bottleneck_cpu(
   CMP_CHECK(kernel_size >= 1 && kernel_size % 2 == 1, kOp,
             "kernel_size must be odd and >= 1 (the middle conv padded kernel_size / 2), got ",
             kernel_size);
-  CMP_CHECK(stride >= 1, kOp, "stride must be >= 1, got ", stride);
+  CMP_CHECK(stride >= 1 && stride <= 1 << 20, kOp, "stride must be in [1, 2^20], got ", stride);
   const Act act[3] = {parse_activation(kOp, "activation0", activation0),
                       parse_activation(kOp, "activation1", activation1),
                       parse_activation(kOp, "activation2", activation2)};
@@ -117,6 +142,7 @@ at::Tensor sparse_bottleneck_cpu(
                        {values1, col_idx1, row_ptr1, bias1},
                        {values2, col_idx2, row_ptr2, bias2}};
   const int64_t N = input.size(0), Cin = input.size(1), H = input.size(2), W = input.size(3);
+  CMP_CHECK(H >= 1 && W >= 1, kOp, "input height and width must be >= 1, got ", H, "x", W);
   const int64_t Cm = checked_rows(0, w[0]), Cm2 = checked_rows(1, w[1]);
   const int64_t Cout = checked_rows(2, w[2]);
   const int64_t k = kernel_size, h = k / 2, s = stride, Wp = W + 2 * h;
@@ -132,6 +158,7 @@ at::Tensor sparse_bottleneck_cpu(
               "), got ", residual->sizes());
   }
 
+  if (N == 0) return at::empty({0, Cout, Ho, Wo}, input.options());
   // Slabs of output rows: whole images when the batch has one per thread; otherwise rows split
   // between the threads, each slab recomputing the k - s rows of the first conv that it shares
   // with the next. On planes too short for that (those rows over 12% of the plane) the threads
@@ -174,6 +201,11 @@ at::Tensor sparse_bottleneck_cpu(
   const float* res = residual ? residual->data_ptr<float>() : nullptr;
   float* out = output.data_ptr<float>();
   std::atomic<bool> finite{true};
+  // Input rows below the last one the middle conv reads (a stride longer than the kernel leaves
+  // some) are never computed on, but sparse_conv2d checks its whole input: so is it here.
+  const int64_t read_end = std::min(H, (Ho - 1) * s - h + k);
+  for (int64_t nc = 0; nc < N * Cin && read_end < H && finite; ++nc)
+    if (!finite_run(x + (nc * H + read_end) * W, (H - read_end) * W)) finite = false;
 
   // One stage over virtual positions [p0, p1) of `in`: by this thread, or (shared) by all,
   // split into output-channel blocks and runs of tiles.
@@ -185,14 +217,12 @@ at::Tensor sparse_bottleneck_cpu(
     }
     const int64_t run = even_split(p1 - p0, kRunTiles * kTile), runs = (p1 - p0 + run - 1) / run;
     const int64_t blocks = (a.geom.Cout + kChannelBlock - 1) / kChannelBlock;
-    at::parallel_for(0, runs * blocks, 1, [&](int64_t begin, int64_t end) {
+    compressor::balanced_for(runs * blocks, [&](int64_t t) {
       thread_local std::vector<float> tile_keep;
       float* buf = grown(tile_keep, kChannelBlock * kTile);
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t b = t % blocks, r0 = p0 + t / blocks * run;
-        channel_tiles(a, in, b * kChannelBlock, std::min(a.geom.Cout, (b + 1) * kChannelBlock),
-                      r0, std::min(p1, r0 + run), buf, store);
-      }
+      const int64_t b = t % blocks, r0 = p0 + t / blocks * run;
+      channel_tiles(a, in, b * kChannelBlock, std::min(a.geom.Cout, (b + 1) * kChannelBlock), r0,
+                    std::min(p1, r0 + run), buf, store);
     });
   };
 
@@ -203,9 +233,7 @@ at::Tensor sparse_bottleneck_cpu(
       for (int64_t i = 0; i < count; ++i) fn(i);
       return;
     }
-    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) fn(i);
-    });
+    compressor::balanced_for(count, fn);
   };
 
   // conv0's output (activated) for image row y, columns [col, col + len), into the slab
@@ -308,17 +336,14 @@ at::Tensor sparse_bottleneck_cpu(
 
   thread_local std::vector<float> slab_keep, band_keep;
   if (shared) {
-    float* A = grown(slab_keep, Cm * g1.chan);
-    float* B = grown(band_keep, Cm2 * g2.chan);
-    for (int64_t n = 0; n < N && finite; ++n) slab(n, 0, Ho, A, B);
+    const Scratch A(slab_keep, Cm * g1.chan), B(band_keep, Cm2 * g2.chan);
+    for (int64_t n = 0; n < N && finite; ++n) slab(n, 0, Ho, A.data(), B.data());
   } else {
-    at::parallel_for(0, N * slabs, 1, [&](int64_t begin, int64_t end) {
-      float* A = grown(slab_keep, Cm * g1.chan);
-      float* B = grown(band_keep, Cm2 * g2.chan);
-      for (int64_t t = begin; t < end && finite; ++t) {
-        const int64_t n = t / slabs, y0 = t % slabs * rows;
-        if (y0 < Ho) slab(n, y0, std::min(Ho, y0 + rows), A, B);
-      }
+    compressor::balanced_for(N * slabs, [&](int64_t t) {
+      const int64_t n = t / slabs, y0 = t % slabs * rows;
+      if (y0 >= Ho || !finite) return;
+      const Scratch A(slab_keep, Cm * g1.chan), B(band_keep, Cm2 * g2.chan);
+      slab(n, y0, std::min(Ho, y0 + rows), A.data(), B.data());
     });
   }
   if (finite) return output;

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "compressor/balanced_for.h"
 #include "compressor/checks.h"
 #include "compressor/sparse_cpu.h"
 #include "compressor/sparse_tiles.h"
@@ -50,15 +51,14 @@ void run_conv(const compressor::sparse_cpu::ConvArgs& a) {
   const int64_t run = compressor::sparse_cpu::even_split(g.span, kRunTiles * kTile);
   const int64_t runs = (g.span + run - 1) / run;
   const int64_t blocks = (g.Cout + kChannelBlock - 1) / kChannelBlock;
-  at::parallel_for(0, g.N * runs * blocks, 1, [&](int64_t begin, int64_t end) {
+  auto task = [&](int64_t t) {
     // The micro-kernel writes only [0, count) of a tile, so channels can sit back to back.
-    std::unique_ptr<float[]> buf(new float[kChannelBlock * kTile]);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t % blocks, r = (t / blocks) % runs, n = t / (blocks * runs);
-      conv_task(a, n, b * kChannelBlock, std::min(g.Cout, (b + 1) * kChannelBlock), r * run,
-                std::min(g.span, (r + 1) * run), buf.get());
-    }
-  });
+    thread_local std::unique_ptr<float[]> buf(new float[kChannelBlock * kTile]);
+    const int64_t b = t % blocks, r = (t / blocks) % runs, n = t / (blocks * runs);
+    conv_task(a, n, b * kChannelBlock, std::min(g.Cout, (b + 1) * kChannelBlock), r * run,
+              std::min(g.span, (r + 1) * run), buf.get());
+  };
+  compressor::balanced_for(g.N * runs * blocks, task);
 }
 
 }  // namespace

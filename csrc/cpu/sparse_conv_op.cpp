@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "compressor/balanced_for.h"
 #include "compressor/checks.h"
 #include "compressor/sparse_cpu.h"
 #include "compressor/tensor_cache.h"
@@ -29,9 +30,14 @@ using compressor::sparse_cpu::ConvGeom;
 using compressor::sparse_cpu::Prepared;
 constexpr const char* kOp = "sparse_conv2d";
 
+// Geometry entries past this are nonsense and would overflow the index arithmetic (a stride of
+// 2^32 squared), so they are refused rather than computed with.
+constexpr int64_t kMaxGeometry = int64_t{1} << 20;
+
 void check_pair(at::IntArrayRef v, const char* name, int64_t min) {
   CMP_CHECK(v.size() == 2, kOp, name, " must have 2 entries, got ", v.size());
-  CMP_CHECK(v[0] >= min && v[1] >= min, kOp, name, " entries must be >= ", min, ", got ", v);
+  CMP_CHECK(v[0] >= min && v[1] >= min && v[0] <= kMaxGeometry && v[1] <= kMaxGeometry, kOp,
+            name, " entries must be in [", min, ", ", kMaxGeometry, "], got ", v);
 }
 
 void check_input(const at::Tensor& input) {
@@ -106,12 +112,12 @@ using compressor::sparse_cpu::finite_run;
 int64_t channel_block_count(const ConvGeom& g) {
   using namespace compressor::sparse_cpu;
   const int64_t reach = ((g.kh - 1) * g.dh / g.sh + 1) * g.Wq;
-  const int64_t per_channel = std::min(g.chan, g.sh * g.sw * (kTile + reach));
+  const int64_t per_channel = std::max<int64_t>(1, std::min(g.chan, g.sh * g.sw * (kTile + reach)));
   // A 1x1 conv reads each input row once per nonzero with no overlap between taps; blocks 4x
   // larger (256 KiB, still L2) halve its partial-sum reloads (measured 10% on 1024->256 at 14x14).
   const int64_t budget = g.kh * g.kw == 1 ? 4 * kL2Floats : kL2Floats;
   const int64_t block = std::max<int64_t>(1, budget / per_channel);
-  return (g.cin_g + block - 1) / block;
+  return std::max<int64_t>(1, (g.cin_g + block - 1) / block);  // one (empty) block for Cin = 0
 }
 
 // The offset of every weight column c*kh*kw + r*kw + s into one channel group of the phased,
@@ -158,30 +164,28 @@ Rows prepare_rows(const char* op, const at::Tensor& col_idx, const at::Tensor& r
   // Row chunks are spread evenly among the side jobs: the region is split into contiguous
   // ranges, and all rows first would leave one thread both the rows and half the copy.
   const int64_t jobs = chunks + side_jobs;
-  at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t before = job * chunks / jobs, chunk_end = (job + 1) * chunks / jobs;
-      if (chunk_end == before) {
-        side(job - before);  // `before` row chunks precede this job
-        continue;
+  compressor::balanced_for(jobs, [&](int64_t job) {
+    const int64_t before = job * chunks / jobs, chunk_end = (job + 1) * chunks / jobs;
+    if (chunk_end == before) {
+      side(job - before);  // `before` row chunks precede this job
+      return;
+    }
+    for (int64_t r = before * kRowChunk; r < std::min(rows, chunk_end * kRowChunk); ++r) {
+      if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols)) {
+        int64_t seen = first_bad.load();
+        while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
+        break;
       }
-      for (int64_t r = before * kRowChunk; r < std::min(rows, chunk_end * kRowChunk); ++r) {
-        if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols)) {
-          int64_t seen = first_bad.load();
-          while (r < seen && !first_bad.compare_exchange_weak(seen, r)) {}
-          break;
-        }
-        if (unit)  // 1x1, stride 1: the table is c * chan, which vectorises; a lookup does not
-          for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = col[k] * chan32;
-        else
-          for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
-        int32_t* s = segs + r * (ncb + 1);
-        s[0] = rp[r];
-        for (int64_t cb = 1; cb < ncb; ++cb)
-          s[cb] = static_cast<int32_t>(
-              std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
-        s[ncb] = rp[r + 1];
-      }
+      if (unit)  // 1x1, stride 1: the table is c * chan, which vectorises; a lookup does not
+        for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = col[k] * chan32;
+      else
+        for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
+      int32_t* s = segs + r * (ncb + 1);
+      s[0] = rp[r];
+      for (int64_t cb = 1; cb < ncb; ++cb)
+        s[cb] = static_cast<int32_t>(
+            std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
+      s[ncb] = rp[r + 1];
     }
   });
   if (first_bad.load() < rows)
@@ -220,9 +224,7 @@ std::shared_ptr<const Prepared> prepared(const char* op, const at::Tensor& col_i
       g.cin_g, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.Wq, g.plane, g.groups, ncb,
       col_idx.numel(), row_ptr.numel()};
   if (auto hit = cache.find(col_idx, row_ptr, key)) {
-    at::parallel_for(0, side_jobs, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) side(i);
-    });
+    compressor::balanced_for(side_jobs, side);
     return hit;
   }
   Rows rows = prepare_rows(op, col_idx, row_ptr, g, ncb, side_jobs, side);
@@ -338,9 +340,8 @@ bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_
                   int64_t step_h, int64_t step_w) {
   const PhasedCopy copy(input, g, n0, n1, dst, step_h, step_w);
   std::atomic<bool> finite{true};
-  at::parallel_for(0, copy.planes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc)
-      if (!copy.plane(nc)) finite = false;
+  compressor::balanced_for(copy.planes, [&](int64_t nc) {
+    if (!copy.plane(nc)) finite = false;
   });
   return finite;
 }
