@@ -222,6 +222,23 @@ def test_kernel_rejects_bad_input():
         call(x, values, col, row_ptr, bias, residual=torch.randn(2, 6, 6, 6))
 
 
+def test_no_input_channels_and_absurd_geometry():
+    """A conv reading no channel gives its bias (F.conv2d itself returns no channels then, so
+    the twin builds it); a geometry past 2^20 is refused, not overflowed."""
+    require_kernel("sparse_conv2d", "cpu")
+    values, col, row_ptr = csr_from_dense(torch.zeros(3, 0))
+    bias = torch.randn(3)
+    x = torch.randn(2, 0, 5, 4)
+    got = call(x, values, col, row_ptr, bias, kernel_size=(1, 1), padding=(0, 0))
+    want = bias.view(1, 3, 1, 1).expand(2, 3, 5, 4)
+    torch.testing.assert_close(got, want)
+    twin = reference.sparse_conv2d(x, values, col, row_ptr, bias, (1, 1), (1, 1), (0, 0), (1, 1), 1)
+    torch.testing.assert_close(twin, want)
+    x, values, col, row_ptr, bias = op_args()
+    with pytest.raises(RuntimeError, match=r"stride entries must be in \[1, 1048576\]"):
+        call(x, values, col, row_ptr, bias, stride=(1 << 32, 1))
+
+
 def test_wrapper_and_module_errors():
     x, values, col, row_ptr, bias = op_args()
     with pytest.raises(TypeError, match="must be int32"):
