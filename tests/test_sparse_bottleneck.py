@@ -22,6 +22,7 @@ from compressor.nn.fused import ResidualBlock
 from compressor.nn.sparse import SparseConv2d
 from compressor.nn.sparse_block import SparseBottleneck, bottleneck_mismatch
 from compressor.ops import reference, sparse_bottleneck
+from compressor.pipeline.report import _whole_model_lines
 from compressor.sparse import convert, converter
 from compressor.sparse.perf_model import PerfModel
 from tests.conftest import require_kernel
@@ -249,8 +250,10 @@ def test_wrapper_and_twin_errors():
             sparse_bottleneck(x, *packed, bad_k)
         with pytest.raises(CompressorError, match="kernel_size must be an odd int"):
             reference.sparse_bottleneck(x, *packed, bad_k)
-    with pytest.raises(CompressorError, match="stride must be an int >= 1"):
+    with pytest.raises(CompressorError, match=r"stride must be an int in \[1, 2\^20\]"):
         sparse_bottleneck(x, *packed, 3, stride=0)
+    with pytest.raises(CompressorError, match="with H, W >= 1"):
+        reference.sparse_bottleneck(x[:, :, :0], *packed, 3)
     with pytest.raises(ValueError, match="must be a 4-dim"):
         sparse_bottleneck(x[0], *packed, 3)
 
@@ -419,3 +422,12 @@ def test_converter_keeps_fused_blocks_only_where_faster(monkeypatch, converted_r
     decisions = converter.Decisions()
     decisions.blocks = found
     assert "fused bottleneck blocks " + ", ".join(paths) in converter.report(decisions)
+
+
+def test_run_report_names_the_fused_blocks():
+    lines = _whole_model_lines({"dense_ms": 2.0, "converted_ms": 1.0,
+                                "blocks": {"blocks": ["layer1.0", "layer1.1"],
+                                           "unfused_ms": 1.0, "fused_ms": 0.9}})
+    assert any("fused blocks, batch chunks" in line for line in lines)
+    assert any("one fused sparse op each (compressor.nn.sparse_block): layer1.0, layer1.1: "
+               "1.000 -> 0.900 ms" in line for line in lines)

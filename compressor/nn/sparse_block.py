@@ -51,10 +51,10 @@ class SparseBottleneck(ResidualBlock):
     """A ResidualBlock (see bottleneck_mismatch for its shape) computed by one
     compressor::sparse_bottleneck call: per slab of rows, the first conv's output goes to a
     per-thread padded (and, under a strided middle conv, phase-split) scratch, the middle conv's
-    to a second, and the last conv writes the
-    block's output with the shortcut added, so nothing between the convs leaves the cache. The
-    shortcut, if any, runs first as in ResidualBlock. The converter swaps it in per block where
-    measured faster."""
+    to a second, and the last conv writes the block's output with the shortcut added, so nothing
+    between the convs leaves the cache. The shortcut, if any, runs first as in ResidualBlock.
+    The converter swaps it in for every block that fits where the whole model measures not
+    slower with them."""
 
     @classmethod
     def from_block(cls, block: ResidualBlock) -> "SparseBottleneck":

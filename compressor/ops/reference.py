@@ -87,6 +87,9 @@ def sparse_bottleneck(input, conv0, conv1, conv2, kernel_size, residual=None,
     act2(conv2(act1(conv1(act0(conv0(input))))) + residual). input (N, Cin, H, W); residual
     (N, Cout, Ho, Wo) or None, Ho = (H - 1) // stride + 1 (Wo alike). Returns (N, Cout, Ho, Wo)."""
     check_bottleneck_geometry(kernel_size, stride)
+    if input.dim() != 4 or input.shape[2] < 1 or input.shape[3] < 1:
+        raise CompressorError(f"sparse_bottleneck: input must be (N, C, H, W) with H, W >= 1, "
+                              f"got shape {tuple(input.shape)}")
     x = input
     for i, (weights, k) in enumerate(zip((conv0, conv1, conv2), (1, kernel_size, 1), strict=True)):
         s = stride if i == 1 else 1
@@ -100,8 +103,9 @@ def check_bottleneck_geometry(kernel_size, stride) -> None:
             or kernel_size % 2 == 0:
         raise CompressorError(f"sparse_bottleneck: kernel_size must be an odd int >= 1 (the "
                               f"middle conv padded kernel_size // 2), got {kernel_size!r}")
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise CompressorError(f"sparse_bottleneck: stride must be an int >= 1, got {stride!r}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= 1 << 20:
+        raise CompressorError(f"sparse_bottleneck: stride must be an int in [1, 2^20], got "
+                              f"{stride!r}")
 
 
 def sparse_linear(input, values, col_idx, row_ptr, bias):
