@@ -1,8 +1,8 @@
 // compressor::sparse_bottleneck on CPU: a residual bottleneck's three sparse convs (1x1, then
 // k x k padded k / 2 with a stride, then 1x1 with the residual add) in one op, so that the
 // block's inner activations stay in the thread's cache instead of being written to memory by
-// one op and read back by the next (in a whole pruned ResNet-50 those convs ran 1.2-2.3x slower
-// than alone with their inputs hot).
+// one op and read back by the next (in a whole pruned ResNet-50 its convs ran up to 2.3x slower
+// than alone with their inputs hot, the residual ones most).
 //
 // A task owns a slab of output rows of one image and walks it in bands. The first conv's output
 // rows for a band (and the rows a slab shares with the next, recomputed) go to a per-thread
