@@ -76,7 +76,7 @@ def test_converter_chunks_stages_and_keeps_structure(monkeypatch, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(work(x), want, atol=1e-4, rtol=1e-4)
     decisions.chunks = found
-    assert f"batch in chunks of {found['chunk']}" in report(decisions)
+    assert f"Batch run in chunks of {found['chunk']}" in report(decisions)
     plain, notes, _ = exported_copy(work)
     assert not any(isinstance(m, ChunkedSequential) for m in plain.modules())
     kind = type(work.get_submodule(found["stages"][0])).__name__  # Chunked-, or Traced-

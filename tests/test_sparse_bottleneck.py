@@ -22,7 +22,6 @@ from compressor.nn.fused import ResidualBlock
 from compressor.nn.sparse import SparseConv2d
 from compressor.nn.sparse_block import SparseBottleneck, bottleneck_mismatch
 from compressor.ops import reference, sparse_bottleneck
-from compressor.pipeline.report import _whole_model_lines
 from compressor.sparse import convert, converter
 from compressor.sparse.perf_model import PerfModel
 from tests.conftest import require_kernel
@@ -421,13 +420,17 @@ def test_converter_keeps_fused_blocks_only_where_faster(monkeypatch, converted_r
     assert found["blocks"] == paths and kinds == {SparseBottleneck}
     decisions = converter.Decisions()
     decisions.blocks = found
-    assert "fused bottleneck blocks " + ", ".join(paths) in converter.report(decisions)
+    assert "one fused sparse op each (compressor.nn.sparse_block): " + ", ".join(paths) in \
+        converter.report(decisions)
 
 
-def test_run_report_names_the_fused_blocks():
-    lines = _whole_model_lines({"dense_ms": 2.0, "converted_ms": 1.0,
-                                "blocks": {"blocks": ["layer1.0", "layer1.1"],
-                                           "unfused_ms": 1.0, "fused_ms": 0.9}})
+def test_whole_model_lines_name_the_fused_blocks():
+    lines = converter.whole_model_lines({"dense_ms": 2.0, "converted_ms": 1.0,
+                                         "blocks": {"blocks": ["layer1.0", "layer1.1"],
+                                                    "unfused_ms": 1.0, "fused_ms": 0.9}})
     assert any("fused blocks, batch chunks" in line for line in lines)
+    assert not any(line.startswith("No fused blocks") for line in lines)
     assert any("one fused sparse op each (compressor.nn.sparse_block): layer1.0, layer1.1: "
                "1.000 -> 0.900 ms" in line for line in lines)
+    none = converter.whole_model_lines({"dense_ms": 2.0, "converted_ms": 1.0, "blocks": {}})
+    assert len(none) == 2 and none[1].startswith("No fused blocks, batch chunks or traced graphs")

@@ -311,7 +311,7 @@ def test_converter_keeps_traced_stages_only_where_faster(monkeypatch, tmp_path, 
     assert found["stages"] == stages and kinds == {TracedSequential}
     assert all(work.get_submodule(p).chunk == 1 for p in stages)
     decisions.traced = found
-    assert "traced graphs for " + ", ".join(stages) in report(decisions)
+    assert f"Inference of {', '.join(stages)} replayed from traced graphs" in report(decisions)
     plain, notes, _ = exported_copy(work)
     assert not any(isinstance(m, ChunkedSequential) for m in plain.modules())
     assert any("TracedSequential -> Sequential" in line for line in notes["converted"])

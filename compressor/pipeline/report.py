@@ -9,6 +9,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from compressor.io import write_json_atomic, write_text_atomic  # noqa: E402
+from compressor.sparse.converter import whole_model_lines  # noqa: E402
 
 MODEL_FILES = ("dense.pt", "pruned.pt", "quantized.pt", "sparse.pt", "dense.onnx", "model.onnx")
 ACCURACY_STAGES = ("train", "prune", "quantize", "sparsify")
@@ -47,29 +48,6 @@ def _latency_plot(path: Path, bench: dict) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _whole_model_lines(whole: dict) -> list[str]:
-    """What the converter did to the whole model, as it measured it (sparsify's record)."""
-    lines = []
-    if whole.get("dense_ms") is not None:
-        lines.append(f"- Whole model, as the converter timed it on its example: dense "
-                     f"{whole['dense_ms']:.3f} ms, converted {whole['converted_ms']:.3f} ms "
-                     f"(before fused blocks, batch chunks and traced graphs, timed next).")
-    if whole.get("blocks"):
-        b = whole["blocks"]
-        lines.append(f"- Residual blocks run as one fused sparse op each "
-                     f"(compressor.nn.sparse_block): {', '.join(b['blocks'])}: "
-                     f"{b['unfused_ms']:.3f} -> {b['fused_ms']:.3f} ms.")
-    if whole.get("chunks"):
-        c = whole["chunks"]
-        lines.append(f"- Batch run in chunks of {c['chunk']} through {', '.join(c['stages'])}: "
-                     f"{c['whole_ms']:.3f} -> {c['chunked_ms']:.3f} ms.")
-    if whole.get("traced"):
-        t = whole["traced"]
-        lines.append(f"- Inference of {', '.join(t['stages'])} replayed from traced graphs "
-                     f"(compressor.nn.traced): {t['eager_ms']:.3f} -> {t['traced_ms']:.3f} ms.")
-    return ["", *lines] if lines else []
 
 
 def _layer_rows(bench: dict, sparsify: dict | None) -> list[dict]:
@@ -171,7 +149,7 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
                         ["layer", "sparsity", "fused", "dense ms", "sparse ms", "speedup",
                          "decision"])
         whole = done.get("sparsify", {}).get("metrics", {}).get("whole_model") or {}
-        lines += _whole_model_lines(whole)
+        lines += ["", *(f"- {line}" for line in whole_model_lines(whole))] if whole else []
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Files: " + ", ".join(f"`{n}`" for n in files) + ", `metrics.json`."]
     return write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")

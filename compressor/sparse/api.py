@@ -64,8 +64,5 @@ def sparsify_(model: nn.Module, config: SparsifyConfig | None = None, example_in
                        "fused": d.fused}
               for d in decisions}
     adopt_(model, work)  # a root torch layer comes back as its compressor twin
-    whole = {"dense_ms": decisions.dense_ms, "converted_ms": decisions.converted_ms,
-             "blocks": decisions.blocks or {}, "chunks": decisions.chunks or {},
-             "traced": decisions.traced or {}}
-    record(model, "sparsify", config, layers, whole_model=whole)
+    record(model, "sparsify", config, layers, whole_model=decisions.whole_model())
     return model

@@ -57,6 +57,12 @@ class Decisions(list):
     converted_ms: float | None = None
     pools: dict | None = None
 
+    def whole_model(self) -> dict:
+        """The whole-model facts, as whole_model_lines reads them (and sparsify_ records)."""
+        return {"dense_ms": self.dense_ms, "converted_ms": self.converted_ms,
+                "blocks": self.blocks or {}, "chunks": self.chunks or {},
+                "traced": self.traced or {}}
+
 
 def _faster_pools(model, pools: dict, min_speedup: float) -> dict:
     """{path: (ms, FastMaxPool2d ms)} of the max-pools measured faster as FastMaxPool2d."""
@@ -161,6 +167,26 @@ def convert(model: nn.Module, example_inputs, min_speedup: float = 1.05,
     return work, decisions
 
 
+def _time_settings(work: nn.Module, example_inputs, settings, repeat: int = 7):
+    """Each of `settings` (a function that puts `work` in one configuration): the model's output
+    under it and the fastest of interleaved samples, in seconds (other work on the machine only
+    adds time). `work` is left in the last setting."""
+    def run(setting):
+        setting()
+        return work(*example_inputs)
+
+    with torch.no_grad():
+        outputs = [run(setting) for setting in settings]  # the first call of each also warms
+        timed = paired_medians([lambda s=setting: run(s) for setting in settings],
+                               example_inputs[0].device.type, warmup=1, repeat=repeat)
+    return outputs, [min(samples) for samples in timed.samples]
+
+
+def _same(got, want, rtol: float, atol: float) -> bool:
+    return isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and \
+        torch.allclose(got, want, rtol=rtol, atol=atol)
+
+
 def _fuse_blocks(work: nn.Module, example_inputs) -> dict:
     """Swap every ResidualBlock that can run as one sparse_bottleneck call for SparseBottleneck
     (the same children) and time the model both ways; keep the fused blocks where not slower,
@@ -176,21 +202,14 @@ def _fuse_blocks(work: nn.Module, example_inputs) -> dict:
     plain = {path: work.get_submodule(path) for path in paths}
     fused = {path: SparseBottleneck.from_block(block) for path, block in plain.items()}
 
-    def run(on: bool):
+    def swap(to: dict):
         for path in paths:
-            replace_module(work, path, (fused if on else plain)[path])
-        return work(*example_inputs)
+            replace_module(work, path, to[path])
 
-    with torch.no_grad():
-        want, got = run(False), run(True)
-        same = isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and \
-            torch.allclose(got, want, rtol=1e-4, atol=1e-5)
-        timed = paired_medians([lambda: run(False), lambda: run(True)],
-                               example_inputs[0].device.type, warmup=1, repeat=7)
-    unfused_s, fused_s = (min(s) for s in timed.samples)
-    keep = same and fused_s <= unfused_s
-    run(keep)
-    if not keep:
+    (want, got), (unfused_s, fused_s) = _time_settings(
+        work, example_inputs, [lambda: swap(plain), lambda: swap(fused)])
+    if not _same(got, want, 1e-4, 1e-5) or fused_s > unfused_s:
+        swap(plain)
         return {}
     return {"blocks": paths, "unfused_ms": unfused_s * 1e3, "fused_ms": fused_s * 1e3}
 
@@ -248,25 +267,15 @@ def _chunk_batches(work: nn.Module, example_inputs, stages: list[str], min_speed
         for path in stages:
             ChunkedSequential.adopt_(work.get_submodule(path), chunk)
 
-    def run(chunk: int):
-        set_chunk(chunk)
-        return work(x)
-
     saved = _stage_state(work, stages)
-    with torch.no_grad():
-        want = run(0)
-        timed = paired_medians([lambda c=c: run(c) for c in [0, *sizes]], x.device.type,
-                               warmup=1, repeat=5)
-        best = [min(s) for s in timed.samples]
-        pick = min(range(1, len(best)), key=best.__getitem__)
-        chunk = sizes[pick - 1]
-        same = isinstance(want, torch.Tensor) and torch.allclose(run(chunk), want, rtol=1e-4,
-                                                                  atol=1e-5)
-    if not same or best[0] < min_speedup * best[pick]:
+    outputs, best = _time_settings(work, example_inputs,
+                                   [lambda c=c: set_chunk(c) for c in [0, *sizes]], repeat=5)
+    pick = min(range(1, len(best)), key=best.__getitem__)
+    if not _same(outputs[pick], outputs[0], 1e-4, 1e-5) or best[0] < min_speedup * best[pick]:
         _restore_stages(work, saved)  # nothing changed
         return {}
-    set_chunk(chunk)
-    return {"chunk": chunk, "stages": stages, "whole_ms": best[0] * 1e3,
+    set_chunk(sizes[pick - 1])
+    return {"chunk": sizes[pick - 1], "stages": stages, "whole_ms": best[0] * 1e3,
             "chunked_ms": best[pick] * 1e3}
 
 
@@ -280,23 +289,16 @@ def _trace_stages(work: nn.Module, example_inputs, stages: list[str]) -> dict:
     saved = _stage_state(work, stages)
     traced = [TracedSequential.adopt_(work.get_submodule(path)) for path in stages]
 
-    def run(on: bool):
+    def use_graphs(on: bool):
         for stage in traced:
             stage.traced = on
-        return work(*example_inputs)
 
-    with torch.no_grad():
-        want, got = run(False), run(True)  # the second call traces
-        same = isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and \
-            torch.allclose(got, want, rtol=1e-5, atol=1e-6)
-        timed = paired_medians([lambda: run(False), lambda: run(True)],
-                               example_inputs[0].device.type, warmup=1, repeat=7)
-    eager, fast = (min(s) for s in timed.samples)
-    if not same or fast > eager:
+    # the first traced call traces
+    (want, got), (eager, fast) = _time_settings(
+        work, example_inputs, [lambda: use_graphs(False), lambda: use_graphs(True)])
+    if not _same(got, want, 1e-5, 1e-6) or fast > eager:
         _restore_stages(work, saved)
         return {}
-    for stage in traced:
-        stage.traced = True
     return {"stages": stages, "eager_ms": eager * 1e3, "traced_ms": fast * 1e3}
 
 
@@ -336,26 +338,37 @@ def _check_outputs(base, work, example_inputs) -> None:
                                   f"original by {err:.3g} on the example input; nothing changed")
 
 
-def report(decisions: list[Decision]) -> str:
+def whole_model_lines(whole: dict) -> list[str]:
+    """What the converter did to the whole model, as it measured it: one sentence a fact, for
+    report() and the pipeline's report.md."""
+    lines = []
+    if whole.get("dense_ms") is not None:
+        lines.append(f"Whole model, as the converter timed it on its example: dense "
+                     f"{whole['dense_ms']:.3f} ms, converted {whole['converted_ms']:.3f} ms "
+                     f"(before fused blocks, batch chunks and traced graphs).")
+    if b := whole.get("blocks"):
+        lines.append(f"Residual blocks run as one fused sparse op each "
+                     f"(compressor.nn.sparse_block): {', '.join(b['blocks'])}: "
+                     f"{b['unfused_ms']:.3f} -> {b['fused_ms']:.3f} ms.")
+    if c := whole.get("chunks"):
+        lines.append(f"Batch run in chunks of {c['chunk']} through {', '.join(c['stages'])}: "
+                     f"{c['whole_ms']:.3f} -> {c['chunked_ms']:.3f} ms.")
+    if t := whole.get("traced"):
+        lines.append(f"Inference of {', '.join(t['stages'])} replayed from traced graphs "
+                     f"(compressor.nn.traced): {t['eager_ms']:.3f} -> {t['traced_ms']:.3f} ms.")
+    if lines and not any(whole.get(k) for k in ("blocks", "chunks", "traced")):
+        lines.append("No fused blocks, batch chunks or traced graphs kept (none applied to this "
+                     "model, or none measured not slower).")
+    return lines
+
+
+def report(decisions: Decisions) -> str:
+    """Per layer, dense and sparse ms and the decision; then the max-pools swapped and the
+    whole-model facts."""
     lines = [f"{d.name}: sparsity {d.sparsity:.2f}, dense {d.dense_ms:.3f} ms, sparse "
              f"{d.sparse_ms:.3f} ms ({d.speedup:.2f}x{', fused ' + d.fused if d.fused else ''}"
              f") -> {'sparse' if d.converted else 'dense'}" for d in decisions]
-    for name, (before, after) in (getattr(decisions, "pools", None) or {}).items():
+    for name, (before, after) in (decisions.pools or {}).items():
         lines.append(f"{name}: max-pool {before:.3f} ms -> {after:.3f} ms (FastMaxPool2d)")
-    blocks = getattr(decisions, "blocks", None)
-    if blocks:
-        lines.append(f"fused bottleneck blocks {', '.join(blocks['blocks'])}: "
-                     f"{blocks['unfused_ms']:.3f} ms -> {blocks['fused_ms']:.3f} ms")
-    chunks = getattr(decisions, "chunks", None)
-    if chunks:
-        lines.append(f"batch in chunks of {chunks['chunk']} through {', '.join(chunks['stages'])}"
-                     f": {chunks['whole_ms']:.3f} ms -> {chunks['chunked_ms']:.3f} ms")
-    traced = getattr(decisions, "traced", None)
-    if traced:
-        lines.append(f"traced graphs for {', '.join(traced['stages'])}: {traced['eager_ms']:.3f}"
-                     f" ms -> {traced['traced_ms']:.3f} ms")
-    if getattr(decisions, "dense_ms", None) is not None:
-        lines.append(f"whole model: dense {decisions.dense_ms:.3f} ms, converted "
-                     f"{decisions.converted_ms:.3f} ms (before fused blocks, chunks and "
-                     f"traced graphs)")
+    lines += whole_model_lines(decisions.whole_model())
     return "\n".join(lines)
