@@ -32,10 +32,12 @@
 #include "compressor/sparse_tiles.h"
 #include "sparse_checks.h"
 #include "sparse_conv_prep.h"
+#include "thread_scratch.h"
 
 namespace {
 
 using namespace compressor::sparse_cpu;
+using compressor::ThreadScratch;
 constexpr const char* kOp = "sparse_bottleneck";
 const char* const kConvName[3] = {"sparse_bottleneck conv0", "sparse_bottleneck conv1",
                                   "sparse_bottleneck conv2"};
@@ -88,32 +90,8 @@ void stage_tiles(const ConvArgs& a, const float* in, int64_t p0, int64_t p1, flo
     channel_tiles(a, in, oc0, std::min(a.geom.Cout, oc0 + kChannelBlock), p0, p1, buf, store);
 }
 
-float* grown(std::vector<float>& v, int64_t floats) {
-  if (v.size() < static_cast<size_t>(floats)) v.resize(floats);
-  return v.data();
-}
-
-// A thread's scratch: its kept buffer (grown as needed, kept between calls) up to kKeepFloats,
-// and past that a buffer of its own, freed after the call, so a huge layer leaves no huge
-// buffer behind in every thread.
+// A thread's slab and band buffers are kept up to 16 MB each (thread_scratch.h).
 constexpr int64_t kKeepFloats = int64_t{4} << 20;
-
-class Scratch {
- public:
-  Scratch(std::vector<float>& keep, int64_t floats) {
-    if (floats <= kKeepFloats) {
-      data_ = grown(keep, floats);
-    } else {
-      own_.resize(floats);
-      data_ = own_.data();
-    }
-  }
-  float* data() const { return data_; }
-
- private:
-  std::vector<float> own_;
-  float* data_ = nullptr;
-};
 
 }  // namespace
 
@@ -212,17 +190,18 @@ at::Tensor sparse_bottleneck_cpu(
   auto run_stage = [&](const ConvArgs& a, const float* in, int64_t p0, int64_t p1, auto&& store) {
     if (!shared) {
       thread_local std::vector<float> tile_keep;
-      stage_tiles(a, in, p0, p1, grown(tile_keep, kChannelBlock * kTile), store);
+      const ThreadScratch buf(tile_keep, kChannelBlock * kTile, kKeepFloats);
+      stage_tiles(a, in, p0, p1, buf.data(), store);
       return;
     }
     const int64_t run = even_split(p1 - p0, kRunTiles * kTile), runs = (p1 - p0 + run - 1) / run;
     const int64_t blocks = (a.geom.Cout + kChannelBlock - 1) / kChannelBlock;
     compressor::balanced_for(runs * blocks, [&](int64_t t) {
       thread_local std::vector<float> tile_keep;
-      float* buf = grown(tile_keep, kChannelBlock * kTile);
+      const ThreadScratch buf(tile_keep, kChannelBlock * kTile, kKeepFloats);
       const int64_t b = t % blocks, r0 = p0 + t / blocks * run;
       channel_tiles(a, in, b * kChannelBlock, std::min(a.geom.Cout, (b + 1) * kChannelBlock), r0,
-                    std::min(p1, r0 + run), buf, store);
+                    std::min(p1, r0 + run), buf.data(), store);
     });
   };
 
@@ -336,13 +315,15 @@ at::Tensor sparse_bottleneck_cpu(
 
   thread_local std::vector<float> slab_keep, band_keep;
   if (shared) {
-    const Scratch A(slab_keep, Cm * g1.chan), B(band_keep, Cm2 * g2.chan);
+    const ThreadScratch A(slab_keep, Cm * g1.chan, kKeepFloats);
+    const ThreadScratch B(band_keep, Cm2 * g2.chan, kKeepFloats);
     for (int64_t n = 0; n < N && finite; ++n) slab(n, 0, Ho, A.data(), B.data());
   } else {
     compressor::balanced_for(N * slabs, [&](int64_t t) {
       const int64_t n = t / slabs, y0 = t % slabs * rows;
       if (y0 >= Ho || !finite) return;
-      const Scratch A(slab_keep, Cm * g1.chan), B(band_keep, Cm2 * g2.chan);
+      const ThreadScratch A(slab_keep, Cm * g1.chan, kKeepFloats);
+      const ThreadScratch B(band_keep, Cm2 * g2.chan, kKeepFloats);
       slab(n, y0, std::min(Ho, y0 + rows), A.data(), B.data());
     });
   }

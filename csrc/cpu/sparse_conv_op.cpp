@@ -22,6 +22,7 @@
 #include "compressor/tensor_cache.h"
 #include "sparse_checks.h"
 #include "sparse_conv_prep.h"
+#include "thread_scratch.h"
 
 namespace {
 
@@ -234,27 +235,10 @@ std::shared_ptr<const Prepared> prepared(const char* op, const at::Tensor& col_i
   return value;
 }
 
-// Scratch for the padded copy, kept by each calling thread up to kKeepFloats (8 MB): a fresh
-// multi-MB allocation comes back from the OS as untouched pages, and their faults cost more than
-// the whole convolution at high sparsity (measured 0.6 ms of VGG-16 conv4_2's 0.7 ms at 100%
-// sparsity). A batch is padded a group of images at a time so the copy stays within the bound;
-// only an image bigger than the bound gets a buffer of its own, freed after the call.
+// The padded copy's scratch (thread_scratch.h) is kept up to 8 MB by each calling thread; a batch
+// is padded a group of images at a time so the copy stays within that; only an image bigger than
+// it gets a buffer of its own.
 constexpr int64_t kKeepFloats = int64_t{2} << 20;
-
-struct Scratch {
-  at::Tensor owner;  // set when the buffer is too big to keep
-  float* data = nullptr;
-};
-
-Scratch scratch(int64_t floats, const at::Tensor& like) {
-  if (floats > kKeepFloats) {
-    auto t = at::empty({floats}, like.options());
-    return {t, t.data_ptr<float>()};
-  }
-  thread_local std::vector<float> keep;
-  if (keep.size() < static_cast<size_t>(kKeepFloats)) keep.resize(kKeepFloats);
-  return {at::Tensor(), keep.data()};
-}
 
 struct ColumnPhase {
   int64_t x0, count, at;  // first input column, how many, where the first lands in a line
@@ -423,14 +407,15 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   const bool direct = !subsample && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
   const int64_t slack = compressor::sparse_cpu::kTile, per_image = run.Cin * run.chan;
   const int64_t step = direct ? g.N : std::max<int64_t>(1, (kKeepFloats - slack) / per_image);
-  const Scratch buf = direct ? Scratch{} : scratch(std::min(step, g.N) * per_image + slack, input);
+  thread_local std::vector<float> keep;
+  const ThreadScratch buf(keep, direct ? 0 : std::min(step, g.N) * per_image + slack, kKeepFloats);
   // The first group's copy (or, reading in place, the finiteness check) runs with the rows'
   // preparation, in one parallel region.
   constexpr int64_t kCheckChunk = int64_t{1} << 16;
   const float* x = input.data_ptr<float>();
   std::unique_ptr<PhasedCopy> first;
   if (!direct)
-    first = std::make_unique<PhasedCopy>(input, run, 0, std::min(step, g.N), buf.data, step_h,
+    first = std::make_unique<PhasedCopy>(input, run, 0, std::min(step, g.N), buf.data(), step_h,
                                          step_w);
   std::atomic<bool> finite{true};
   const int64_t side_jobs = direct ? (input.numel() + kCheckChunk - 1) / kCheckChunk
@@ -447,13 +432,13 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   if (!finite) return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
   for (int64_t n0 = 0; n0 < g.N; n0 += step) {
     const int64_t n1 = std::min(g.N, n0 + step);
-    if (n0 > 0 && !phased_input(input, run, n0, n1, buf.data, step_h, step_w))
+    if (n0 > 0 && !phased_input(input, run, n0, n1, buf.data(), step_h, step_w))
       return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
     ConvGeom part = run;
     part.N = n1 - n0;
     const int64_t out_at = n0 * g.Cout * g.Ho * g.Wo;
     compressor::sparse_cpu::conv_forward(
-        {part, direct ? x : buf.data, values.data_ptr<float>(),
+        {part, direct ? x : buf.data(), values.data_ptr<float>(),
          offsets.data_ptr<int32_t>(), segs.data_ptr<int32_t>(),
          segs.size(1) - 1, bias ? bias->data_ptr<float>() : nullptr,
          residual ? residual->data_ptr<float>() + out_at : nullptr, act,
