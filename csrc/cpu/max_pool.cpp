@@ -13,6 +13,7 @@
 
 #include "compressor/balanced_for.h"
 #include "compressor/checks.h"
+#include "compressor/kept_outputs.h"
 #include "thread_scratch.h"
 
 namespace {
@@ -71,7 +72,8 @@ at::Tensor max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
   p.Wo = (p.W + 2 * p.pw - p.kw) / p.sw + 1;
   CMP_CHECK(p.H + 2 * p.ph >= p.kh && p.W + 2 * p.pw >= p.kw, kOp, "padded input ",
             p.H + 2 * p.ph, "x", p.W + 2 * p.pw, " is smaller than kernel_size ", kernel_size);
-  auto output = at::empty({input.size(0), input.size(1), p.Ho, p.Wo}, input.options());
+  auto output =
+      compressor::empty_output({input.size(0), input.size(1), p.Ho, p.Wo}, input.options());
   const int64_t rows = input.size(0) * input.size(1) * p.Ho;
   if (rows == 0 || p.Wo == 0) return output;
   const float* x = input.data_ptr<float>();

@@ -28,6 +28,7 @@
 
 #include "compressor/balanced_for.h"
 #include "compressor/checks.h"
+#include "compressor/kept_outputs.h"
 #include "compressor/sparse_cpu.h"
 #include "compressor/sparse_tiles.h"
 #include "sparse_checks.h"
@@ -170,7 +171,7 @@ at::Tensor sparse_bottleneck_cpu(
     check_offsets_fit(i, *geoms[i]);
     prep[i] = prepare_weight(kConvName[i], w[i].col_idx, w[i].row_ptr, *geoms[i]);
   }
-  auto output = at::empty({N, Cout, Ho, Wo}, input.options());
+  auto output = compressor::empty_output({N, Cout, Ho, Wo}, input.options());
   if (output.numel() == 0) return output;
   const ConvArgs a0 = stage_args(g0, w[0], *prep[0], act[0]);
   const ConvArgs a1 = stage_args(g1, w[1], *prep[1], act[1]);

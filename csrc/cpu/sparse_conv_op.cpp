@@ -18,6 +18,7 @@
 
 #include "compressor/balanced_for.h"
 #include "compressor/checks.h"
+#include "compressor/kept_outputs.h"
 #include "compressor/sparse_cpu.h"
 #include "compressor/tensor_cache.h"
 #include "sparse_checks.h"
@@ -427,7 +428,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
     if (!ok) finite = false;
   });
   const at::Tensor &offsets = prep->offsets, &segs = prep->segs;
-  auto output = at::empty({g.N, g.Cout, g.Ho, g.Wo}, input.options());
+  auto output = compressor::empty_output({g.N, g.Cout, g.Ho, g.Wo}, input.options());
   if (output.numel() == 0) return output;
   if (!finite) return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
   for (int64_t n0 = 0; n0 < g.N; n0 += step) {

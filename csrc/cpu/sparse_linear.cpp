@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "compressor/checks.h"
+#include "compressor/kept_outputs.h"
 #include "compressor/sparse_cpu.h"
 #include "sparse_checks.h"
 
@@ -196,7 +197,7 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
   check_input(input);
   compressor::sparse_cpu::check_csr_weight(kOp, values, col_idx, "col_idx", row_ptr, bias, "N_out");
   compressor::sparse_cpu::check_row_ptr(kOp, row_ptr, values.numel());
-  auto out = at::empty({input.size(0), row_ptr.numel() - 1}, input.options());
+  auto out = compressor::empty_output({input.size(0), row_ptr.numel() - 1}, input.options());
   if (out.numel() == 0) return out;
   const float* b = bias ? bias->data_ptr<float>() : nullptr;
   const int32_t* rp = row_ptr.data_ptr<int32_t>();
