@@ -5,6 +5,8 @@ input, NaN and inf, opcheck, bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compressor.ops import max_pool2d, reference
 from tests.conftest import require_kernel
@@ -19,6 +21,8 @@ CASES = [
     (2, 1, 1, (3, 2, 1, 5)),         # a height-1 input, padded windows only
     (5, 3, 2, (1, 4, 17, 19)),       # a runtime stride
     (4, 4, 0, (1, 2, 9, 9)),
+    (3, 2, 1, (2, 3, 1, 1)),         # a 1x1 plane: every window mostly padding
+    ((1, 3), (1, 2), (0, 1), (1, 2, 4, 2)),  # a window wider than the row
 ]
 
 
@@ -31,6 +35,21 @@ def test_matches_torch(k, s, p, shape):
     assert got.shape == want.shape and torch.equal(got, want)
     kk, ss, pp = ((v, v) if isinstance(v, int) else v for v in (k, s, p))
     assert torch.equal(reference.max_pool2d(x, kk, ss, pp), want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 4), sw=st.integers(1, 4),
+       data=st.data())
+def test_fuzzed_windows_match_torch(kh, kw, sh, sw, data):
+    """Any window, stride and allowed padding over small planes (rows shorter than the window
+    included): exactly torch's values."""
+    require_kernel("max_pool2d", "cpu")
+    ph, pw = data.draw(st.integers(0, kh // 2)), data.draw(st.integers(0, kw // 2))
+    h = data.draw(st.integers(max(1, kh - 2 * ph), 12))
+    w = data.draw(st.integers(max(1, kw - 2 * pw), 40))
+    x = torch.randn(data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)), h, w)
+    assert torch.equal(max_pool2d(x, (kh, kw), (sh, sw), (ph, pw)),
+                       F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw)))
 
 
 def test_noncontiguous_and_nonfinite():
