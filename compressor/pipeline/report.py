@@ -149,7 +149,8 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
                         ["layer", "sparsity", "fused", "dense ms", "sparse ms", "speedup",
                          "decision"])
         whole = done.get("sparsify", {}).get("metrics", {}).get("whole_model") or {}
-        lines += ["", *(f"- {line}" for line in whole_model_lines(whole))] if whole else []
+        facts = whole_model_lines(whole)
+        lines += ["", *(f"- {fact}" for fact in facts)] if facts else []
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Files: " + ", ".join(f"`{n}`" for n in files) + ", `metrics.json`."]
     return write_text_atomic(run_dir / "report.md", "\n".join(lines) + "\n")
