@@ -74,6 +74,11 @@ CASES = [
     (16, 8, 8, 16, 5, 3, (14, 11), 2),
     (6, 4, 4, 6, 1, 2, (7, 8), 3),             # a strided 1x1 middle conv
     (8, 4, 4, 8, 3, 2, (1, 1), 4),
+    # Middle convs on rows a whole number of vectors wide once padded (56 and 14 wide, and 28
+    # strided): their nonzeros split by offset alignment.
+    (8, 16, 16, 8, 3, 1, (6, 56), 1),
+    (8, 16, 16, 8, 3, 1, (14, 14), 2),
+    (8, 16, 16, 8, 3, 2, (8, 28), 1),
 ]
 ACTS = [("relu", "relu", "relu"), ("none", "relu6", "silu"), ("silu", "none", "none")]
 

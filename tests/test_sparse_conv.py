@@ -30,6 +30,13 @@ CASES = [
     # Strided 1x1 convs read every sh-th row and sw-th column, picked out as the input is copied.
     (12, 10, 1, 2, 0, 1, 1, (15, 14), 2),
     (6, 4, 1, (3, 2), 0, 1, 2, (10, 9), 3),
+    # Rows a whole number of vectors wide, as they come or widened by the padded copy: each
+    # row's nonzeros are split by their offsets' alignment (ResNet-50's 3x3s at 56, 28 strided
+    # and 14 wide; 1x1s at 14x14 unpadded).
+    (24, 20, 3, 1, 1, 1, 1, (5, 56), 2),
+    (40, 12, 3, 2, 1, 1, 1, (9, 28), 1),
+    (16, 8, 3, 1, 1, 1, 1, (14, 14), 3),
+    (64, 24, 1, 1, 0, 1, 1, (14, 14), 1),
 ]
 
 
@@ -80,6 +87,33 @@ def test_zero_output_channels_and_noncontiguous(device):
     with torch.no_grad():
         torch.testing.assert_close(SparseConv2d.from_dense(conv)(x), conv(x), atol=1e-4,
                                    rtol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_alignment_classes_with_epilogue(device, threads, stride):
+    """Rows split by their offsets' alignment keep every value with its offset: rows of very
+    different lengths (empty, one nonzero, dense), a residual, an activation, a batch, a
+    non-contiguous input and either thread count give the dense conv's result."""
+    require_kernel("sparse_conv2d", device)
+    conv = pruned_conv(48, 40, 3, stride, 1, 1, 1, 0.6, device)
+    with torch.no_grad():
+        conv.weight[0] = 0
+        conv.weight[1] = 0
+        conv.weight[1, 5, 2, 1] = 1.5
+        conv.weight[2] = torch.randn_like(conv.weight[2])
+    sc = SparseConv2d.from_dense(conv, activation="silu", residual=True).to(device)
+    x = torch.randn(56, 48, 3, 6, device=device).permute(2, 1, 3, 0)  # (3, 48, 6, 56)
+    assert not x.is_contiguous()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            out = conv(x)
+            res = torch.randn_like(out)
+            torch.testing.assert_close(sc(x, res), F.silu(out + res), atol=1e-4, rtol=1e-4)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_new_input_size_repacks(device):

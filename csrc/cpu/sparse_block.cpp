@@ -74,12 +74,9 @@ ConvArgs stage_args(const ConvGeom& g, const Weight& w, const Prepared& prep, Ac
   ConvArgs a{};
   a.geom = g;
   a.values = w.values.data_ptr<float>();
-  a.offsets = prep.offsets.data_ptr<int32_t>();
-  a.segs = prep.segs.data_ptr<int32_t>();
-  a.ncb = prep.segs.size(1) - 1;
   a.bias = w.bias ? w.bias->data_ptr<float>() : nullptr;
   a.act = act;
-  a.uniform_length = prep.uniform_length;
+  use_prepared(a, prep);
   return a;
 }
 
@@ -127,7 +124,8 @@ at::Tensor sparse_bottleneck_cpu(
   const int64_t k = kernel_size, h = k / 2, s = stride, Wp = W + 2 * h;
   // The middle conv's (and so the block's) output, and the width of one stride phase of its
   // padded input.
-  const int64_t Ho = (H + 2 * h - k) / s + 1, Wo = (Wp - k) / s + 1, Wq = (Wp + s - 1) / s;
+  const int64_t Ho = (H + 2 * h - k) / s + 1, Wo = (Wp - k) / s + 1;
+  const int64_t phase_width = (Wp + s - 1) / s;
   if (residual) {
     CMP_CHECK_DEVICE(*residual, at::Device(at::kCPU), kOp, "residual");
     CMP_CHECK_DTYPE(*residual, at::kFloat, kOp, "residual");
@@ -155,7 +153,7 @@ at::Tensor sparse_bottleneck_cpu(
   rows = std::max<int64_t>(1, (Ho + slabs - 1) / slabs);
   // (shared: one band, as each parallel region costs every thread a wake-up)
   const int64_t band = shared ? rows
-                              : std::clamp<int64_t>(kBandFloats / std::max<int64_t>(1, Cm2 * Wq),
+                              : std::clamp<int64_t>(kBandFloats / std::max<int64_t>(1, Cm2 * phase_width),
                                                     1, rows);
 
   // The three stages' layouts: conv0 reads the input image; conv1 the slab scratch, the padded
@@ -163,7 +161,9 @@ at::Tensor sparse_bottleneck_cpu(
   // sparse_conv2d splits its input, unpadded from its point of view; conv2 the band scratch.
   const int64_t slab_rows = (rows - 1) * s + k;
   const ConvGeom g0 = make_geom(input.sizes(), Cm, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1);
-  const ConvGeom g1 = make_geom({1, Cm, slab_rows, Wp}, Cm2, {k, k}, {s, s}, {0, 0}, {1, 1}, 1);
+  const ConvGeom g1 =
+      widened(make_geom({1, Cm, slab_rows, Wp}, Cm2, {k, k}, {s, s}, {0, 0}, {1, 1}, 1));
+  const int64_t Wq = g1.Wq;  // a slab scratch row (a phase's), maybe widened past phase_width
   const ConvGeom g2 = make_geom({1, Cm2, band, Wo}, Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1);
   const ConvGeom* geoms[3] = {&g0, &g1, &g2};
   std::shared_ptr<const Prepared> prep[3];
@@ -191,7 +191,7 @@ at::Tensor sparse_bottleneck_cpu(
   auto run_stage = [&](const ConvArgs& a, const float* in, int64_t p0, int64_t p1, auto&& store) {
     if (!shared) {
       thread_local std::vector<float> tile_keep;
-      const ThreadScratch buf(tile_keep, kChannelBlock * kTile, kKeepFloats);
+      const ThreadScratch buf(tile_keep, kTileBuffer, kKeepFloats);
       stage_tiles(a, in, p0, p1, buf.data(), store);
       return;
     }
@@ -199,7 +199,7 @@ at::Tensor sparse_bottleneck_cpu(
     const int64_t blocks = (a.geom.Cout + kChannelBlock - 1) / kChannelBlock;
     compressor::balanced_for(runs * blocks, [&](int64_t t) {
       thread_local std::vector<float> tile_keep;
-      const ThreadScratch buf(tile_keep, kChannelBlock * kTile, kKeepFloats);
+      const ThreadScratch buf(tile_keep, kTileBuffer, kKeepFloats);
       const int64_t b = t % blocks, r0 = p0 + t / blocks * run;
       channel_tiles(a, in, b * kChannelBlock, std::min(a.geom.Cout, (b + 1) * kChannelBlock), r0,
                     std::min(p1, r0 + run), buf.data(), store);
@@ -248,14 +248,15 @@ at::Tensor sparse_bottleneck_cpu(
         return;
       }
       // Rows outside the image are zero padding, and so are the h columns either side of every
-      // row (one run: a row's right margin and the next row's left one are adjacent).
+      // row and the columns that widen it (one run: a row's right margin and the next row's
+      // left one are adjacent).
       for (int64_t r = 0; r < used; ++r) {
         const int64_t y = top + r;
         if (y < 0 || y >= H) {
           std::memset(plane + r * Wq, 0, Wq * sizeof(float));
         } else if (h > 0) {
           std::memset(plane + r * Wq, 0, h * sizeof(float));
-          std::memset(plane + r * Wq + h + W, 0, h * sizeof(float));
+          std::memset(plane + r * Wq + h + W, 0, (Wq - h - W) * sizeof(float));
         }
       }
     });

@@ -31,6 +31,7 @@ using compressor::sparse_cpu::ConvGeom;
 using compressor::sparse_cpu::kChannelBlock;
 using compressor::sparse_cpu::kRunTiles;
 using compressor::sparse_cpu::kTile;
+using compressor::sparse_cpu::kTileBuffer;
 
 // One task: output channels [oc0, oc1) of image n, virtual positions [p0, p1), stored into the
 // output planes with the epilogue.
@@ -52,8 +53,9 @@ void run_conv(const compressor::sparse_cpu::ConvArgs& a) {
   const int64_t runs = (g.span + run - 1) / run;
   const int64_t blocks = (g.Cout + kChannelBlock - 1) / kChannelBlock;
   auto task = [&](int64_t t) {
-    // The micro-kernel writes only [0, count) of a tile, so channels can sit back to back.
-    thread_local std::unique_ptr<float[]> buf(new float[kChannelBlock * kTile]);
+    // Tiles sit kTileStride apart: the micro-kernel writes [0, count) of each, and a class
+    // pass shifted by its residue may write up to kLanes - 1 floats before it (front slack).
+    thread_local std::unique_ptr<float[]> buf(new float[kTileBuffer]);
     const int64_t b = t % blocks, r = (t / blocks) % runs, n = t / (blocks * runs);
     conv_task(a, n, b * kChannelBlock, std::min(g.Cout, (b + 1) * kChannelBlock), r * run,
               std::min(g.span, (r + 1) * run), buf.get());

@@ -138,9 +138,50 @@ std::vector<int32_t> offset_table(const ConvGeom& g) {
 }
 
 struct Rows {
-  at::Tensor offsets;  // (nnz) each nonzero's offset into the phased input
-  at::Tensor segs;     // (Cout, ncb + 1) where each row's input-channel blocks start
+  at::Tensor offsets;      // (nnz) each nonzero's offset into the phased input
+  at::Tensor segs;         // (Cout, ncb * classes + 1) where each row's blocks (classes) start
+  at::Tensor value_index;  // (nnz) with classes > 1
 };
+
+// The residues modulo kLanes that the layer's offsets can take, when splitting its rows by them
+// pays: 2 to 4 of them (3x3 stride 1 on rows a whole number of vectors wide has 3), and rows of
+// at least kMinClassRun nonzeros a class in each input-channel block on average (every class's
+// pass reloads and stores the tile). Empty otherwise: rows stay as they are.
+std::vector<int32_t> alignment_shifts(const std::vector<int32_t>& table, int64_t nnz, int64_t rows,
+                                      int64_t ncb) {
+#ifdef COMPRESSOR_SPARSE_SIMD
+  constexpr int64_t kMaxClasses = 4, kMinClassRun = 8;
+  using compressor::sparse_cpu::kLanes;
+  bool seen[kLanes] = {};
+  for (const int32_t off : table) seen[off % kLanes] = true;
+  std::vector<int32_t> shifts;
+  for (int32_t r = 0; r < kLanes; ++r)
+    if (seen[r]) shifts.push_back(r);
+  const int64_t classes = static_cast<int64_t>(shifts.size());
+  if (classes < 2 || classes > kMaxClasses || nnz < kMinClassRun * classes * ncb * rows) return {};
+  return shifts;
+#else
+  (void)table, (void)nnz, (void)rows, (void)ncb;
+  return {};
+#endif
+}
+
+// Row segment [begin, end) of `off` regrouped by class (stable within each): offsets rounded down
+// to their vector, `vidx` the original positions, class starts into seg[0 : shifts.size()).
+void split_classes(int32_t* off, int32_t* vidx, int32_t begin, int32_t end,
+                   const std::vector<int32_t>& shifts, int32_t* seg, std::vector<int32_t>& tmp) {
+  const int32_t lanes = compressor::sparse_cpu::kLanes;
+  tmp.assign(off + begin, off + end);
+  int32_t at = begin;
+  for (size_t c = 0; c < shifts.size(); ++c) {
+    seg[c] = at;
+    for (int32_t k = begin; k < end; ++k)
+      if (tmp[k - begin] % lanes == shifts[c]) {
+        off[at] = tmp[k - begin] - shifts[c];
+        vidx[at++] = k;
+      }
+  }
+}
 
 // One pass over the rows, in one parallel region: check each row's columns (sorted, in range),
 // look up their offsets, and find by binary search where its input-channel blocks start (a sorted
@@ -149,15 +190,18 @@ struct Rows {
 // parallel region: on a shared machine every region costs a wake-up of each thread, up to a
 // scheduler slice each.
 Rows prepare_rows(const char* op, const at::Tensor& col_idx, const at::Tensor& row_ptr,
-                  const ConvGeom& g, int64_t ncb, int64_t side_jobs,
+                  const ConvGeom& g, int64_t ncb, const std::vector<int32_t>& table,
+                  const std::vector<int32_t>& shifts, int64_t side_jobs,
                   const std::function<void(int64_t)>& side) {
-  const std::vector<int32_t> table = offset_table(g);
   const int64_t rows = row_ptr.numel() - 1, ncols = g.cin_g * g.kh * g.kw;
   const int64_t block_stride = (g.cin_g + ncb - 1) / ncb * g.chan;
-  Rows out{at::empty_like(col_idx), at::empty({rows, ncb + 1}, row_ptr.options())};
+  const int64_t classes = std::max<int64_t>(1, static_cast<int64_t>(shifts.size()));
+  Rows out{at::empty_like(col_idx), at::empty({rows, ncb * classes + 1}, row_ptr.options()),
+           classes > 1 ? at::empty_like(col_idx) : at::Tensor()};
   const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
   const int32_t* tab = table.data();
   int32_t *off = out.offsets.data_ptr<int32_t>(), *segs = out.segs.data_ptr<int32_t>();
+  int32_t* vidx = classes > 1 ? out.value_index.data_ptr<int32_t>() : nullptr;
   const bool unit = g.kh * g.kw == 1 && g.sh * g.sw == 1;
   const int32_t chan32 = static_cast<int32_t>(g.chan);
   std::atomic<int64_t> first_bad{rows};
@@ -182,12 +226,20 @@ Rows prepare_rows(const char* op, const at::Tensor& col_idx, const at::Tensor& r
         for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = col[k] * chan32;
       else
         for (int32_t k = rp[r]; k < rp[r + 1]; ++k) off[k] = tab[col[k]];
-      int32_t* s = segs + r * (ncb + 1);
-      s[0] = rp[r];
-      for (int64_t cb = 1; cb < ncb; ++cb)
-        s[cb] = static_cast<int32_t>(
-            std::lower_bound(off + s[cb - 1], off + rp[r + 1], cb * block_stride) - off);
-      s[ncb] = rp[r + 1];
+      int32_t* s = segs + r * (ncb * classes + 1);
+      int32_t begin = rp[r];
+      for (int64_t cb = 0; cb < ncb; ++cb) {
+        const int32_t end = cb + 1 == ncb ? rp[r + 1] : static_cast<int32_t>(
+            std::lower_bound(off + begin, off + rp[r + 1], (cb + 1) * block_stride) - off);
+        if (classes > 1) {
+          thread_local std::vector<int32_t> tmp;
+          split_classes(off, vidx, begin, end, shifts, s + cb * classes, tmp);
+        } else {
+          s[cb] = begin;
+        }
+        begin = end;
+      }
+      s[ncb * classes] = rp[r + 1];
     }
   });
   if (first_bad.load() < rows)
@@ -229,9 +281,17 @@ std::shared_ptr<const Prepared> prepared(const char* op, const at::Tensor& col_i
     compressor::balanced_for(side_jobs, side);
     return hit;
   }
-  Rows rows = prepare_rows(op, col_idx, row_ptr, g, ncb, side_jobs, side);
+  // Rows that share their columns run together (rows_tile), on offsets as they are.
+  const int64_t uniform = uniform_length(col_idx, row_ptr, g);
+  const std::vector<int32_t> table = offset_table(g);
+  const std::vector<int32_t> shifts =
+      uniform ? std::vector<int32_t>{}
+              : alignment_shifts(table, col_idx.numel(), row_ptr.numel() - 1, ncb);
+  Rows rows = prepare_rows(op, col_idx, row_ptr, g, ncb, table, shifts, side_jobs, side);
   auto value = std::make_shared<const Prepared>(
-      Prepared{std::move(rows.offsets), std::move(rows.segs), uniform_length(col_idx, row_ptr, g)});
+      Prepared{std::move(rows.offsets), std::move(rows.segs), uniform, ncb,
+               std::max<int64_t>(1, static_cast<int64_t>(shifts.size())), shifts,
+               std::move(rows.value_index)});
   cache.add(col_idx, row_ptr, key, value);
   return value;
 }
@@ -381,6 +441,33 @@ ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
 
 namespace compressor::sparse_cpu {
 
+// g with its phase rows widened to a whole number of vectors when that adds at most 1/8 to
+// them: then every channel and row starts on a vector, each tap's offsets share one residue, and
+// a 3x3 stride-1 conv's nonzeros fall into 3 alignment classes (Prepared) instead of up to 9.
+ConvGeom widened(ConvGeom g) {
+  const int64_t lanes = compressor::sparse_cpu::kLanes;
+  const int64_t wq = (g.Wq + lanes - 1) / lanes * lanes;
+  if (wq == g.Wq || (wq - g.Wq) * 8 > wq ||
+      g.cin_g * g.sh * g.sw * g.Hq * wq + compressor::sparse_cpu::kTile >
+          std::numeric_limits<int32_t>::max())
+    return g;
+  g.Wq = wq;
+  g.plane = g.Hq * g.Wq;
+  g.chan = g.sh * g.sw * g.plane;
+  g.span = (g.Ho - 1) * g.Wq + g.Wo;
+  return g;
+}
+
+void use_prepared(ConvArgs& a, const Prepared& prep) {
+  a.offsets = prep.offsets.data_ptr<int32_t>();
+  a.segs = prep.segs.data_ptr<int32_t>();
+  a.ncb = prep.ncb;
+  a.uniform_length = prep.uniform_length;
+  a.classes = prep.classes;
+  std::copy(prep.shifts.begin(), prep.shifts.end(), a.shifts);
+  a.value_index = prep.classes > 1 ? prep.value_index.data_ptr<int32_t>() : nullptr;
+}
+
 std::shared_ptr<const Prepared> prepare_weight(const char* op, const at::Tensor& col_idx,
                                                const at::Tensor& row_ptr, const ConvGeom& g) {
   return prepared(op, col_idx, row_ptr, g, 0, [](int64_t) {});
@@ -401,11 +488,13 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   // phase-split copy would copy the whole input to use one phase): it runs as a stride-1 conv
   // over those, which the copy into the scratch buffer picks out.
   const bool subsample = g.kh == 1 && g.kw == 1 && g.ph == 0 && g.pw == 0 && (g.sh > 1 || g.sw > 1);
-  const ConvGeom run = !subsample ? g : compressor::sparse_cpu::make_geom(
-      {g.N, g.Cin, g.Ho, g.Wo}, g.Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, g.groups);
   const int64_t step_h = subsample ? g.sh : 1, step_w = subsample ? g.sw : 1;
-  // Stride 1 without padding reads the input in place; otherwise groups of images are copied.
+  // Stride 1 without padding reads the input in place; otherwise groups of images are copied,
+  // into rows widened to whole vectors where that costs little.
   const bool direct = !subsample && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  const ConvGeom unwidened = !subsample ? g : compressor::sparse_cpu::make_geom(
+      {g.N, g.Cin, g.Ho, g.Wo}, g.Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, g.groups);
+  const ConvGeom run = direct ? unwidened : widened(unwidened);
   const int64_t slack = compressor::sparse_cpu::kTile, per_image = run.Cin * run.chan;
   const int64_t step = direct ? g.N : std::max<int64_t>(1, (kKeepFloats - slack) / per_image);
   thread_local std::vector<float> keep;
@@ -427,7 +516,6 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
                            : first->plane(i);
     if (!ok) finite = false;
   });
-  const at::Tensor &offsets = prep->offsets, &segs = prep->segs;
   auto output = compressor::empty_output({g.N, g.Cout, g.Ho, g.Wo}, input.options());
   if (output.numel() == 0) return output;
   if (!finite) return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
@@ -438,12 +526,16 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
     ConvGeom part = run;
     part.N = n1 - n0;
     const int64_t out_at = n0 * g.Cout * g.Ho * g.Wo;
-    compressor::sparse_cpu::conv_forward(
-        {part, direct ? x : buf.data(), values.data_ptr<float>(),
-         offsets.data_ptr<int32_t>(), segs.data_ptr<int32_t>(),
-         segs.size(1) - 1, bias ? bias->data_ptr<float>() : nullptr,
-         residual ? residual->data_ptr<float>() + out_at : nullptr, act,
-         output.data_ptr<float>() + out_at, prep->uniform_length});
+    compressor::sparse_cpu::ConvArgs args{};
+    args.geom = part;
+    args.input = direct ? x : buf.data();
+    args.values = values.data_ptr<float>();
+    args.bias = bias ? bias->data_ptr<float>() : nullptr;
+    args.residual = residual ? residual->data_ptr<float>() + out_at : nullptr;
+    args.act = act;
+    args.output = output.data_ptr<float>() + out_at;
+    use_prepared(args, *prep);
+    compressor::sparse_cpu::conv_forward(args);
   }
   return output;
 }

@@ -5,16 +5,30 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <vector>
 
 #include "compressor/sparse_cpu.h"
 
 namespace compressor::sparse_cpu {
 
+// With `classes` > 1 (a layer whose offsets fall into 2 to 4 residues modulo kLanes, and rows
+// long enough to split), each (row, block) segment is sorted into one run per residue
+// (ConvArgs::shifts), each offset stored rounded down to a whole vector and value_index naming
+// its value, so that the kernel loads whole vectors from an aligned input (channel_tiles).
 struct Prepared {
   at::Tensor offsets;  // (nnz) each nonzero's offset into one group of the input's layout
-  at::Tensor segs;     // (Cout, ncb + 1) where each row's input-channel blocks start
+  at::Tensor segs;     // (Cout, ncb * classes + 1) where each row's blocks (and classes) start
   int64_t uniform_length;  // ConvArgs::uniform_length
+  int64_t ncb = 1, classes = 1;
+  std::vector<int32_t> shifts;  // each class's residue, ascending
+  at::Tensor value_index;       // (nnz) with classes > 1: which value each nonzero has
 };
+
+// g with its phase rows widened to a whole number of vectors where that adds at most 1/8.
+ConvGeom widened(ConvGeom g);
+
+// Points `a` at what the kernel reads of `prep`.
+void use_prepared(ConvArgs& a, const Prepared& prep);
 
 // The weight's columns checked (errors name `op`) and turned into offsets for geometry g, kept
 // between calls for the same tensors at the same versions (compressor::TensorCache).

@@ -15,18 +15,24 @@ namespace compressor {
 // huge layer leaves no huge buffer behind in every thread.
 class ThreadScratch {
  public:
+  // The floats start on 64 bytes, so that the sparse kernels' whole-vector loads are aligned.
   ThreadScratch(std::vector<float>& keep, int64_t floats, int64_t keep_limit) {
+    const size_t room = static_cast<size_t>(floats) + kAlignFloats;
     if (floats > keep_limit) {
-      own_.reset(new float[static_cast<size_t>(floats)]);  // no zeroing: every use writes first
-      data_ = own_.get();
+      own_.reset(new float[room]);  // no zeroing: every use writes first
+      data_ = aligned(own_.get());
       return;
     }
-    if (keep.size() < static_cast<size_t>(floats)) keep.resize(static_cast<size_t>(floats));
-    data_ = keep.data();
+    if (keep.size() < room) keep.resize(room);
+    data_ = aligned(keep.data());
   }
   float* data() const { return data_; }
 
  private:
+  static constexpr size_t kAlignFloats = 64 / sizeof(float);
+  static float* aligned(float* p) {
+    return reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t{63});
+  }
   std::unique_ptr<float[]> own_;
   float* data_ = nullptr;
 };

@@ -56,6 +56,12 @@ struct ConvArgs {
   float* output;          // (N, Cout, Ho, Wo)
   // Every row has the same columns (an unpruned layer), this many: rows share loads. 0 if not.
   int64_t uniform_length = 0;
+  // Alignment classes (see Prepared in sparse_conv_prep.h): with classes > 1 each (row, block)
+  // segment is `classes` runs, run c holding the nonzeros whose offset is shifts[c] past a
+  // multiple of kLanes, stored as that multiple, with value_index[k] naming each one's value.
+  int64_t classes = 1;
+  int32_t shifts[16] = {};
+  const int32_t* value_index = nullptr;
 };
 
 // [min, max] of idx[0:n] folded into [lo, hi]. Written with plain locals so it vectorises: with
@@ -144,9 +150,10 @@ inline Vec vselect_lt(Vec x, Vec limit, Vec if_lt, Vec otherwise) {
 #else
 #define COMPRESSOR_UNROLL _Pragma("GCC unroll 32")
 #endif
-template <int NV, bool kMasked>
-inline void axpy_tile_simd(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
-                           float init, Mask mask, float* acc, bool resume, int64_t stride) {
+template <int NV, bool kMasked, bool kIndexed>
+inline void axpy_tile_simd(const float* vals, const int32_t* vidx, const int32_t* offs,
+                           int64_t nnz, const float* in, float init, Mask mask, float* acc,
+                           bool resume, int64_t stride) {
   constexpr int full = kMasked ? NV - 1 : NV;
   // Independent accumulator sets, so that sets * NV chains cover the FMA latency.
   constexpr int kSets = NV == 1 ? 4 : NV <= 4 ? 2 : 1;
@@ -164,7 +171,7 @@ inline void axpy_tile_simd(const float* vals, const int32_t* offs, int64_t nnz, 
     for (; k + kSets <= nnz; k += kSets) {
       COMPRESSOR_UNROLL
       for (int t = 0; t < kSets; ++t) {
-        const Vec v = vset(vals[k + t]);
+        const Vec v = vset(kIndexed ? vals[vidx[k + t]] : vals[k + t]);
         const float* src = in + offs[k + t] * stride;
         COMPRESSOR_UNROLL
         for (int j = 0; j < full; ++j) sum[t][j] = vfma(v, vload(src + j * kLanes), sum[t][j]);
@@ -178,7 +185,7 @@ inline void axpy_tile_simd(const float* vals, const int32_t* offs, int64_t nnz, 
       for (int j = 0; j < NV; ++j) sum[0][j] = vadd(sum[0][j], sum[t][j]);
   }
   for (; k < nnz; ++k) {
-    const Vec v = vset(vals[k]);
+    const Vec v = vset(kIndexed ? vals[vidx[k]] : vals[k]);
     const float* src = in + offs[k] * stride;
     COMPRESSOR_UNROLL
     for (int j = 0; j < full; ++j) sum[0][j] = vfma(v, vload(src + j * kLanes), sum[0][j]);
@@ -190,27 +197,30 @@ inline void axpy_tile_simd(const float* vals, const int32_t* offs, int64_t nnz, 
   if constexpr (kMasked) vstore(acc + (NV - 1) * kLanes, sum[0][NV - 1], mask);
 }
 
-template <int NV>
-inline void axpy_tile_nv(const float* vals, const int32_t* offs, int64_t nnz, const float* in,
-                         float init, int64_t count, float* acc, bool resume, int64_t stride) {
+template <int NV, bool kIndexed>
+inline void axpy_tile_nv(const float* vals, const int32_t* vidx, const int32_t* offs, int64_t nnz,
+                         const float* in, float init, int64_t count, float* acc, bool resume,
+                         int64_t stride) {
   const int tail = static_cast<int>(count - (NV - 1) * kLanes);
   if (tail == kLanes)
-    axpy_tile_simd<NV, false>(vals, offs, nnz, in, init, tail_mask(tail), acc, resume, stride);
+    axpy_tile_simd<NV, false, kIndexed>(vals, vidx, offs, nnz, in, init, tail_mask(tail), acc,
+                                        resume, stride);
   else
-    axpy_tile_simd<NV, true>(vals, offs, nnz, in, init, tail_mask(tail), acc, resume, stride);
+    axpy_tile_simd<NV, true, kIndexed>(vals, vidx, offs, nnz, in, init, tail_mask(tail), acc,
+                                       resume, stride);
 }
 
-// Instantiates axpy_tile_nv<1..kMaxVectors> and picks the one covering `count`.
-template <int NV = 1>
-inline void axpy_tile_dispatch(int nv, const float* vals, const int32_t* offs, int64_t nnz,
-                               const float* in, float init, int64_t count, float* acc,
-                               bool resume, int64_t stride) {
-  if constexpr (NV < kMaxVectors) {
+// Instantiates axpy_tile_nv<1..kMost> and picks the one covering `count`.
+template <bool kIndexed, int kMost, int NV = 1>
+inline void axpy_tile_dispatch(int nv, const float* vals, const int32_t* vidx, const int32_t* offs,
+                               int64_t nnz, const float* in, float init, int64_t count,
+                               float* acc, bool resume, int64_t stride) {
+  if constexpr (NV < kMost) {
     if (nv > NV)
-      return axpy_tile_dispatch<NV + 1>(nv, vals, offs, nnz, in, init, count, acc, resume,
-                                        stride);
+      return axpy_tile_dispatch<kIndexed, kMost, NV + 1>(nv, vals, vidx, offs, nnz, in, init,
+                                                         count, acc, resume, stride);
   }
-  axpy_tile_nv<NV>(vals, offs, nnz, in, init, count, acc, resume, stride);
+  axpy_tile_nv<NV, kIndexed>(vals, vidx, offs, nnz, in, init, count, acc, resume, stride);
 }
 #endif
 
@@ -296,13 +306,33 @@ inline void axpy_tile(const float* vals, const int32_t* offs, int64_t nnz, const
                       int64_t stride = 1) {
 #ifdef COMPRESSOR_SPARSE_SIMD
   const int nv = static_cast<int>((count + kLanes - 1) / kLanes);
-  axpy_tile_dispatch(nv, vals, offs, nnz, in, init, count, acc, resume, stride);
+  axpy_tile_dispatch<false, kMaxVectors>(nv, vals, nullptr, offs, nnz, in, init, count, acc,
+                                         resume, stride);
 #else
   if (!resume)
     for (int64_t i = 0; i < count; ++i) acc[i] = init;
   for (int64_t k = 0; k < nnz; ++k) {
     const float v = vals[k];
     const float* src = in + offs[k] * stride;
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) acc[i] += v * src[i];
+  }
+#endif
+}
+
+// acc[0 : count) += sum_k vals[vidx[k]] * in[offs[k] + 0 : count), count <= kTile + kLanes - 1:
+// one alignment class's pass (channel_tiles), whose window starts up to kLanes - 1 positions
+// before the tile so that its loads start on whole vectors.
+inline void axpy_tile_indexed(const float* vals, const int32_t* vidx, const int32_t* offs,
+                              int64_t nnz, const float* in, int64_t count, float* acc) {
+#ifdef COMPRESSOR_SPARSE_SIMD
+  const int nv = static_cast<int>((count + kLanes - 1) / kLanes);
+  axpy_tile_dispatch<true, kMaxVectors + 1>(nv, vals, vidx, offs, nnz, in, 0.f, count, acc, true,
+                                            1);
+#else
+  for (int64_t k = 0; k < nnz; ++k) {
+    const float v = vals[vidx[k]];
+    const float* src = in + offs[k];
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) acc[i] += v * src[i];
   }
