@@ -77,7 +77,12 @@ ConvGeom make_geom(at::IntArrayRef input, int64_t cout, at::IntArrayRef k, at::I
   g.Hp = g.H + 2 * g.ph, g.Wp = g.W + 2 * g.pw;
   g.Ho = (g.Hp - g.dh * (g.kh - 1) - 1) / g.sh + 1;
   g.Wo = (g.Wp - g.dw * (g.kw - 1) - 1) / g.sw + 1;
-  g.Hq = (g.Hp + g.sh - 1) / g.sh, g.Wq = (g.Wp + g.sw - 1) / g.sw;
+  g.Hq = (g.Hp + g.sh - 1) / g.sh;
+  return with_row_width(g, (g.Wp + g.sw - 1) / g.sw);
+}
+
+ConvGeom with_row_width(ConvGeom g, int64_t wq) {
+  g.Wq = wq;
   g.plane = g.Hq * g.Wq;
   g.chan = g.sh * g.sw * g.plane;
   g.span = (g.Ho - 1) * g.Wq + g.Wo;

@@ -150,8 +150,8 @@ struct Rows {
 std::vector<int32_t> alignment_shifts(const std::vector<int32_t>& table, int64_t nnz, int64_t rows,
                                       int64_t ncb) {
 #ifdef COMPRESSOR_SPARSE_SIMD
-  constexpr int64_t kMaxClasses = 4, kMinClassRun = 8;
-  using compressor::sparse_cpu::kLanes;
+  constexpr int64_t kMinClassRun = 8;
+  using compressor::sparse_cpu::kLanes, compressor::sparse_cpu::kMaxClasses;
   bool seen[kLanes] = {};
   for (const int32_t off : table) seen[off % kLanes] = true;
   std::vector<int32_t> shifts;
@@ -289,8 +289,7 @@ std::shared_ptr<const Prepared> prepared(const char* op, const at::Tensor& col_i
               : alignment_shifts(table, col_idx.numel(), row_ptr.numel() - 1, ncb);
   Rows rows = prepare_rows(op, col_idx, row_ptr, g, ncb, table, shifts, side_jobs, side);
   auto value = std::make_shared<const Prepared>(
-      Prepared{std::move(rows.offsets), std::move(rows.segs), uniform, ncb,
-               std::max<int64_t>(1, static_cast<int64_t>(shifts.size())), shifts,
+      Prepared{std::move(rows.offsets), std::move(rows.segs), uniform, ncb, shifts,
                std::move(rows.value_index)});
   cache.add(col_idx, row_ptr, key, value);
   return value;
@@ -451,11 +450,7 @@ ConvGeom widened(ConvGeom g) {
       g.cin_g * g.sh * g.sw * g.Hq * wq + compressor::sparse_cpu::kTile >
           std::numeric_limits<int32_t>::max())
     return g;
-  g.Wq = wq;
-  g.plane = g.Hq * g.Wq;
-  g.chan = g.sh * g.sw * g.plane;
-  g.span = (g.Ho - 1) * g.Wq + g.Wo;
-  return g;
+  return with_row_width(g, wq);
 }
 
 void use_prepared(ConvArgs& a, const Prepared& prep) {
@@ -463,9 +458,9 @@ void use_prepared(ConvArgs& a, const Prepared& prep) {
   a.segs = prep.segs.data_ptr<int32_t>();
   a.ncb = prep.ncb;
   a.uniform_length = prep.uniform_length;
-  a.classes = prep.classes;
+  a.classes = prep.classes();
   std::copy(prep.shifts.begin(), prep.shifts.end(), a.shifts);
-  a.value_index = prep.classes > 1 ? prep.value_index.data_ptr<int32_t>() : nullptr;
+  a.value_index = a.classes > 1 ? prep.value_index.data_ptr<int32_t>() : nullptr;
 }
 
 std::shared_ptr<const Prepared> prepare_weight(const char* op, const at::Tensor& col_idx,

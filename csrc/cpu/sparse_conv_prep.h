@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -11,7 +12,7 @@
 
 namespace compressor::sparse_cpu {
 
-// With `classes` > 1 (a layer whose offsets fall into 2 to 4 residues modulo kLanes, and rows
+// With classes() > 1 (a layer whose offsets fall into 2 to 4 residues modulo kLanes, and rows
 // long enough to split), each (row, block) segment is sorted into one run per residue
 // (ConvArgs::shifts), each offset stored rounded down to a whole vector and value_index naming
 // its value, so that the kernel loads whole vectors from an aligned input (channel_tiles).
@@ -19,9 +20,10 @@ struct Prepared {
   at::Tensor offsets;  // (nnz) each nonzero's offset into one group of the input's layout
   at::Tensor segs;     // (Cout, ncb * classes + 1) where each row's blocks (and classes) start
   int64_t uniform_length;  // ConvArgs::uniform_length
-  int64_t ncb = 1, classes = 1;
-  std::vector<int32_t> shifts;  // each class's residue, ascending
-  at::Tensor value_index;       // (nnz) with classes > 1: which value each nonzero has
+  int64_t ncb = 1;
+  std::vector<int32_t> shifts;  // each class's residue, ascending (empty: one class)
+  at::Tensor value_index;       // (nnz) with classes() > 1: which value each nonzero has
+  int64_t classes() const { return std::max<int64_t>(1, static_cast<int64_t>(shifts.size())); }
 };
 
 // g with its phase rows widened to a whole number of vectors where that adds at most 1/8.

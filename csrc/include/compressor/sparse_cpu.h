@@ -27,6 +27,7 @@ constexpr int kMaxVectors = 8;      // accumulators held in registers (16 ymm in
 #endif
 constexpr int kTile = kLanes * kMaxVectors;
 constexpr int kRows = 4;               // rows taken together by axpy_rows (uniform weights)
+constexpr int kMaxClasses = 4;         // alignment classes a layer's rows may be split into
 constexpr int64_t kRunTiles = 4;       // tiles per conv task: enough tasks for threads at batch 1
 constexpr int64_t kL2Floats = 16 * 1024;  // input floats under one tile kept hot (64 KiB)
 
@@ -48,7 +49,7 @@ struct ConvArgs {
   const float* input;     // phased, padded: (N, Cin, sh, sw, Hq, Wq)
   const float* values;    // (nnz)
   const int32_t* offsets; // (nnz) into one group's channels of the phased buffer
-  const int32_t* segs;    // (Cout, ncb + 1): where each row's input-channel blocks start
+  const int32_t* segs;    // (Cout, ncb * classes + 1): where each row's blocks (classes) start
   int64_t ncb;            // input-channel blocks (1 when rows are not sorted by channel)
   const float* bias;      // (Cout) or nullptr
   const float* residual;  // (N, Cout, Ho, Wo) added before the activation, or nullptr
@@ -60,7 +61,7 @@ struct ConvArgs {
   // segment is `classes` runs, run c holding the nonzeros whose offset is shifts[c] past a
   // multiple of kLanes, stored as that multiple, with value_index[k] naming each one's value.
   int64_t classes = 1;
-  int32_t shifts[16] = {};
+  int32_t shifts[kMaxClasses] = {};
   const int32_t* value_index = nullptr;
 };
 
@@ -79,6 +80,8 @@ inline std::pair<int32_t, int32_t> index_range(const int32_t* idx, int64_t n, in
 // The geometry of a conv over an input of sizes (N, Cin, H, W).
 ConvGeom make_geom(at::IntArrayRef input, int64_t cout, at::IntArrayRef k, at::IntArrayRef s,
                    at::IntArrayRef p, at::IntArrayRef d, int64_t groups);
+// g with phase rows wq floats wide (wq >= the padded phase width) and what follows from that.
+ConvGeom with_row_width(ConvGeom g, int64_t wq);
 void conv_forward(const ConvArgs& args);
 
 // The micro-kernel: acc[0 : count) = init + sum_k vals[k] * in[offs[k] + 0 : count), count <=
