@@ -32,7 +32,7 @@ CASES = [
     (6, 4, 1, (3, 2), 0, 1, 2, (10, 9), 3),
     # Rows a whole number of vectors wide, as they come or widened by the padded copy: each
     # row's nonzeros are split by their offsets' alignment (ResNet-50's 3x3s at 56, 28 strided
-    # and 14 wide; 1x1s at 14x14 unpadded).
+    # and 14 wide). A 1x1 at 14x14 has residues that qualify but rows too short to split.
     (24, 20, 3, 1, 1, 1, 1, (5, 56), 2),
     (40, 12, 3, 2, 1, 1, 1, (9, 28), 1),
     (16, 8, 3, 1, 1, 1, 1, (14, 14), 3),
