@@ -1,6 +1,7 @@
 """Shared fixtures: devices to run on, one thread for tiny models, and the rule that CI never
 passes on a missing kernel."""
 
+import contextlib
 import os
 
 import pytest
@@ -30,6 +31,17 @@ def require_kernel(op_name: str, device: str) -> None:
         pytest.skip(reason)
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """torch's intra-op thread count set to `threads` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
@@ -45,7 +57,5 @@ def one_thread():
     """torch on one thread for the test: the structured-pruning and robustness models are tiny,
     and on a busy 2-core machine two OpenMP threads wait on each other for longer than a small
     conv takes (measured 25-80 ms vs 0.05 ms per conv). Use with pytest.mark.usefixtures."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

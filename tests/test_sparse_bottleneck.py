@@ -24,7 +24,7 @@ from compressor.nn.sparse_block import SparseBottleneck, bottleneck_mismatch
 from compressor.ops import reference, sparse_bottleneck
 from compressor.sparse import convert, converter
 from compressor.sparse.perf_model import PerfModel
-from tests.conftest import require_kernel
+from tests.conftest import require_kernel, torch_threads
 from tests.test_traced import fake_timing  # (first, second) seconds, whatever is timed
 
 OP = "sparse_bottleneck"
@@ -89,9 +89,7 @@ ACTS = [("relu", "relu", "relu"), ("none", "relu6", "silu"), ("silu", "none", "n
 def test_matches_the_three_convs(case, sparsity, threads):
     require_kernel(OP, "cpu")
     *shape, k, stride, hw, n = case
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for acts in ACTS:
             x, packed, dense, residual = case_inputs(*shape, k, hw, n, sparsity, stride=stride)
             got = call(x, packed, k, residual, acts, stride)
@@ -99,25 +97,19 @@ def test_matches_the_three_convs(case, sparsity, threads):
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
             twin = reference.sparse_bottleneck(x, *packed, k, residual, acts, stride)
             torch.testing.assert_close(got, twin, atol=1e-4, rtol=1e-4)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_slabs_bounded_by_the_scratch_and_huge_scratch():
     """A plane whose slab scratch would pass its bound is cut into more slabs (here 3 at one
     thread); a scratch past what a thread keeps lives for the call only."""
     require_kernel(OP, "cpu")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for shape, hw, sparsity in (((3, 256, 8, 5), (130, 62), 0.9),
                                     ((1, 2000, 2, 3), (3, 700), 0.5)):
             x, packed, dense, residual = case_inputs(*shape, 3, hw, 1, sparsity)
             got = call(x, packed, 3, residual)
             want = dense_chain(x, dense, [p[3] for p in packed], 3, residual, ("relu",) * 3)
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_empty_batch_and_planes():
@@ -272,12 +264,8 @@ def test_fuzz_against_the_three_convs(cin, cm, cm2, cout, k, h, w, n, sparsity, 
     require_kernel(OP, "cpu")
     x, packed, dense, residual = case_inputs(cin, cm, cm2, cout, k, (h, w), n, sparsity,
                                              stride=stride)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         got = call(x, packed, k, residual, acts, stride)
-    finally:
-        torch.set_num_threads(before)
     want = dense_chain(x, dense, [p[3] for p in packed], k, residual, acts, stride)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 

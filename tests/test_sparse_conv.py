@@ -10,7 +10,7 @@ from compressor.errors import CompressorError
 from compressor.formats.csr import csr_from_dense
 from compressor.nn import SparseConv2d
 from compressor.ops import reference, sparse_conv2d
-from tests.conftest import require_kernel
+from tests.conftest import require_kernel, torch_threads
 
 # (cin, cout, kernel, stride, padding, dilation, groups, hw, batch)
 CASES = [
@@ -105,15 +105,10 @@ def test_alignment_classes_with_epilogue(device, threads, stride):
     sc = SparseConv2d.from_dense(conv, activation="silu", residual=True).to(device)
     x = torch.randn(56, 48, 3, 6, device=device).permute(2, 1, 3, 0)  # (3, 48, 6, 56)
     assert not x.is_contiguous()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            out = conv(x)
-            res = torch.randn_like(out)
-            torch.testing.assert_close(sc(x, res), F.silu(out + res), atol=1e-4, rtol=1e-4)
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(threads), torch.no_grad():
+        out = conv(x)
+        res = torch.randn_like(out)
+        torch.testing.assert_close(sc(x, res), F.silu(out + res), atol=1e-4, rtol=1e-4)
 
 
 def test_new_input_size_repacks(device):

@@ -195,7 +195,7 @@ Rows prepare_rows(const char* op, const at::Tensor& col_idx, const at::Tensor& r
                   const std::function<void(int64_t)>& side) {
   const int64_t rows = row_ptr.numel() - 1, ncols = g.cin_g * g.kh * g.kw;
   const int64_t block_stride = (g.cin_g + ncb - 1) / ncb * g.chan;
-  const int64_t classes = std::max<int64_t>(1, static_cast<int64_t>(shifts.size()));
+  const int64_t classes = compressor::sparse_cpu::class_count(shifts);
   Rows out{at::empty_like(col_idx), at::empty({rows, ncb * classes + 1}, row_ptr.options()),
            classes > 1 ? at::empty_like(col_idx) : at::Tensor()};
   const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
@@ -444,11 +444,9 @@ namespace compressor::sparse_cpu {
 // them: then every channel and row starts on a vector, each tap's offsets share one residue, and
 // a 3x3 stride-1 conv's nonzeros fall into 3 alignment classes (Prepared) instead of up to 9.
 ConvGeom widened(ConvGeom g) {
-  const int64_t lanes = compressor::sparse_cpu::kLanes;
-  const int64_t wq = (g.Wq + lanes - 1) / lanes * lanes;
+  const int64_t wq = (g.Wq + kLanes - 1) / kLanes * kLanes;
   if (wq == g.Wq || (wq - g.Wq) * 8 > wq ||
-      g.cin_g * g.sh * g.sw * g.Hq * wq + compressor::sparse_cpu::kTile >
-          std::numeric_limits<int32_t>::max())
+      g.cin_g * g.sh * g.sw * g.Hq * wq + kTile > std::numeric_limits<int32_t>::max())
     return g;
   return with_row_width(g, wq);
 }

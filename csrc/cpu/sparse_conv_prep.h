@@ -12,6 +12,11 @@
 
 namespace compressor::sparse_cpu {
 
+// Alignment classes a row is split into for these residues (none listed: one, the row as is).
+inline int64_t class_count(const std::vector<int32_t>& shifts) {
+  return std::max<int64_t>(1, static_cast<int64_t>(shifts.size()));
+}
+
 // With classes() > 1 (a layer whose offsets fall into 2 to 4 residues modulo kLanes, and rows
 // long enough to split), each (row, block) segment is sorted into one run per residue
 // (ConvArgs::shifts), each offset stored rounded down to a whole vector and value_index naming
@@ -23,7 +28,7 @@ struct Prepared {
   int64_t ncb = 1;
   std::vector<int32_t> shifts;  // each class's residue, ascending (empty: one class)
   at::Tensor value_index;       // (nnz) with classes() > 1: which value each nonzero has
-  int64_t classes() const { return std::max<int64_t>(1, static_cast<int64_t>(shifts.size())); }
+  int64_t classes() const { return class_count(shifts); }
 };
 
 // g with its phase rows widened to a whole number of vectors where that adds at most 1/8.

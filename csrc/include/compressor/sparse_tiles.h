@@ -107,15 +107,16 @@ void channel_tiles(const ConvArgs& a, const float* in, int64_t oc0, int64_t oc1,
     for (int64_t cb = 0; cb < a.ncb; ++cb) {
       for (int64_t oc = oc0; oc < oc1; ++oc) {
         float* acc = buf + (oc - oc0) * kTileStride + kLanes;
+        // The tile's first position in row oc's group of the input.
+        const float* src = in + oc / g.cout_g * g.cin_g * g.chan + p;
         if (oc < rows_end) {
           if ((oc - oc0) % kRows == 0) rows_tile(a, in, oc, cb, p, count, acc);
         } else if (a.classes > 1) {
-          class_tiles(a, in + oc / g.cout_g * g.cin_g * g.chan + p, oc, cb, count, acc);
+          class_tiles(a, src, oc, cb, count, acc);
         } else {
           const int32_t* seg = a.segs + oc * (a.ncb + 1) + cb;
-          axpy_tile(a.values + seg[0], a.offsets + seg[0], seg[1] - seg[0],
-                    in + oc / g.cout_g * g.cin_g * g.chan + p, a.bias ? a.bias[oc] : 0.f, count,
-                    acc, cb > 0);
+          axpy_tile(a.values + seg[0], a.offsets + seg[0], seg[1] - seg[0], src,
+                    a.bias ? a.bias[oc] : 0.f, count, acc, cb > 0);
         }
         if (cb == a.ncb - 1) store(oc, static_cast<const float*>(acc), p, count);
       }
