@@ -5,9 +5,12 @@ reports, and changing one stage's settings reruns that stage and the ones after 
 import json
 
 import pytest
+import torch
+from torch import nn
 
 from compressor.cli import main
 from compressor.data import load_dataset
+from compressor.pipeline.bench import layer_latency
 from compressor.pipeline.modelfile import load_model
 from compressor.train import evaluate
 
@@ -65,3 +68,34 @@ def test_rerun_keeps_finished_stages_and_reruns_changed_ones(run_dir, capsys):
     assert (run_dir / "pruned.pt").stat().st_mtime_ns == before
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "bench" not in metrics["stages"]
+
+
+class _Logged(nn.Module):
+    """A layer (its name holds a _LAYER_HINTS word) that logs each call; `tag` names it."""
+
+    def __init__(self, tag: str, log: list):
+        super().__init__()
+        self.tag, self.log, self.lin = tag, log, nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.log.append(self.tag)
+        return self.lin(x)
+
+
+class LoggedLinear(_Logged):
+    pass
+
+
+def test_layer_latency_interleaves_every_layers_samples():
+    log: list[str] = []
+    compressed = nn.Sequential(LoggedLinear("a", log), LoggedLinear("b", log))
+    dense = nn.Sequential(nn.Linear(4, 4))  # a twin for layer 0 only
+    rows = layer_latency(dense, compressed, torch.randn(2, 4), repeat=3)
+    assert [r["layer"] for r in rows] == ["0", "1"]
+    assert rows[0]["dense_ms"] > 0 and rows[0]["speedup"] == pytest.approx(
+        rows[0]["dense_ms"] / rows[0]["compressed_ms"])
+    assert "dense_ms" not in rows[1] and rows[1]["compressed_ms"] > 0
+    # Layer a's samples go on after layer b's have begun (its first call is the forward that
+    # captures the inputs): not all of a's, then all of b's.
+    b_calls = [i for i, tag in enumerate(log) if tag == "b"]
+    assert len(b_calls) > 1 and max(i for i, tag in enumerate(log) if tag == "a") > b_calls[1]

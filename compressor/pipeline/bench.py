@@ -52,29 +52,33 @@ def torch_latency(models: dict[str, nn.Module], x: torch.Tensor, repeat: int = 1
 
 
 def layer_latency(dense: nn.Module, compressed: nn.Module, x: torch.Tensor,
-                  repeat: int = 7) -> list[dict]:
+                  repeat: int = 9) -> list[dict]:
     """Per layer of the compressed model: its time and the same-named dense layer's time, each
-    on the input it receives in its own model's forward."""
+    on the input it receives in its own model's forward. Every layer's samples are interleaved
+    with every other's (one round takes one sample of each), so that a stretch of a busy shared
+    machine slows all rows alike instead of a few layers' rows wholesale."""
     layers = _layers(compressed)
     got = _inputs(compressed, layers, x)
     dense_modules = dict(dense.named_modules())
     dense_in = _inputs(dense, [n for n in layers if n in dense_modules], x)
-    rows = []
+    rows, fns = [], []  # fns: (row, "dense_ms" | "compressed_ms", callable)
+    for name, module in layers.items():
+        if name not in got:
+            continue  # not called on this input
+        row = {"layer": name, "kind": type(module).__name__}
+        twin = dense_modules.get(name)
+        if twin is not None and name in dense_in:
+            fns.append((row, "dense_ms", lambda m=twin, a=dense_in[name]: m(*a)))
+        fns.append((row, "compressed_ms", lambda m=module, a=got[name]: m(*a)))
+        rows.append(row)
     with torch.no_grad():
-        for name, module in layers.items():
-            if name not in got:
-                continue  # not called on this input
-            fns = [lambda m=module, a=got[name]: m(*a)]
-            twin = dense_modules.get(name)
-            if twin is not None and name in dense_in:
-                fns.insert(0, lambda m=twin, a=dense_in[name]: m(*a))
-            timed = paired_medians(fns, warmup=2, repeat=repeat, min_seconds=0.005)
-            row = {"layer": name, "kind": type(module).__name__,
-                   "compressed_ms": timed.medians[-1] * 1e3}
-            if len(fns) == 2:
-                row["dense_ms"] = timed.medians[0] * 1e3
-                row["speedup"] = timed.medians[0] / max(timed.medians[1], 1e-12)
-            rows.append(row)
+        timed = paired_medians([fn for _, _, fn in fns], warmup=2, repeat=repeat,
+                               min_seconds=0.005)
+    for (row, key, _), median in zip(fns, timed.medians, strict=True):
+        row[key] = median * 1e3
+    for row in rows:
+        if "dense_ms" in row:
+            row["speedup"] = row["dense_ms"] / max(row["compressed_ms"], 1e-12)
     return rows
 
 
