@@ -37,6 +37,15 @@ CASES = [
     (40, 12, 3, 2, 1, 1, 1, (9, 28), 1),
     (16, 8, 3, 1, 1, 1, 1, (14, 14), 3),
     (64, 24, 1, 1, 0, 1, 1, (14, 14), 1),
+    # Depthwise (one input channel per group): the direct path reading the input in place. A
+    # channel multiplier, dilation, a runtime column step (3), padding past half the kernel (rows
+    # that no tap reaches) and a 1x1 plane whose taps fall mostly outside it.
+    (8, 8, 3, 1, 1, 1, 8, (13, 11), 2),
+    (6, 6, 3, 2, 1, 1, 6, (15, 14), 3),
+    (4, 8, 3, 1, 2, 2, 4, (9, 10), 1),
+    (5, 10, 5, (2, 3), (2, 1), 1, 5, (11, 16), 2),
+    (7, 7, 3, 3, 3, 1, 7, (5, 8), 2),
+    (3, 3, 3, 1, 1, 1, 3, (1, 1), 1),
 ]
 
 
@@ -221,6 +230,13 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.compressor.sparse_conv2d.default,
                               (x, values, col, row_ptr, b, (3, 3), (1, 1), (1, 1), (1, 1), 1,
                                res, act))
+    # the depthwise path
+    values, col, row_ptr = csr_from_dense(pruned_conv(4, 4, 3, 2, 1, 1, 4, 0.5, device).weight)
+    x = torch.randn(2, 4, 9, 8, device=device)
+    for res, act in ((None, "relu6"), (torch.randn(2, 4, 5, 4, device=device), "none")):
+        torch.library.opcheck(torch.ops.compressor.sparse_conv2d.default,
+                              (x, values, col, row_ptr, None, (3, 3), (2, 2), (1, 1), (1, 1), 4,
+                               res, act))
 
 
 def call(x, values, col, row_ptr, bias, **kw):
@@ -296,3 +312,24 @@ def test_fuzz_against_conv2d(cin, cout, k, s, p, d, h, w, n, sparsity):
     with torch.no_grad():
         torch.testing.assert_close(SparseConv2d.from_dense(conv)(x), F.conv2d(
             x, conv.weight, conv.bias, s, p, d), atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(c=st.integers(1, 5), mult=st.integers(1, 3), k=st.integers(1, 4), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), p=st.integers(0, 3), d=st.integers(1, 2), h=st.integers(1, 12),
+       w=st.integers(1, 12), n=st.integers(1, 3), sparsity=st.floats(0, 1),
+       act=st.sampled_from(["none", "relu", "relu6", "silu"]), with_res=st.booleans())
+def test_fuzz_depthwise_against_twin(c, mult, k, sh, sw, p, d, h, w, n, sparsity, act, with_res):
+    require_kernel("sparse_conv2d", "cpu")
+    if h + 2 * p < d * (k - 1) + 1 or w + 2 * p < d * (k - 1) + 1:
+        return
+    conv = pruned_conv(c, c * mult, k, (sh, sw), p, d, c, sparsity, "cpu")
+    values, col, row_ptr = csr_from_dense(conv.weight.detach())
+    x = torch.randn(n, c, h, w)
+    with torch.no_grad():
+        dense = F.conv2d(x, conv.weight, conv.bias, (sh, sw), p, d, c)
+    res = torch.randn_like(dense) if with_res else None
+    args = (x, values, col, row_ptr, conv.bias.detach(), (k, k), (sh, sw), (p, p), (d, d), c,
+            res, act)
+    got = torch.ops.compressor.sparse_conv2d(*args)
+    torch.testing.assert_close(got, reference.sparse_conv2d(*args), atol=1e-4, rtol=1e-4)

@@ -39,7 +39,8 @@ def noncontiguous(shape):
 
 # (cin, cout, kernel, stride, padding, groups, hw)
 GEOMS = [(5, 7, 3, 1, 1, 1, (9, 11)), (6, 10, 1, 1, 0, 1, (7, 13)), (8, 6, 3, 2, 1, 2, (13, 10)),
-         (3, 4, 1, 2, 0, 1, (11, 9)), (70, 24, 3, 1, 1, 1, (5, 17)), (4, 5, 5, 1, 2, 1, (1, 1))]
+         (3, 4, 1, 2, 0, 1, (11, 9)), (70, 24, 3, 1, 1, 1, (5, 17)), (4, 5, 5, 1, 2, 1, (1, 1)),
+         (6, 6, 3, 1, 1, 6, (9, 11)), (8, 16, 3, 2, 1, 8, (13, 10))]  # the last two depthwise
 
 
 @pytest.mark.parametrize("geom", GEOMS)
@@ -89,13 +90,14 @@ def test_fuzz_fused_op_against_twin(cin, cout, k, s, p, h, w, n, act, with_res, 
 
 
 @pytest.mark.parametrize("geom", [(4, 6, 1, 1, 0), (4, 6, 3, 1, 1), (4, 6, 3, 2, 1),
-                                  (4, 6, 3, 1, 0), (4, 6, 1, 2, 0)])
+                                  (4, 6, 3, 1, 0), (4, 6, 1, 2, 0), (4, 4, 3, 1, 1, 4),
+                                  (4, 8, 3, 2, 1, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nonfinite_input_propagates_like_dense(geom, dtype):
     """Pruned zeros must not hide an inf or NaN: 0 * inf is NaN in the dense conv. (A strided
     1x1 conv never reads the inf at an odd column, so neither output has it.)"""
-    cin, cout, k, s, p = geom
-    conv, _ = pruned_conv_bn(cin, cout, k, s, p, sparsity=0.9)
+    cin, cout, k, s, p, *groups = geom  # the last two: depthwise
+    conv, _ = pruned_conv_bn(cin, cout, k, s, p, *groups, sparsity=0.9)
     conv = conv.to(dtype)
     x = torch.randn(2, cin, 9, 8, dtype=dtype)
     x[0, 1, 4, 4], x[1, 3, 0, 7], x[1, 0, 8, 0] = float("nan"), float("inf"), float("-inf")

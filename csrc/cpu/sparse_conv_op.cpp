@@ -1,8 +1,9 @@
 // compressor::sparse_conv2d on CPU: argument and weight checks, the padded (and, for stride > 1,
 // phase-split) copy of the input, each nonzero's column turned into its offset in that copy, then
 // the kernel in sparse_conv.cpp with the fused epilogue. The offsets are kept per weight and
-// geometry between calls (Prepared). An input holding inf or NaN goes to the dense convolution
-// instead, so pruned zeros cannot hide them.
+// geometry between calls (Prepared). Depthwise convs take sparse_depthwise.cpp instead, which
+// reads the input in place. An input holding inf or NaN goes to the dense convolution instead,
+// so pruned zeros cannot hide them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,6 +24,7 @@
 #include "compressor/tensor_cache.h"
 #include "sparse_checks.h"
 #include "sparse_conv_prep.h"
+#include "sparse_depthwise.h"
 #include "thread_scratch.h"
 
 namespace {
@@ -436,6 +438,26 @@ ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
   return g;
 }
 
+// The depthwise path (sparse_depthwise.h): its columns are checked on every call, as it keeps
+// nothing between calls (a depthwise weight has about one nonzero per channel at 90%).
+at::Tensor depthwise(const at::Tensor& input, const at::Tensor& values, const at::Tensor& col_idx,
+                     const at::Tensor& row_ptr, const c10::optional<at::Tensor>& bias,
+                     const c10::optional<at::Tensor>& residual, const ConvGeom& g, Act act) {
+  const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
+  const int64_t ncols = g.kh * g.kw;
+  for (int64_t r = 0; r < g.Cout; ++r)
+    if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols))
+      compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, r, ncols, "Cin/groups*kh*kw");
+  auto output = compressor::empty_output({g.N, g.Cout, g.Ho, g.Wo}, input.options());
+  if (output.numel() == 0) return output;
+  if (!compressor::sparse_cpu::depthwise_forward(
+          g, input.data_ptr<float>(), values.data_ptr<float>(), col, rp,
+          bias ? bias->data_ptr<float>() : nullptr,
+          residual ? residual->data_ptr<float>() : nullptr, act, output.data_ptr<float>()))
+    return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
+  return output;
+}
+
 }  // namespace
 
 namespace compressor::sparse_cpu {
@@ -477,6 +499,8 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   const ConvGeom g = checked_geometry(input, values, col_idx, row_ptr, bias, kernel_size, stride,
                                       padding, dilation, groups);
   check_residual(residual, g);
+  if (compressor::sparse_cpu::depthwise_fits(g)) return depthwise(input, values, col_idx,
+                                                                   row_ptr, bias, residual, g, act);
   // A strided 1x1 conv without padding reads only every sh-th row and sw-th column (a
   // phase-split copy would copy the whole input to use one phase): it runs as a stride-1 conv
   // over those, which the copy into the scratch buffer picks out.
