@@ -46,6 +46,7 @@ CASES = [
     (5, 10, 5, (2, 3), (2, 1), 1, 5, (11, 16), 2),
     (7, 7, 3, 3, 3, 1, 7, (5, 8), 2),
     (3, 3, 3, 1, 1, 1, 3, (1, 1), 1),
+    (6, 12, (3, 5), (1, 2), (1, 2), (2, 1), 6, (11, 13), 2),
 ]
 
 
@@ -315,11 +316,12 @@ def test_fuzz_against_conv2d(cin, cout, k, s, p, d, h, w, n, sparsity):
 
 
 @settings(max_examples=30, deadline=None)
-@given(c=st.integers(1, 5), mult=st.integers(1, 3), k=st.integers(1, 4), sh=st.integers(1, 3),
+@given(c=st.integers(2, 5), mult=st.integers(1, 3), k=st.integers(1, 4), sh=st.integers(1, 3),
        sw=st.integers(1, 3), p=st.integers(0, 3), d=st.integers(1, 2), h=st.integers(1, 12),
        w=st.integers(1, 12), n=st.integers(1, 3), sparsity=st.floats(0, 1),
        act=st.sampled_from(["none", "relu", "relu6", "silu"]), with_res=st.booleans())
 def test_fuzz_depthwise_against_twin(c, mult, k, sh, sw, p, d, h, w, n, sparsity, act, with_res):
+    # c >= 2: with one channel groups would be 1, the other path
     require_kernel("sparse_conv2d", "cpu")
     if h + 2 * p < d * (k - 1) + 1 or w + 2 * p < d * (k - 1) + 1:
         return
@@ -333,3 +335,16 @@ def test_fuzz_depthwise_against_twin(c, mult, k, sh, sw, p, d, h, w, n, sparsity
             res, act)
     got = torch.ops.compressor.sparse_conv2d(*args)
     torch.testing.assert_close(got, reference.sparse_conv2d(*args), atol=1e-4, rtol=1e-4)
+
+
+def test_depthwise_rejects_bad_columns_and_takes_empty_batches():
+    """The depthwise path checks its columns as the other path does, and an empty batch gives an
+    empty output."""
+    require_kernel("sparse_conv2d", "cpu")
+    values, col, row_ptr = csr_from_dense(pruned_conv(4, 4, 3, 1, 1, 1, 4, 0.3, "cpu").weight)
+    x = torch.randn(2, 4, 6, 5)
+    bad = col.clone()
+    bad[-1] = 9
+    with pytest.raises(RuntimeError, match=r"col_idx\[\d+\] = 9 .* must lie in \[0, 9\)"):
+        call(x, values, bad, row_ptr, None, groups=4)
+    assert call(x[:0], values, col, row_ptr, None, groups=4).shape == (0, 4, 6, 5)

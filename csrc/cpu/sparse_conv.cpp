@@ -5,7 +5,8 @@
 // input. With stride 1 the output plane, laid out with the padded width Wp ("virtual" positions
 // y*Wp + x), is for every nonzero an AXPY of a contiguous slice of the padded input starting at the
 // nonzero's offset: no im2col. Stride s is reduced to stride 1 by splitting the padded input into
-// s_h*s_w phase planes (row % s_h, col % s_w), so one code path serves every geometry.
+// s_h*s_w phase planes (row % s_h, col % s_w), so one code path serves every geometry but the
+// depthwise one (sparse_depthwise.cpp: one tap a channel leaves nothing to pay for the copy).
 //
 // Blocking: a task owns (image, run of up to kRunTiles tiles of virtual positions, block of
 // output channels). Per tile, input channels are taken in blocks whose slice of the input under

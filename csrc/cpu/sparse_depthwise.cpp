@@ -59,14 +59,15 @@ bool depthwise_forward(const ConvGeom& g, const float* x, const float* values,
       const int64_t c0 = first_inside(dx, g.sw), c1 = end_inside(dx, g.sw, g.W, g.Wo);
       if (r0 >= r1 || c0 >= c1) continue;
       const float w = values[k];
-      const float* src = in + (r0 * g.sh + dy) * g.W + c0 * g.sw + dx;
+      // where output (r, c0)'s input is (pointers formed only inside the plane)
+      auto at = [&](int64_t r) { return in + (r * g.sh + dy) * g.W + c0 * g.sw + dx; };
       if (g.sh == 1 && g.sw == 1 && c0 == 0 && c1 == g.Wo && g.Wo == g.W) {
         // whole rows on both sides (a centre-column tap of a 'same' conv): one run
-        axpy_stepped(plane + r0 * g.Wo, src, w, (r1 - r0) * g.Wo, 1);
+        axpy_stepped(plane + r0 * g.Wo, at(r0), w, (r1 - r0) * g.Wo, 1);
         continue;
       }
-      for (int64_t r = r0; r < r1; ++r, src += g.sh * g.W)
-        axpy_stepped(plane + r * g.Wo + c0, src, w, c1 - c0, g.sw);
+      for (int64_t r = r0; r < r1; ++r)
+        axpy_stepped(plane + r * g.Wo + c0, at(r), w, c1 - c0, g.sw);
     }
     epilogue(plane, residual ? residual + t * out_plane : nullptr, plane, out_plane, act);
   });

@@ -1,8 +1,9 @@
 // The direct path of compressor::sparse_conv2d for depthwise convs (one input channel per group,
-// groups > 1: MobileNet's 3x3s). Each output plane is computed row by row from its one input
-// plane, read in place, each nonzero tap one AXPY over the output row: no padded or phase-split
-// copy of the input. At MobileNetV2's 90% a depthwise channel keeps about one of its nine taps,
-// so the copy was most of such a call.
+// groups > 1: MobileNet's 3x3s). Each output plane is filled with its bias, then each nonzero tap
+// adds, row by row (or in one run where whole rows line up), the shifted slice of its one input
+// plane that it reaches, read in place; one epilogue over the plane ends it. No padded or
+// phase-split copy of the input: at MobileNetV2's 90% a depthwise channel keeps about one of its
+// nine taps, so that copy was most of such a call.
 #pragma once
 #include <cstdint>
 
