@@ -62,11 +62,11 @@ def _layer_rows(bench: dict, sparsify: dict | None) -> tuple[list[dict], str]:
     timing (medians)."""
     if sparsify:
         # a layer kept dense runs as dense: that is its compressed time
-        return [{"layer": n, "kind": r["action"] + (f", {r['fused']}" if r.get("fused") else ""),
+        rows = [{"layer": n, "kind": r["action"] + (f", {r['fused']}" if r.get("fused") else ""),
                  "dense_ms": r["dense_ms"],
                  "compressed_ms": r["sparse_ms"] if r["action"] == "sparse" else r["dense_ms"]}
-                for n, r in sparsify.items() if "dense_ms" in r and "sparse_ms" in r
-                ], _DECISION_STAT
+                for n, r in sparsify.items() if "dense_ms" in r and "sparse_ms" in r]
+        return rows, _DECISION_STAT
     return [r for r in bench["layers"] if "dense_ms" in r], "median"
 
 

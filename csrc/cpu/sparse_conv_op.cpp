@@ -392,6 +392,12 @@ bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_
   return finite;
 }
 
+// Row r's columns, or the error that says what is wrong with them.
+void check_row_columns(const int32_t* col, const int32_t* rp, int64_t r, int64_t ncols) {
+  if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols))
+    compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, r, ncols, "Cin/groups*kh*kw");
+}
+
 // What the dense convolution gives, for an input holding inf or NaN: pruned weights are zeros
 // that turn them into NaN there, and the sparse kernel, which skips them, cannot.
 at::Tensor dense_fallback(const at::Tensor& input, const at::Tensor& values,
@@ -404,9 +410,7 @@ at::Tensor dense_fallback(const at::Tensor& input, const at::Tensor& values,
   const float* v = values.data_ptr<float>();
   const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
   for (int64_t r = 0; r < g.Cout; ++r) {
-    // checked again: with the offsets cached, col_idx was last checked when they were made
-    if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols))
-      compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, r, ncols, "Cin/groups*kh*kw");
+    check_row_columns(col, rp, r, ncols);  // again: with the offsets cached, last checked when made
     for (int32_t k = rp[r]; k < rp[r + 1]; ++k) w[r * ncols + col[k]] = v[k];
   }
   auto out = at::conv2d(input, weight.view({g.Cout, g.cin_g, g.kh, g.kw}), bias, {g.sh, g.sw},
@@ -444,10 +448,7 @@ at::Tensor depthwise(const at::Tensor& input, const at::Tensor& values, const at
                      const at::Tensor& row_ptr, const c10::optional<at::Tensor>& bias,
                      const c10::optional<at::Tensor>& residual, const ConvGeom& g, Act act) {
   const int32_t *col = col_idx.data_ptr<int32_t>(), *rp = row_ptr.data_ptr<int32_t>();
-  const int64_t ncols = g.kh * g.kw;
-  for (int64_t r = 0; r < g.Cout; ++r)
-    if (!compressor::sparse_cpu::row_columns_ok(col, rp[r], rp[r + 1], ncols))
-      compressor::sparse_cpu::bad_columns(kOp, col, "col_idx", rp, r, ncols, "Cin/groups*kh*kw");
+  for (int64_t r = 0; r < g.Cout; ++r) check_row_columns(col, rp, r, g.kh * g.kw);
   auto output = compressor::empty_output({g.N, g.Cout, g.Ho, g.Wo}, input.options());
   if (output.numel() == 0) return output;
   if (!compressor::sparse_cpu::depthwise_forward(
