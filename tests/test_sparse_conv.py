@@ -149,11 +149,13 @@ def test_twin_and_to_dense_and_state_dict():
     assert (dense.stride, dense.padding, dense.groups) == (sc.stride, sc.padding, sc.groups)
 
 
-def test_in_place_edit_of_col_idx_is_seen(device):
-    """What the kernel derives from col_idx is kept per tensor and version: moving a nonzero to
-    another tap in place moves the result at the next call."""
+@pytest.mark.parametrize("groups", [1, 3], ids=["groups1", "depthwise"])
+def test_in_place_edit_of_col_idx_is_seen(device, groups):
+    """What the kernel derives from col_idx is kept per tensor and version (the CPU depthwise
+    path keeps nothing): moving a nonzero to another tap in place moves the result at the next
+    call."""
     require_kernel("sparse_conv2d", device)
-    conv = pruned_conv(3, 4, 3, 1, 1, 1, 1, 0.0, device)
+    conv = pruned_conv(3, 4 if groups == 1 else 3, 3, 1, 1, 1, groups, 0.0, device)
     with torch.no_grad():
         conv.weight.zero_()
         conv.weight[0, 0, 0, 0] = 1.0
@@ -198,6 +200,19 @@ def test_edits_behind_the_version_counter_stay_in_bounds():
         sc.col_idx.data.fill_(10**6)  # far outside the 27 columns
         torch.testing.assert_close(sc(x), before)
         sc.col_idx.add_(0)  # a tracked (no-op) edit
+        with pytest.raises(RuntimeError, match="col_idx.*must lie in"):
+            sc(x)
+
+
+def test_depthwise_checks_its_columns_every_call():
+    """The depthwise path keeps nothing between calls, so even an edit past torch's version
+    counter is checked at the next call (the cached path sees it at the next tracked edit)."""
+    require_kernel("sparse_conv2d", "cpu")
+    sc = SparseConv2d.from_dense(pruned_conv(4, 8, 3, 1, 1, 1, 4, 0.5, "cpu"))
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        sc(x)
+        sc.col_idx.data.fill_(9)  # one past the 9 taps of a depthwise row
         with pytest.raises(RuntimeError, match="col_idx.*must lie in"):
             sc(x)
 
