@@ -69,6 +69,32 @@ def test_fused_equals_unfused_dense(geom, activation, batch):
     print(geom, activation, batch, f"max err {(got - want).abs().max().item():.2e}")
 
 
+# Small planes (tiles of 1-6 AVX-512 vectors, 1-4 AVX2, where a batch's images could share a
+# tile): a 7x7 plane padded (span 61) and not (49), strided (phase planes), 3x3 and 5x5 planes,
+# grouped, and many input channels (several channel blocks, partial sums parked between them).
+# Batches from 1 to 25, odd ones among them.
+SMALL_PLANES = [(40, 24, 3, 1, 1, 1, (7, 7)), (64, 40, 1, 1, 0, 1, (7, 7)),
+                (16, 12, 3, 2, 1, 1, (14, 14)), (12, 8, 3, 1, 1, 1, (3, 3)),
+                (10, 6, 1, 1, 0, 1, (4, 4)), (8, 12, 3, 1, 1, 2, (5, 6)),
+                (300, 20, 3, 1, 1, 1, (7, 7))]
+
+
+@pytest.mark.parametrize("geom", SMALL_PLANES)
+@pytest.mark.parametrize("batch", [1, 2, 5, 7, 13, 25])
+def test_small_planes_at_every_batch(geom, batch):
+    require_kernel("sparse_conv2d", "cpu")
+    cin, cout, k, s, p, g, hw = geom
+    conv, bn = pruned_conv_bn(cin, cout, k, s, p, g, sparsity=0.7, seed=batch)
+    x = noncontiguous((batch, cin, *hw))
+    with torch.no_grad():
+        y = bn(conv(x))
+        residual = noncontiguous(tuple(y.shape))
+        for activation in ("none", "relu"):
+            fused = SparseConv2d.from_dense(conv, bn, activation, residual=True)
+            torch.testing.assert_close(fused(x, residual), ACTS[activation](y + residual),
+                                       atol=1e-4, rtol=1e-4)
+
+
 @settings(max_examples=30, deadline=None)
 @given(cin=st.integers(1, 9), cout=st.integers(1, 9), k=st.integers(1, 3), s=st.integers(1, 3),
        p=st.integers(0, 2), h=st.integers(1, 10), w=st.integers(1, 10), n=st.integers(1, 3),
