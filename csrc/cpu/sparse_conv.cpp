@@ -10,10 +10,11 @@
 //
 // Blocking: a task owns (image, run of up to kRunTiles tiles of virtual positions, block of
 // output channels). Per tile, input channels are taken in blocks whose slice of the input under
-// the tile fits kL2Floats, and every output channel of the task streams its nonzeros over that
-// slice; within a channel, a tile of kTile positions (8 AVX2 or 12 AVX-512 vectors) of
-// accumulators stays in registers while the nonzeros are applied. Runs and tiles are split evenly,
-// so no short remainder tile costs a whole extra pass over the nonzeros.
+// the tile fits kL2Floats (half that, for L1, on small planes: channel_block_count), and every
+// output channel of the task streams its nonzeros over that slice; within a channel, a tile of
+// kTile positions (8 AVX2 or 12 AVX-512 vectors) of accumulators stays in registers while the
+// nonzeros are applied. Runs and tiles are split evenly, so no short remainder tile costs a whole
+// extra pass over the nonzeros.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
