@@ -119,12 +119,12 @@ int64_t channel_block_count(const ConvGeom& g) {
   const int64_t per_channel = std::max<int64_t>(1, std::min(g.chan, g.sh * g.sw * (kTile + reach)));
   // A 1x1 conv reads each input row once per nonzero with no overlap between taps; blocks 4x
   // larger (256 KiB, still L2) halve its partial-sum reloads (measured 10% on 1024->256 at 14x14).
-  int64_t budget = g.kh * g.kw == 1 ? 4 * kL2Floats : kL2Floats;
-  // A small plane (its whole span at most half a tile: ResNet-50's layer4 7x7 planes) is one
-  // tile whose nonzeros each read a few vectors, so the block's input is re-read by every output
-  // channel at once: kept to 32 KiB (L1 on Sapphire Rapids is 48 KiB) layer4's 3x3 convs ran
+  // A k x k conv on a small plane (its whole span at most half a tile: ResNet-50's layer4 7x7
+  // planes) is one tile a task, over which every output channel's nonzeros read the block's input
+  // in turn: with blocks of 32 KiB (L1 on Sapphire Rapids is 48 KiB) layer4's 3x3 convs ran
   // 1.05-1.42x faster at batch 1 (Intel Xeon, 2 threads, 4 alternated rounds; docs/benchmarks.md).
-  if (g.kh * g.kw > 1 && g.span * 2 <= kTile) budget = kL2Floats / 2;
+  const bool one_by_one = g.kh * g.kw == 1, small_plane = g.span * 2 <= kTile;
+  const int64_t budget = one_by_one ? 4 * kL2Floats : small_plane ? kL2Floats / 2 : kL2Floats;
   const int64_t block = std::max<int64_t>(1, budget / per_channel);
   return std::max<int64_t>(1, (g.cin_g + block - 1) / block);  // one (empty) block for Cin = 0
 }
