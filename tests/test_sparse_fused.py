@@ -69,10 +69,10 @@ def test_fused_equals_unfused_dense(geom, activation, batch):
     print(geom, activation, batch, f"max err {(got - want).abs().max().item():.2e}")
 
 
-# Small planes (tiles of 1-6 AVX-512 vectors, 1-4 AVX2, where a batch's images could share a
-# tile): a 7x7 plane padded (span 61) and not (49), strided (phase planes), 3x3 and 5x5 planes,
-# grouped, and many input channels (several channel blocks, partial sums parked between them).
-# Batches from 1 to 25, odd ones among them.
+# Small planes (whole spans of 1-6 AVX-512 vectors, 1-4 AVX2: one tile, and the k x k ones under
+# channel_block_count's small-plane budget): a 7x7 plane padded (span 61) and not (49), strided
+# (phase planes), 3x3 and 5x5 planes, grouped, and many input channels (several channel blocks,
+# partial sums parked between them). Batches from 1 to 25, odd ones among them.
 SMALL_PLANES = [(40, 24, 3, 1, 1, 1, (7, 7)), (64, 40, 1, 1, 0, 1, (7, 7)),
                 (16, 12, 3, 2, 1, 1, (14, 14)), (12, 8, 3, 1, 1, 1, (3, 3)),
                 (10, 6, 1, 1, 0, 1, (4, 4)), (8, 12, 3, 1, 1, 2, (5, 6)),
