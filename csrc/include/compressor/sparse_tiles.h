@@ -104,19 +104,22 @@ void channel_tiles(const ConvArgs& a, const float* in, int64_t oc0, int64_t oc1,
   const int64_t tile = even_split(p1 - p0, most);
   for (int64_t p = p0; p < p1; p += tile) {
     const int64_t count = std::min(tile, p1 - p);
+    // the positions computed: whole vectors where the input allows (tile is whole vectors)
+    const int64_t computed = a.whole_vectors ? std::min(tile, (count + kLanes - 1) / kLanes * kLanes)
+                                             : count;
     for (int64_t cb = 0; cb < a.ncb; ++cb) {
       for (int64_t oc = oc0; oc < oc1; ++oc) {
         float* acc = buf + (oc - oc0) * kTileStride + kLanes;
         // The tile's first position in row oc's group of the input.
         const float* src = in + oc / g.cout_g * g.cin_g * g.chan + p;
         if (oc < rows_end) {
-          if ((oc - oc0) % kRows == 0) rows_tile(a, in, oc, cb, p, count, acc);
-        } else if (a.classes > 1) {
+          if ((oc - oc0) % kRows == 0) rows_tile(a, in, oc, cb, p, computed, acc);
+        } else if (a.classes > 1) {  // (its passes reach before the tile: exact counts)
           class_tiles(a, src, oc, cb, count, acc);
         } else {
           const int32_t* seg = a.segs + oc * (a.ncb + 1) + cb;
           axpy_tile(a.values + seg[0], a.offsets + seg[0], seg[1] - seg[0], src,
-                    a.bias ? a.bias[oc] : 0.f, count, acc, cb > 0);
+                    a.bias ? a.bias[oc] : 0.f, computed, acc, cb > 0);
         }
         if (cb == a.ncb - 1) store(oc, static_cast<const float*>(acc), p, count);
       }
