@@ -70,8 +70,10 @@ void check_offsets_fit(int stage, const ConvGeom& g) {
 }
 
 // The arguments of one stage's tiles; `input` and `output` are set per task.
-ConvArgs stage_args(const ConvGeom& g, const Weight& w, const Prepared& prep, Act act) {
+ConvArgs stage_args(const ConvGeom& g, const Weight& w, const Prepared& prep, Act act,
+                    bool whole_vectors = false) {
   ConvArgs a{};
+  a.whole_vectors = whole_vectors;
   a.geom = g;
   a.values = w.values.data_ptr<float>();
   a.bias = w.bias ? w.bias->data_ptr<float>() : nullptr;
@@ -158,13 +160,17 @@ at::Tensor sparse_bottleneck_cpu(
 
   // The three stages' layouts: conv0 reads the input image; conv1 the slab scratch, the padded
   // rows under a slab ((rows - 1) * s + k of them, Wp wide) split into s x s stride phases as
-  // sparse_conv2d splits its input, unpadded from its point of view; conv2 the band scratch.
+  // sparse_conv2d splits its input, unpadded from its point of view; conv2 the band scratch, a
+  // 1x1 conv's input laid out as one row per channel widened to whole vectors, so that every
+  // channel starts on a vector (sparse_conv2d's flat_one_by_one, without its copy).
   const int64_t slab_rows = (rows - 1) * s + k;
   const ConvGeom g0 = make_geom(input.sizes(), Cm, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1);
   const ConvGeom g1 =
       widened(make_geom({1, Cm, slab_rows, Wp}, Cm2, {k, k}, {s, s}, {0, 0}, {1, 1}, 1));
   const int64_t Wq = g1.Wq;  // a slab scratch row (a phase's), maybe widened past phase_width
-  const ConvGeom g2 = make_geom({1, Cm2, band, Wo}, Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1);
+  const ConvGeom g2 =
+      with_row_width(make_geom({1, Cm2, 1, band * Wo}, Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1),
+                     (band * Wo + kLanes - 1) / kLanes * kLanes);
   const ConvGeom* geoms[3] = {&g0, &g1, &g2};
   std::shared_ptr<const Prepared> prep[3];
   for (int i = 0; i < 3; ++i) {
@@ -174,8 +180,9 @@ at::Tensor sparse_bottleneck_cpu(
   auto output = compressor::empty_output({N, Cout, Ho, Wo}, input.options());
   if (output.numel() == 0) return output;
   const ConvArgs a0 = stage_args(g0, w[0], *prep[0], act[0]);
-  const ConvArgs a1 = stage_args(g1, w[1], *prep[1], act[1]);
-  const ConvArgs a2 = stage_args(g2, w[2], *prep[2], act[2]);
+  // conv1 and conv2 read scratch with a tile's slack after it: their tiles run whole vectors.
+  const ConvArgs a1 = stage_args(g1, w[1], *prep[1], act[1], true);
+  const ConvArgs a2 = stage_args(g2, w[2], *prep[2], act[2], true);
   const float* x = input.data_ptr<float>();
   const float* res = residual ? residual->data_ptr<float>() : nullptr;
   float* out = output.data_ptr<float>();
@@ -315,17 +322,23 @@ at::Tensor sparse_bottleneck_cpu(
     }
   };
 
+  // Each scratch with a tile of slack after it, zeroed (whole-vector tiles read into it).
   thread_local std::vector<float> slab_keep, band_keep;
+  auto scratch = [&](std::vector<float>& keep, int64_t floats) {
+    ThreadScratch buf(keep, floats + kTile, kKeepFloats);
+    std::memset(buf.data() + floats, 0, kTile * sizeof(float));
+    return buf;
+  };
   if (shared) {
-    const ThreadScratch A(slab_keep, Cm * g1.chan, kKeepFloats);
-    const ThreadScratch B(band_keep, Cm2 * g2.chan, kKeepFloats);
+    const ThreadScratch A = scratch(slab_keep, Cm * g1.chan);
+    const ThreadScratch B = scratch(band_keep, Cm2 * g2.chan);
     for (int64_t n = 0; n < N && finite; ++n) slab(n, 0, Ho, A.data(), B.data());
   } else {
     compressor::balanced_for(N * slabs, [&](int64_t t) {
       const int64_t n = t / slabs, y0 = t % slabs * rows;
       if (y0 >= Ho || !finite) return;
-      const ThreadScratch A(slab_keep, Cm * g1.chan, kKeepFloats);
-      const ThreadScratch B(band_keep, Cm2 * g2.chan, kKeepFloats);
+      const ThreadScratch A = scratch(slab_keep, Cm * g1.chan);
+      const ThreadScratch B = scratch(band_keep, Cm2 * g2.chan);
       slab(n, y0, std::min(Ho, y0 + rows), A.data(), B.data());
     });
   }
