@@ -126,10 +126,12 @@ def test_alignment_classes_with_epilogue(device, threads, stride):
 @pytest.mark.parametrize("hw", [(7, 7), (14, 14), (1, 15), (13, 11)])
 def test_one_by_one_on_planes_not_whole_vectors(device, threads, groups, hw):
     """A 1x1 conv whose plane is not a whole number of vectors, with enough nonzeros per input
-    channel (here 80), runs as one row per plane copied into whole vectors: with a residual, an
-    activation, a batch, groups and a non-contiguous input it gives the dense conv's result."""
+    channel (at least 64: here about 224, or 112 with 2 groups), runs as one row per plane copied
+    into whole vectors: with a residual, an activation, a batch, groups and a non-contiguous
+    input it gives the dense conv's result."""
     require_kernel("sparse_conv2d", device)
-    conv = pruned_conv(24, 160, 1, 1, 0, 1, groups, 0.5, device)
+    conv = pruned_conv(24, 320, 1, 1, 0, 1, groups, 0.3, device)
+    assert (conv.weight != 0).sum() >= 64 * 24
     sc = SparseConv2d.from_dense(conv, activation="relu6", residual=True).to(device)
     x = torch.randn(hw[1], 24, hw[0], 5, device=device).permute(3, 1, 2, 0)  # (5, 24, h, w)
     assert not x.is_contiguous()
