@@ -99,3 +99,25 @@ def test_layer_latency_interleaves_every_layers_samples():
     # captures the inputs): not all of a's, then all of b's.
     b_calls = [i for i, tag in enumerate(log) if tag == "b"]
     assert len(b_calls) > 1 and max(i for i, tag in enumerate(log) if tag == "a") > b_calls[1]
+
+
+def test_layer_latency_times_a_fused_layer_against_what_it_replaced():
+    """A compressed layer whose BatchNorm and activation became nn.Identity is timed against the
+    dense twin followed by those modules (named in dense_of), not against the twin alone; the
+    twin's own submodules and a later layer are not taken in."""
+    log: list[str] = []
+
+    class LoggedNorm(nn.Module):
+        def forward(self, x):
+            log.append("norm")
+            return x * 2
+
+    dense = nn.Sequential(LoggedLinear("twin", log), LoggedNorm(), nn.ReLU(), nn.Linear(4, 4))
+    compressed = nn.Sequential(nn.Linear(4, 4), nn.Identity(), nn.Identity(), nn.Linear(4, 4))
+    rows = layer_latency(dense, compressed, torch.randn(2, 4), repeat=3)
+    assert [r["layer"] for r in rows] == ["0", "3"]
+    assert rows[0]["dense_of"] == ["0", "1", "2"] and "dense_of" not in rows[1]
+    # the dense side's timed calls (warm-ups and 3 samples) ran the norm too, beyond the one
+    # forward that captures the dense model's inputs and call order
+    assert log.count("norm") > 1 + 3 and log.count("norm") == log.count("twin")
+

@@ -25,19 +25,54 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def _inputs(model: nn.Module, names, x: torch.Tensor) -> dict[str, tuple]:
-    seen, handles = {}, []
-    for name in names:
-        module = model.get_submodule(name)
-        handles.append(module.register_forward_pre_hook(
-            lambda m, args, name=name: seen.setdefault(name, args)))
+def _forward_calls(model: nn.Module, names, x: torch.Tensor) -> tuple[dict[str, tuple], list]:
+    """One forward on x: the first inputs of the modules named in `names`, and the names of all
+    modules (the root left out) in the order it calls them, repeats kept."""
+    wanted, seen, order, handles = set(names), {}, [], []
+
+    def record(name, args):
+        order.append(name)
+        if name in wanted:
+            seen.setdefault(name, args)
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args, name=name: record(name, args)))
     try:
         with torch.no_grad():
             model(x)
     finally:
         for handle in handles:
             handle.remove()
-    return seen
+    return seen, order
+
+
+def _dense_chain(name: str, order: list[str], dense_modules: dict, compressed_modules: dict
+                 ) -> list[str]:
+    """The dense modules a compressed layer stands for: its same-named twin and those right after
+    the twin's first call that the compressed model replaced by nn.Identity (a BatchNorm and an
+    activation folded into a sparse conv), so that a fused layer is timed against the dense
+    computation it replaced, not against the dense conv alone. A residual add is no module: a
+    layer that fuses one is timed without it on the dense side."""
+    if name not in order:
+        return [name]
+    chain = [name]
+    for later in order[order.index(name) + 1:]:
+        if later.startswith(name + "."):
+            continue  # the twin's own submodules, called inside it
+        if not (isinstance(compressed_modules.get(later), nn.Identity)
+                and not isinstance(dense_modules[later], nn.Identity)):
+            break
+        chain.append(later)
+    return chain
+
+
+def _run_chain(modules: list[nn.Module], args: tuple):
+    out = modules[0](*args)
+    for module in modules[1:]:
+        out = module(out)
+    return out
 
 
 def torch_latency(models: dict[str, nn.Module], x: torch.Tensor, repeat: int = 15) -> dict:
@@ -53,22 +88,27 @@ def torch_latency(models: dict[str, nn.Module], x: torch.Tensor, repeat: int = 1
 
 def layer_latency(dense: nn.Module, compressed: nn.Module, x: torch.Tensor,
                   repeat: int = 9) -> list[dict]:
-    """Per layer of the compressed model: its time and the same-named dense layer's time, each
-    on the input it receives in its own model's forward. Every layer's samples are interleaved
+    """Per layer of the compressed model: its time and the same-named dense layer's time (with
+    the dense modules it absorbed: _dense_chain, named in "dense_of"), each on the input it
+    receives in its own model's forward. Every layer's samples are interleaved
     with every other's (one round takes one sample of each), so that a stretch of a busy shared
     machine slows all rows alike instead of a few layers' rows wholesale."""
     layers = _layers(compressed)
-    got = _inputs(compressed, layers, x)
+    got, _ = _forward_calls(compressed, layers, x)
     dense_modules = dict(dense.named_modules())
-    dense_in = _inputs(dense, [n for n in layers if n in dense_modules], x)
+    compressed_modules = dict(compressed.named_modules())
+    dense_in, order = _forward_calls(dense, [n for n in layers if n in dense_modules], x)
     rows, fns = [], []  # fns: (row, "dense_ms" | "compressed_ms", callable)
     for name, module in layers.items():
         if name not in got:
             continue  # not called on this input
         row = {"layer": name, "kind": type(module).__name__}
-        twin = dense_modules.get(name)
-        if twin is not None and name in dense_in:
-            fns.append((row, "dense_ms", lambda m=twin, a=dense_in[name]: m(*a)))
+        if name in dense_modules and name in dense_in:
+            chain = _dense_chain(name, order, dense_modules, compressed_modules)
+            if len(chain) > 1:
+                row["dense_of"] = chain
+            fns.append((row, "dense_ms", lambda c=[dense_modules[n] for n in chain],
+                        a=dense_in[name]: _run_chain(c, a)))
         fns.append((row, "compressed_ms", lambda m=module, a=got[name]: m(*a)))
         rows.append(row)
     with torch.no_grad():

@@ -136,11 +136,13 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
             plots.append(_layer_plot(run_dir / "layers.png", rows, statistic))
         if bench["layers"]:
             lines += ["", f"## Latency per layer (PyTorch, batch {bench['layer_batch']})", ""]
-            lines += ["A sparse layer fused with its BatchNorm and activation (+ residual) is "
-                      "timed here against the dense conv alone, and a fused block has no dense "
-                      "layer of its name: compare those in the decisions below, which time the "
-                      "same computation both ways.", ""]
-            lines += _table([[r["layer"], r["kind"],
+            lines += ["A sparse layer fused with its BatchNorm and activation is timed against "
+                      "the dense modules it replaced (named beside it); a residual add "
+                      "is no module, so a layer that fuses one is timed without it on the dense "
+                      "side, and a fused block has no dense layer of its name: the decisions "
+                      "below time those the same way both ways.", ""]
+            lines += _table([[r["layer"] + (f" (dense: {' + '.join(r['dense_of'])})"
+                                            if r.get("dense_of") else ""), r["kind"],
                               f"{r['dense_ms']:.3f}" if "dense_ms" in r else "-",
                               f"{r['compressed_ms']:.3f}",
                               f"{r['speedup']:.2f}x" if "speedup" in r else "-"]
