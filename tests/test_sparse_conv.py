@@ -123,14 +123,16 @@ def test_alignment_classes_with_epilogue(device, threads, stride):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2, (2, 3)])
 @pytest.mark.parametrize("hw", [(7, 7), (14, 14), (1, 15), (13, 11)])
-def test_one_by_one_on_planes_not_whole_vectors(device, threads, groups, hw):
-    """A 1x1 conv whose plane is not a whole number of vectors, with enough nonzeros per input
-    channel (at least 64: here about 224, or 112 with 2 groups), runs as one row per plane copied
-    into whole vectors: with a residual, an activation, a batch, groups and a non-contiguous
-    input it gives the dense conv's result."""
+def test_one_by_one_on_planes_not_whole_vectors(device, threads, groups, stride, hw):
+    """A 1x1 conv whose output plane is not a whole number of vectors, with enough nonzeros per
+    input channel (at least 64: here about 224, or 112 with 2 groups), runs as one row per plane
+    copied into whole vectors (a strided one's rows and columns picked into it): with a
+    residual, an activation, a batch, groups and a non-contiguous input it gives the dense
+    conv's result."""
     require_kernel("sparse_conv2d", device)
-    conv = pruned_conv(24, 320, 1, 1, 0, 1, groups, 0.3, device)
+    conv = pruned_conv(24, 320, 1, stride, 0, 1, groups, 0.3, device)
     assert (conv.weight != 0).sum() >= 64 * 24
     sc = SparseConv2d.from_dense(conv, activation="relu6", residual=True).to(device)
     x = torch.randn(hw[1], 24, hw[0], 5, device=device).permute(3, 1, 2, 0)  # (5, 24, h, w)

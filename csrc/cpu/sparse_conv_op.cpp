@@ -326,21 +326,22 @@ inline void strided_copy(float* out, const float* in, int64_t count, int64_t ste
 // Images [n0, n1) of (N, Cin, H, W) -> zero-padded (n1 - n0, Cin, sh, sw, Hq, Wq) in dst: padded
 // pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). With a `step`, the
 // (H, W) that geometry g sees is every step_h-th row and step_w-th column of the input (a strided
-// 1x1 conv run as a stride-1 one). plane(i) copies the i-th (image, channel) plane, and zeroes
+// 1x1 conv run as a stride-1 one). With `flat_rows` (a flat 1x1 geometry: flat_one_by_one), g's
+// one row per plane is that many picked rows of the input one after another. plane(i) copies the i-th (image, channel) plane, and zeroes
 // what the copy leaves, while its lines are in cache, and says whether what it copied was finite
 // (no inf or NaN), so a caller can run the planes in whatever parallel region it has.
 struct PhasedCopy {
   const ConvGeom& g;
   const float* src;
   float* dst;
-  int64_t planes, src_h, src_w, step_h, step_w;
+  int64_t planes, src_h, src_w, step_h, step_w, flat_rows;
   std::vector<ColumnPhase> phases;  // input columns x0, x0 + sw, ... go to phase plane q
 
   PhasedCopy(const at::Tensor& input, const ConvGeom& geom, int64_t n0, int64_t n1, float* out,
-             int64_t step_h = 1, int64_t step_w = 1)
+             int64_t step_h = 1, int64_t step_w = 1, int64_t flat_rows = 0)
       : g(geom), src(input.data_ptr<float>() + n0 * input.size(1) * input.size(2) * input.size(3)),
         dst(out), planes((n1 - n0) * geom.Cin), src_h(input.size(2)), src_w(input.size(3)),
-        step_h(step_h), step_w(step_w) {
+        step_h(step_h), step_w(step_w), flat_rows(flat_rows) {
     std::memset(dst + planes * g.chan, 0, compressor::sparse_cpu::kTile * sizeof(float));
     for (int64_t q = 0; q < g.sw; ++q) {
       const int64_t x0 = ((q - g.pw) % g.sw + g.sw) % g.sw;
@@ -355,7 +356,12 @@ struct PhasedCopy {
 
   bool plane(int64_t nc) const {
     float* const out = dst + nc * g.chan;
-    if (g.sh == 1 && g.sw == 1) {
+    if (flat_rows > 0) {
+      const int64_t cols = g.W / flat_rows;
+      for (int64_t y = 0; y < flat_rows; ++y)
+        strided_copy(out + y * cols, row(nc, y), cols, step_w);
+      std::memset(out + g.W, 0, (g.chan - g.W) * sizeof(float));
+    } else if (g.sh == 1 && g.sw == 1) {
       // Only the padding is cleared: each row's right margin and the next row's left one are
       // one run (a whole-plane memset first was a second pass over it).
       int64_t at = 0;
@@ -389,8 +395,8 @@ struct PhasedCopy {
 
 // All planes of images [n0, n1) in one parallel region; false when the input is not finite.
 bool phased_input(const at::Tensor& input, const ConvGeom& g, int64_t n0, int64_t n1, float* dst,
-                  int64_t step_h, int64_t step_w) {
-  const PhasedCopy copy(input, g, n0, n1, dst, step_h, step_w);
+                  int64_t step_h, int64_t step_w, int64_t flat_rows) {
+  const PhasedCopy copy(input, g, n0, n1, dst, step_h, step_w, flat_rows);
   std::atomic<bool> finite{true};
   compressor::balanced_for(copy.planes, [&](int64_t nc) {
     if (!copy.plane(nc)) finite = false;
@@ -448,19 +454,20 @@ ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
   return g;
 }
 
-// A stride-1 unpadded 1x1 conv whose plane is not a whole number of vectors (7x7, 14x14) reads
-// every input channel at another alignment, so most of its vector loads split a cache line: it
+// An unpadded 1x1 conv whose output plane is not a whole number of vectors (7x7, 14x14) reads
+// every input channel at another alignment (in place, or as its strided copy laid it out), so most of its vector loads split a cache line: it
 // ran 1.5-2x slower a multiply-add than on 8x8 or 16x16 planes (Intel Xeon, 1 thread). Its
 // positions are independent, so it can run as one row per plane widened to whole vectors, on a
 // copy: that geometry, when each copied float feeds at least kMinUses multiply-adds on average
 // (nnz per input channel) to pay for the copy; none otherwise (read in place). At 90%, ResNet-50's
 // 256->1024 and 512->2048 (102 and 205 a float) ran 1.06-1.36x faster, its 1024->256 and
-// 2048->512 (26 and 51) 0.58-0.88x (Intel Xeon, 2 threads, batch 1 and 16).
+// 2048->512 (26 and 51) 0.58-0.88x (Intel Xeon, 2 threads, batch 1 and 16). A strided one's
+// copy picks its rows and columns into that flat plane (PhasedCopy's flat_rows).
 std::optional<ConvGeom> flat_one_by_one(const ConvGeom& g, int64_t nnz) {
   using compressor::sparse_cpu::kLanes;
   constexpr int64_t kMinUses = 64;
-  const int64_t hw = g.H * g.W, wq = (hw + kLanes - 1) / kLanes * kLanes;
-  if (g.kh != 1 || g.kw != 1 || g.sh != 1 || g.sw != 1 || g.ph != 0 || g.pw != 0 ||
+  const int64_t hw = g.Ho * g.Wo, wq = (hw + kLanes - 1) / kLanes * kLanes;
+  if (g.kh != 1 || g.kw != 1 || g.ph != 0 || g.pw != 0 ||
       hw % kLanes == 0 || g.Cin == 0 || nnz < kMinUses * g.Cin ||
       g.cin_g * wq + compressor::sparse_cpu::kTile > std::numeric_limits<int32_t>::max())
     return std::nullopt;
@@ -552,9 +559,11 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   constexpr int64_t kCheckChunk = int64_t{1} << 16;
   const float* x = input.data_ptr<float>();
   std::unique_ptr<PhasedCopy> first;
+  // a flat plane: a strided conv's picked rows, or a stride-1 conv's whole plane as one row
+  const int64_t flat_rows = !flat ? 0 : subsample ? g.Ho : 1;
   if (!direct)
     first = std::make_unique<PhasedCopy>(input, run, 0, std::min(step, g.N), buf.data(), step_h,
-                                         step_w);
+                                         step_w, flat_rows);
   std::atomic<bool> finite{true};
   const int64_t side_jobs = direct ? (input.numel() + kCheckChunk - 1) / kCheckChunk
                                    : first->planes;
@@ -569,7 +578,7 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   if (!finite) return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
   for (int64_t n0 = 0; n0 < g.N; n0 += step) {
     const int64_t n1 = std::min(g.N, n0 + step);
-    if (n0 > 0 && !phased_input(input, run, n0, n1, buf.data(), step_h, step_w))
+    if (n0 > 0 && !phased_input(input, run, n0, n1, buf.data(), step_h, step_w, flat_rows))
       return dense_fallback(input, values, col_idx, row_ptr, bias, residual, g, act);
     ConvGeom part = run;
     part.N = n1 - n0;
