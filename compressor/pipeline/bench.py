@@ -54,9 +54,8 @@ def _dense_chain(name: str, order: list[str], dense_modules: dict, compressed_mo
     the twin's first call that the compressed model replaced by nn.Identity (a BatchNorm and an
     activation folded into a sparse conv), so that a fused layer is timed against the dense
     computation it replaced, not against the dense conv alone. A residual add is no module: a
-    layer that fuses one is timed without it on the dense side."""
-    if name not in order:
-        return [name]
+    layer that fuses one is timed without it on the dense side. `name` is one the forward that
+    recorded `order` called."""
     chain = [name]
     for later in order[order.index(name) + 1:]:
         if later.startswith(name + "."):

@@ -136,11 +136,11 @@ def write_report(run_dir: Path, state: dict, config: dict) -> Path:
             plots.append(_layer_plot(run_dir / "layers.png", rows, statistic))
         if bench["layers"]:
             lines += ["", f"## Latency per layer (PyTorch, batch {bench['layer_batch']})", ""]
-            lines += ["A sparse layer fused with its BatchNorm and activation is timed against "
-                      "the dense modules it replaced (named beside it); a residual add "
-                      "is no module, so a layer that fuses one is timed without it on the dense "
-                      "side, and a fused block has no dense layer of its name: the decisions "
-                      "below time those the same way both ways.", ""]
+            lines += ["A sparse layer that absorbed its BatchNorm and activation is timed "
+                      "against the dense modules it replaced, named beside it (a residual add is "
+                      "no module: it is left out on the dense side). The convs of a fused block "
+                      "(`...main.0`) have no dense module of their name; the decisions below "
+                      "time every candidate, fused blocks included, both ways.", ""]
             lines += _table([[r["layer"] + (f" (dense: {' + '.join(r['dense_of'])})"
                                             if r.get("dense_of") else ""), r["kind"],
                               f"{r['dense_ms']:.3f}" if "dense_ms" in r else "-",

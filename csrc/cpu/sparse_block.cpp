@@ -160,17 +160,14 @@ at::Tensor sparse_bottleneck_cpu(
 
   // The three stages' layouts: conv0 reads the input image; conv1 the slab scratch, the padded
   // rows under a slab ((rows - 1) * s + k of them, Wp wide) split into s x s stride phases as
-  // sparse_conv2d splits its input, unpadded from its point of view; conv2 the band scratch, a
-  // 1x1 conv's input laid out as one row per channel widened to whole vectors, so that every
-  // channel starts on a vector (sparse_conv2d's flat_one_by_one, without its copy).
+  // sparse_conv2d splits its input, unpadded from its point of view; conv2 the band scratch, in
+  // flat_geom's layout (every channel on a vector, as sparse_conv2d's flat 1x1s, with no copy).
   const int64_t slab_rows = (rows - 1) * s + k;
   const ConvGeom g0 = make_geom(input.sizes(), Cm, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1);
   const ConvGeom g1 =
       widened(make_geom({1, Cm, slab_rows, Wp}, Cm2, {k, k}, {s, s}, {0, 0}, {1, 1}, 1));
   const int64_t Wq = g1.Wq;  // a slab scratch row (a phase's), maybe widened past phase_width
-  const ConvGeom g2 =
-      with_row_width(make_geom({1, Cm2, 1, band * Wo}, Cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, 1),
-                     (band * Wo + kLanes - 1) / kLanes * kLanes);
+  const ConvGeom g2 = flat_geom(1, Cm2, band * Wo, Cout, 1);
   const ConvGeom* geoms[3] = {&g0, &g1, &g2};
   std::shared_ptr<const Prepared> prep[3];
   for (int i = 0; i < 3; ++i) {

@@ -91,6 +91,12 @@ ConvGeom with_row_width(ConvGeom g, int64_t wq) {
   return g;
 }
 
+ConvGeom flat_geom(int64_t n, int64_t cin, int64_t positions, int64_t cout, int64_t groups) {
+  return with_row_width(
+      make_geom({n, cin, 1, positions}, cout, {1, 1}, {1, 1}, {0, 0}, {1, 1}, groups),
+      vector_multiple(positions));
+}
+
 void conv_forward(const ConvArgs& args) { run_conv(args); }
 
 }  // namespace compressor::sparse_cpu

@@ -327,9 +327,10 @@ inline void strided_copy(float* out, const float* in, int64_t count, int64_t ste
 // pixel (y, x) lands in phase plane (y % sh, x % sw) at (y / sh, x / sw). With a `step`, the
 // (H, W) that geometry g sees is every step_h-th row and step_w-th column of the input (a strided
 // 1x1 conv run as a stride-1 one). With `flat_rows` (a flat 1x1 geometry: flat_one_by_one), g's
-// one row per plane is that many picked rows of the input one after another. plane(i) copies the i-th (image, channel) plane, and zeroes
-// what the copy leaves, while its lines are in cache, and says whether what it copied was finite
-// (no inf or NaN), so a caller can run the planes in whatever parallel region it has.
+// one row per plane is that many picked rows of the input one after another. plane(i) copies the
+// i-th (image, channel) plane, and zeroes what the copy leaves, while its lines are in cache, and
+// says whether what it copied was finite (no inf or NaN), so a caller can run the planes in
+// whatever parallel region it has.
 struct PhasedCopy {
   const ConvGeom& g;
   const float* src;
@@ -455,26 +456,23 @@ ConvGeom checked_geometry(const at::Tensor& input, const at::Tensor& values,
 }
 
 // An unpadded 1x1 conv whose output plane is not a whole number of vectors (7x7, 14x14) reads
-// every input channel at another alignment (in place, or as its strided copy laid it out), so most of its vector loads split a cache line: it
-// ran 1.5-2x slower a multiply-add than on 8x8 or 16x16 planes (Intel Xeon, 1 thread). Its
-// positions are independent, so it can run as one row per plane widened to whole vectors, on a
-// copy: that geometry, when each copied float feeds at least kMinUses multiply-adds on average
-// (nnz per input channel) to pay for the copy; none otherwise (read in place). At 90%, ResNet-50's
-// 256->1024 and 512->2048 (102 and 205 a float) ran 1.06-1.36x faster, its 1024->256 and
-// 2048->512 (26 and 51) 0.58-0.88x (Intel Xeon, 2 threads, batch 1 and 16). A strided one's
-// copy picks its rows and columns into that flat plane (PhasedCopy's flat_rows).
+// every input channel at another alignment (in place, or as its strided copy laid it out), so
+// most of its vector loads split a cache line: it ran 1.5-2x slower a multiply-add than on 8x8
+// or 16x16 planes (Intel Xeon, 1 thread). Its positions are independent, so it can run in
+// flat_geom's layout on a copy: that geometry, when each copied float feeds at least kMinUses
+// multiply-adds on average (nnz per input channel) to pay for the copy; none otherwise. At 90%,
+// ResNet-50's 256->1024 and 512->2048 (102 and 205 a float) ran 1.06-1.36x faster, its
+// 1024->256 and 2048->512 (26 and 51) 0.58-0.88x (Intel Xeon, 2 threads, batch 1 and 16). A
+// strided one's copy picks its rows and columns into the flat plane (PhasedCopy's flat_rows).
 std::optional<ConvGeom> flat_one_by_one(const ConvGeom& g, int64_t nnz) {
-  using compressor::sparse_cpu::kLanes;
+  using namespace compressor::sparse_cpu;
   constexpr int64_t kMinUses = 64;
-  const int64_t hw = g.Ho * g.Wo, wq = (hw + kLanes - 1) / kLanes * kLanes;
-  if (g.kh != 1 || g.kw != 1 || g.ph != 0 || g.pw != 0 ||
-      hw % kLanes == 0 || g.Cin == 0 || nnz < kMinUses * g.Cin ||
-      g.cin_g * wq + compressor::sparse_cpu::kTile > std::numeric_limits<int32_t>::max())
+  const int64_t hw = g.Ho * g.Wo;
+  if (g.kh != 1 || g.kw != 1 || g.ph != 0 || g.pw != 0 || hw % kLanes == 0 || g.Cin == 0 ||
+      nnz < kMinUses * g.Cin ||
+      g.cin_g * vector_multiple(hw) + kTile > std::numeric_limits<int32_t>::max())
     return std::nullopt;
-  return compressor::sparse_cpu::with_row_width(
-      compressor::sparse_cpu::make_geom({g.N, g.Cin, 1, hw}, g.Cout, {1, 1}, {1, 1}, {0, 0},
-                                        {1, 1}, g.groups),
-      wq);
+  return flat_geom(g.N, g.Cin, hw, g.Cout, g.groups);
 }
 
 // The depthwise path (sparse_depthwise.h): its columns are checked on every call, as it keeps
@@ -502,7 +500,7 @@ namespace compressor::sparse_cpu {
 // them: then every channel and row starts on a vector, each tap's offsets share one residue, and
 // a 3x3 stride-1 conv's nonzeros fall into 3 alignment classes (Prepared) instead of up to 9.
 ConvGeom widened(ConvGeom g) {
-  const int64_t wq = (g.Wq + kLanes - 1) / kLanes * kLanes;
+  const int64_t wq = vector_multiple(g.Wq);
   if (wq == g.Wq || (wq - g.Wq) * 8 > wq ||
       g.cin_g * g.sh * g.sw * g.Hq * wq + kTile > std::numeric_limits<int32_t>::max())
     return g;

@@ -175,11 +175,11 @@ void spmm(const at::Tensor& input, const float* vals, const int32_t* col, const 
   // It is also narrow enough for the panel (K x width floats, read at random rows) to stay in
   // L2: a 3072 x 192 panel (2.4 MB) came from L3. Budget 256 KiB, measured on the EPYC (1 MiB
   // L2) at 90%, 128 and 512 tokens: 3072 -> 768 went from 3.4x to 3.5x dense, the rest level.
-  using compressor::sparse_cpu::kLanes;
+  using compressor::sparse_cpu::kLanes, compressor::sparse_cpu::vector_multiple;
   constexpr int64_t kPanelBytes = int64_t{1} << 18;
   const int64_t fits = std::max<int64_t>(
       2 * kLanes, kPanelBytes / (4 * std::max<int64_t>(k_in, 1)) / kLanes * kLanes);
-  const int64_t width = std::min<int64_t>({kTile, fits, (m + kLanes - 1) / kLanes * kLanes});
+  const int64_t width = std::min<int64_t>({kTile, fits, vector_multiple(m)});
   auto panel = at::empty({k_in, width}, input.options());  // columns past mc are never read
   std::atomic<bool> bad{false};
   for (int64_t m0 = 0; m0 < m && !bad; m0 += width) {

@@ -26,6 +26,8 @@ constexpr int kLanes = 8;           // floats per AVX2 register
 constexpr int kMaxVectors = 8;      // accumulators held in registers (16 ymm in all)
 #endif
 constexpr int kTile = kLanes * kMaxVectors;
+// n floats rounded up to whole vectors.
+constexpr int64_t vector_multiple(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 constexpr int kRows = 4;               // rows taken together by axpy_rows (uniform weights)
 constexpr int kMaxClasses = 4;         // alignment classes a layer's rows may be split into
 constexpr int64_t kRunTiles = 4;       // tiles per conv task: enough tasks for threads at batch 1
@@ -87,6 +89,9 @@ ConvGeom make_geom(at::IntArrayRef input, int64_t cout, at::IntArrayRef k, at::I
                    at::IntArrayRef p, at::IntArrayRef d, int64_t groups);
 // g with phase rows wq floats wide (wq >= the padded phase width) and what follows from that.
 ConvGeom with_row_width(ConvGeom g, int64_t wq);
+// A 1x1 conv (stride 1, unpadded) over planes of `positions` independent positions, laid out as
+// one row per channel widened to whole vectors, so that every channel starts on a vector.
+ConvGeom flat_geom(int64_t n, int64_t cin, int64_t positions, int64_t cout, int64_t groups);
 void conv_forward(const ConvArgs& args);
 
 // The micro-kernel: acc[0 : count) = init + sum_k vals[k] * in[offs[k] + 0 : count), count <=

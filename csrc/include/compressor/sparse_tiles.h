@@ -105,8 +105,7 @@ void channel_tiles(const ConvArgs& a, const float* in, int64_t oc0, int64_t oc1,
   for (int64_t p = p0; p < p1; p += tile) {
     const int64_t count = std::min(tile, p1 - p);
     // the positions computed: whole vectors where the input allows (tile is whole vectors)
-    const int64_t computed = a.whole_vectors ? std::min(tile, (count + kLanes - 1) / kLanes * kLanes)
-                                             : count;
+    const int64_t computed = a.whole_vectors ? std::min(tile, vector_multiple(count)) : count;
     for (int64_t cb = 0; cb < a.ncb; ++cb) {
       for (int64_t oc = oc0; oc < oc1; ++oc) {
         float* acc = buf + (oc - oc0) * kTileStride + kLanes;
